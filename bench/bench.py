@@ -716,6 +716,17 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
         finally:
             shutil.rmtree(store.path, ignore_errors=True)
 
+    # Warm-up, untimed: the first fill of a process pays for the page cache, the allocator
+    # and lazy imports; without this the first row measured that instead of the store.
+    try:
+        warm = open_new(sync=False)
+        try:
+            fillrandom(warm, data)
+        finally:
+            discard(warm)
+    except Exception:  # noqa: BLE001 - the workloads will fail too, and report it
+        traceback.print_exc()
+
     filled: Store | None = None
     for workload in WORKLOADS:
         if workload.name not in names:
