@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -548,6 +549,8 @@ def readers_2p(store: Store, data: Data) -> Measured:
     finally:
         for proc in procs:
             proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
     errors = [report["error"] for report in reports if "error" in report]
     if errors:
         raise CheckError(f"reader failed: {errors[0]}")
@@ -784,6 +787,8 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
     if filled is not None:
         discard(filled)
     report["rss_peak_kib"] = max_rss_kib()
+    if store_name == "kvmm":
+        report["kvmm_sha256"] = kvmm_source()["sha256_of_py_files"]
     return report
 
 
@@ -901,6 +906,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def kvmm_source() -> dict[str, Any]:
+    """Which kvmm was measured: the checkout's commit, and a hash of its files as they were
+    (the core may be measured before it is committed)."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "kvmm").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--", "kvmm")),
+        "sha256_of_py_files": digest.hexdigest(),
+    }
+
+
 SIZE_ROWS = ("fillrandom", "overwrite", "delete")
 
 
@@ -936,6 +959,16 @@ def format_table(summary: dict[str, dict], names: list[str], meta: dict[str, Any
             f" {meta['machine']['platform']}, Python {meta['machine']['python']}"
         ),
         "versions: " + ", ".join(f"{s} {summary[s]['version']}" for s in stores),
+        (
+            f"kvmm source: commit {meta['kvmm_source']['commit'][:12]}"
+            + (" + uncommitted changes" if meta["kvmm_source"]["uncommitted_changes"] else "")
+            + f", sha256 of kvmm/*.py {meta['kvmm_source']['sha256_of_py_files'][:12]}"
+            + (
+                " (CHANGED between repetitions: kvmm's rows mix versions)"
+                if meta["kvmm_source"]["changed_during_run"]
+                else ""
+            )
+        ),
         "",
     ]
     for row in [head, *rows]:
@@ -1063,12 +1096,15 @@ def main(argv: list[str] | None = None) -> int:
         print("semidbm is not installed (pip install semidbm): using dbm.dumb", file=sys.stderr)
         stores = [("dbm.dumb" if s == "semidbm" else s) for s in stores]
     meta = {**config_of(args), "reps": args.reps, "machine": machine(), "date": time.ctime()}
+    meta["kvmm_source"] = kvmm_source()
     runs: dict[str, list[dict]] = {store: [] for store in stores}
     with tempfile.TemporaryDirectory(prefix="kvmm-bench-", dir=args.dir) as root:
         for rep in range(args.reps):
             for store in stores:  # stores alternate within a repetition: drift hits all
                 print(f"rep {rep + 1}/{args.reps}: {store}", file=sys.stderr, flush=True)
                 runs[store].append(run_store(store, args, names, root))
+    hashes = [r["kvmm_sha256"] for r in runs.get("kvmm", []) if "kvmm_sha256" in r]
+    meta["kvmm_source"]["changed_during_run"] = len(set(hashes)) > 1
     summary = summarize(runs, names)
     table = format_table(summary, names, meta)
     print(table)
