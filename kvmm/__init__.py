@@ -1,0 +1,29 @@
+"""kvmm: an embedded, transactional, ordered key-value store in one memory-mapped file.
+
+A drop-in for the common part of py-lmdb's API, in pure Python::
+
+    import kvmm
+    env = kvmm.open("db")
+    with env.begin(write=True) as txn:
+        txn.put(b"key", b"value")
+    with env.begin() as txn:
+        assert txn.get(b"key") == b"value"
+"""
+
+from .cursor import Cursor
+from .env import Environment, _Database, open
+from .errors import *  # noqa: F403 - py-lmdb's error names are the public API
+from .errors import __all__ as _error_names
+from .txn import Transaction
+
+__version__ = "0.1.0"
+
+
+def version(subpatch: bool = False) -> tuple:
+    """kvmm's version as a tuple, as py-lmdb's ``lmdb.version()``."""
+    parts = tuple(int(p) for p in __version__.split("."))
+    return parts + (0,) if subpatch else parts
+
+
+__all__ = ["open", "Environment", "Transaction", "Cursor", "_Database", "version",
+           "__version__", *_error_names]

@@ -1,0 +1,422 @@
+"""The copy-on-write B+tree: pages decoded into nodes, and the edits on them.
+
+A tree is reached from a database record (root pgno and the root's writer txnid). Its
+pages decode into :class:`Node` objects; a committed node is shared, cached and never
+changed. A write transaction edits a tree by *touching* the path from the root down to
+a leaf: each committed node on it is copied to a dirty node with a fresh pgno, and its
+old pgno is freed. Dirty nodes are edited in place and serialised once, at commit.
+
+Invariants (``kvmm.check`` verifies each of them on disk):
+- Keys inside a node are strictly increasing.
+- In a branch, child ``i`` holds keys ``K(i) <= k < K(i+1)``; ``K(0)`` is stored empty
+  and bounded by the branch's own lower bound.
+- All leaves are at the same depth; a non-root leaf holds at least one entry and a
+  non-root branch at least one child; a root branch holds at least two children.
+- No node's size exceeds the page capacity; a leaf entry never exceeds half of it
+  (larger values go to overflow pages), so an overfull node always splits into two
+  that fit.
+- A branch stores, beside each child's pgno, the txnid that wrote the child: a read
+  checks it against the child's header, so a lost or misplaced write is caught.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
+
+from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
+
+__all__ = ["Node", "DbState", "descend", "insert", "replace_at", "remove_at", "first_path",
+           "last_path"]
+
+
+class Node:
+    """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
+
+    ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
+    ``size`` is the node's encoded size without the page header; it is kept up to date
+    on dirty nodes only.
+    """
+
+    __slots__ = ("pgno", "txnid", "keys", "vals", "flags", "kids", "ktxn", "size")
+
+    def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
+        self.pgno = pgno
+        self.txnid = txnid
+        self.keys = keys
+        self.vals = vals
+        self.flags = flags
+        self.kids = kids
+        self.ktxn = ktxn
+        self.size = -1
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.kids is None
+
+    def measure(self) -> int:
+        """Compute ``size`` from the entries. O(n)."""
+        keys = self.keys
+        if self.kids is None:
+            self.size = LEAF_ENTRY_COST * len(keys) + sum(map(len, keys)) + sum(
+                map(len, self.vals)
+            )
+        else:
+            self.size = BRANCH_ENTRY_COST * len(keys) + sum(map(len, keys))
+        return self.size
+
+    def copy(self, pgno: int, txnid: int) -> Node:
+        """A dirty copy of this node under a new pgno. O(n)."""
+        if self.kids is None:
+            flags = None if self.flags is None else self.flags[:]
+            n = Node(pgno, txnid, self.keys[:], self.vals[:], flags)
+        else:
+            n = Node(pgno, txnid, self.keys[:], kids=self.kids[:], ktxn=self.ktxn[:])
+        n.measure()
+        return n
+
+    def entry_size(self, i: int) -> int:
+        if self.kids is None:
+            return LEAF_ENTRY_COST + len(self.keys[i]) + len(self.vals[i])
+        return BRANCH_ENTRY_COST + (len(self.keys[i]) if i else 0)
+
+    def __repr__(self) -> str:
+        kind = "leaf" if self.kids is None else "branch"
+        return f"<Node {kind} pgno={self.pgno} txnid={self.txnid} n={len(self.keys)}>"
+
+
+class DbState:
+    """A database record as a transaction sees and edits it."""
+
+    __slots__ = ("root", "root_txnid", "depth", "flags", "entries", "branch_pages",
+                 "leaf_pages", "overflow_pages", "changed")
+
+    def __init__(self, record: tuple):
+        (self.root, self.root_txnid, self.depth, self.flags, self.entries,
+         self.branch_pages, self.leaf_pages, self.overflow_pages) = record
+        self.changed = False
+
+    def record(self) -> tuple:
+        return (self.root, self.root_txnid, self.depth, self.flags, self.entries,
+                self.branch_pages, self.leaf_pages, self.overflow_pages)
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def descend(load, db: DbState, key: bytes) -> list | None:
+    """The path [[node, index], ...] from the root to the leaf where ``key`` is or
+    would go; the leaf's index is ``bisect_left``. None for an empty tree. O(log n)."""
+    if not db.root:
+        return None
+    node = load(db.root, db.root_txnid)
+    path = []
+    while node.kids is not None:
+        i = bisect_right(node.keys, key) - 1
+        path.append([node, i])
+        node = load(node.kids[i], node.ktxn[i])
+    path.append([node, bisect_left(node.keys, key)])
+    return path
+
+
+def first_path(load, db: DbState, last: bool = False) -> list | None:
+    """The path to the first (or last) entry of the tree; None when empty."""
+    if not db.root:
+        return None
+    node = load(db.root, db.root_txnid)
+    path = []
+    while node.kids is not None:
+        i = len(node.kids) - 1 if last else 0
+        path.append([node, i])
+        node = load(node.kids[i], node.ktxn[i])
+    path.append([node, len(node.keys) - 1 if last else 0])
+    return path
+
+
+def last_path(load, db: DbState) -> list | None:
+    return first_path(load, db, last=True)
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def touch_path(txn, db: DbState, path: list) -> None:
+    """Make every node on ``path`` dirty, re-pointing parents (and the root) at the
+    copies. Nodes already dirty in this transaction are kept as they are."""
+    txnid = txn.txnid
+    parent = None
+    for step in path:
+        node = step[0]
+        if node.txnid != txnid:
+            node = txn.touch(node, db)
+            step[0] = node
+            if parent is None:
+                db.root = node.pgno
+                db.root_txnid = txnid
+            else:
+                pnode, pidx = parent
+                pnode.kids[pidx] = node.pgno
+                pnode.ktxn[pidx] = txnid
+        parent = step
+
+
+def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag: int,
+           append: bool) -> None:
+    """Insert a new entry where ``path`` (from :func:`descend`) points."""
+    db.changed = True
+    db.entries += 1
+    if path is None:
+        leaf = txn.new_node(db, leaf=True)
+        db.root, db.root_txnid, db.depth = leaf.pgno, leaf.txnid, 1
+        path = [[leaf, 0]]
+    else:
+        touch_path(txn, db, path)
+    leaf, i = path[-1]
+    leaf.keys.insert(i, key)
+    leaf.vals.insert(i, stored)
+    if flag or leaf.flags is not None:
+        if leaf.flags is None:
+            leaf.flags = [0] * (len(leaf.keys) - 1)
+        leaf.flags.insert(i, flag)
+    leaf.size += LEAF_ENTRY_COST + len(key) + len(stored)
+    if leaf.size > txn.capacity:
+        _rebalance_up(txn, db, path, append)
+
+
+def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
+    """Replace the stored value of the entry ``path`` points at."""
+    db.changed = True
+    touch_path(txn, db, path)
+    leaf, i = path[-1]
+    leaf.size += len(stored) - len(leaf.vals[i])
+    leaf.vals[i] = stored
+    if flag or leaf.flags is not None:
+        if leaf.flags is None:
+            leaf.flags = [0] * len(leaf.keys)
+        leaf.flags[i] = flag
+    cap = txn.capacity
+    if leaf.size > cap or leaf.size < cap // 4:
+        _rebalance_up(txn, db, path, False)
+
+
+def remove_at(txn, db: DbState, path: list) -> None:
+    """Remove the entry ``path`` points at, rebalancing the tree."""
+    db.changed = True
+    db.entries -= 1
+    touch_path(txn, db, path)
+    leaf, i = path[-1]
+    leaf.size -= LEAF_ENTRY_COST + len(leaf.keys[i]) + len(leaf.vals[i])
+    del leaf.keys[i]
+    del leaf.vals[i]
+    if leaf.flags is not None:
+        del leaf.flags[i]
+    if leaf.size < txn.capacity // 4 or not leaf.keys:
+        _rebalance_up(txn, db, path, False)
+
+
+def _rebalance_up(txn, db: DbState, path: list, append: bool) -> None:
+    """Restore the size invariants from the bottom of ``path`` up: split an overfull
+    node, merge or refill an underfull one, and let the root grow or shrink."""
+    cap = txn.capacity
+    low = cap // 4
+    level = len(path) - 1
+    ins = path[level][1]  # where this level's node received an entry, or -1
+    while level > 0:
+        node = path[level][0]
+        parent, pidx = path[level - 1]
+        n = len(node.keys)
+        if node.size > cap:
+            # Entries arriving in order at the right edge fill pages fully.
+            tail = ins == n - 1 and (append or all(
+                i == len(p.keys) - 1 for p, i in path[:level]))
+            sep, right = _split(txn, db, node, tail)
+            _branch_insert(parent, pidx + 1, sep, right)
+            ins = pidx + 1
+        elif node.size < low or n < (1 if node.kids is None else 2):
+            if len(parent.keys) > 1:
+                _refill(txn, db, parent, pidx, node)
+            ins = -1
+        else:
+            return
+        level -= 1
+    _fix_root(txn, db, path[0][0])
+
+
+def _fix_root(txn, db: DbState, root: Node) -> None:
+    while True:
+        if root.size > txn.capacity:
+            sep, right = _split(txn, db, root, False)
+            new = txn.new_node(db, leaf=False)
+            new.keys = [b"", sep]
+            new.kids = [root.pgno, right.pgno]
+            new.ktxn = [root.txnid, right.txnid]
+            new.measure()
+            db.root, db.root_txnid = new.pgno, new.txnid
+            db.depth += 1
+            root = new
+        elif root.kids is not None and len(root.kids) == 1:
+            child = txn.load(root.kids[0], root.ktxn[0])
+            txn.free_node(root, db)
+            db.root, db.root_txnid = child.pgno, child.txnid
+            db.depth -= 1
+            root = child
+        elif root.kids is None and not root.keys:
+            txn.free_node(root, db)
+            db.root = db.root_txnid = db.depth = 0
+            return
+        else:
+            return
+
+
+def _split_point(node: Node, tail: bool) -> int:
+    n = len(node.keys)
+    if tail:
+        return n - 1
+    half = node.size // 2
+    if node.kids is None:
+        sizes = [LEAF_ENTRY_COST + len(k) + len(v) for k, v in zip(node.keys, node.vals)]
+    else:
+        sizes = [BRANCH_ENTRY_COST + len(k) for k in node.keys]
+    m = bisect_left(list(accumulate(sizes)), half) + 1
+    return min(max(m, 1), n - 1)
+
+
+def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
+    """Move the upper part of overfull ``node`` to a new right sibling; return the
+    separator and the sibling."""
+    m = _split_point(node, tail)
+    right = txn.new_node(db, leaf=node.kids is None)
+    right.keys = node.keys[m:]
+    del node.keys[m:]
+    if node.kids is None:
+        right.vals = node.vals[m:]
+        del node.vals[m:]
+        if node.flags is not None:
+            right.flags = node.flags[m:]
+            del node.flags[m:]
+        sep = right.keys[0]
+    else:
+        right.kids = node.kids[m:]
+        right.ktxn = node.ktxn[m:]
+        del node.kids[m:]
+        del node.ktxn[m:]
+        sep = right.keys[0]
+        right.keys[0] = b""
+    node.measure()
+    right.measure()
+    return sep, right
+
+
+def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
+    parent.keys.insert(i, key)
+    parent.kids.insert(i, child.pgno)
+    parent.ktxn.insert(i, child.txnid)
+    parent.size += BRANCH_ENTRY_COST + len(key)
+
+
+def _branch_remove(parent: Node, i: int) -> None:
+    parent.size -= BRANCH_ENTRY_COST + len(parent.keys[i])
+    del parent.keys[i]
+    del parent.kids[i]
+    del parent.ktxn[i]
+
+
+def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
+    child = txn.load(parent.kids[i], parent.ktxn[i])
+    if child.txnid != txn.txnid:
+        child = txn.touch(child, db)
+        parent.kids[i] = child.pgno
+        parent.ktxn[i] = child.txnid
+    return child
+
+
+def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
+    """Merge underfull ``node`` (child ``pidx`` of ``parent``) with a sibling, or move
+    entries over from the sibling when both do not fit in one page."""
+    if pidx > 0:
+        li, left, right = pidx - 1, _dirty_child(txn, db, parent, pidx - 1), node
+    else:
+        li, left, right = pidx, node, _dirty_child(txn, db, parent, pidx + 1)
+    ri = li + 1
+    sep = parent.keys[ri]
+    leaf = node.kids is None
+    merged = left.size + right.size + (0 if leaf else len(sep))
+    if merged <= txn.capacity:
+        if leaf:
+            if left.flags is not None or right.flags is not None:
+                left.flags = (left.flags or [0] * len(left.keys)) + (
+                    right.flags or [0] * len(right.keys))
+            left.keys += right.keys
+            left.vals += right.vals
+        else:
+            left.keys.append(sep)
+            left.keys += right.keys[1:]
+            left.kids += right.kids
+            left.ktxn += right.ktxn
+        left.size = merged
+        _branch_remove(parent, ri)
+        txn.free_node(right, db)
+        return
+    # Move entries one at a time from the fuller sibling into the emptier one.
+    low = txn.capacity // 4
+    if node is right:
+        while (right.size < low or len(right.keys) < 2) and len(left.keys) > 2:
+            sep = _shift_right(left, right, sep)
+    else:
+        while (left.size < low or len(left.keys) < 2) and len(right.keys) > 2:
+            sep = _shift_left(left, right, sep)
+    parent.size += len(sep) - len(parent.keys[ri])
+    parent.keys[ri] = sep
+
+
+def _shift_right(left: Node, right: Node, sep: bytes) -> bytes:
+    """Move ``left``'s last entry to the front of ``right``; return the new separator."""
+    if left.kids is None:
+        k = left.keys.pop()
+        v = left.vals.pop()
+        right.keys.insert(0, k)
+        right.vals.insert(0, v)
+        if left.flags is not None or right.flags is not None:
+            f = left.flags.pop() if left.flags is not None else 0
+            if right.flags is None:
+                right.flags = [0] * (len(right.keys) - 1)
+            right.flags.insert(0, f)
+        size = LEAF_ENTRY_COST + len(k) + len(v)
+        left.size -= size
+        right.size += size
+        return k
+    k = left.keys.pop()
+    right.keys[0] = sep
+    right.keys.insert(0, b"")
+    right.kids.insert(0, left.kids.pop())
+    right.ktxn.insert(0, left.ktxn.pop())
+    left.size -= BRANCH_ENTRY_COST + len(k)
+    right.size += BRANCH_ENTRY_COST + len(sep)
+    return k
+
+
+def _shift_left(left: Node, right: Node, sep: bytes) -> bytes:
+    """Move ``right``'s first entry to the end of ``left``; return the new separator."""
+    if left.kids is None:
+        k = right.keys.pop(0)
+        v = right.vals.pop(0)
+        left.keys.append(k)
+        left.vals.append(v)
+        if left.flags is not None or right.flags is not None:
+            f = right.flags.pop(0) if right.flags is not None else 0
+            if left.flags is None:
+                left.flags = [0] * (len(left.keys) - 1)
+            left.flags.append(f)
+        size = LEAF_ENTRY_COST + len(k) + len(v)
+        left.size += size
+        right.size -= size
+        return right.keys[0]
+    right.keys.pop(0)
+    new_sep = right.keys[0]
+    right.keys[0] = b""
+    left.keys.append(sep)
+    left.kids.append(right.kids.pop(0))
+    left.ktxn.append(right.ktxn.pop(0))
+    left.size += BRANCH_ENTRY_COST + len(sep)
+    right.size -= BRANCH_ENTRY_COST + len(new_sep)
+    return new_sep

@@ -1,0 +1,219 @@
+"""The consistency checker: walk every page of a snapshot and report every broken
+invariant (used by ``kvmm check``, and after every commit in strict mode).
+
+It checks, against the snapshot of the newest usable meta:
+- both metas (checksum, format, which one is current);
+- every page below ``next_pgno`` is reachable exactly once (from the main tree, a
+  named tree, the free tree or an overflow run) or listed exactly once as free, and
+  nothing points past ``next_pgno``;
+- page headers: kind, own pgno, the writer txnid named by the parent, checksum;
+- keys strictly increasing inside a page and within the bounds set by the parent's
+  separators; all leaves at the same depth; no page overfull;
+- each database record's depth and page and entry counts;
+- overflow runs: header, length, checksum;
+- the free records: well formed, written by a txnid not newer than the meta;
+- the reader table: no snapshot newer than the newest commit.
+
+It never writes to the data file.
+"""
+
+from __future__ import annotations
+
+from . import format as fmt
+from .errors import Error
+from .freelist import key_txnid
+
+
+class Checker:
+    """Walks one read transaction's snapshot and collects problems."""
+
+    def __init__(self, env, txn, progress=None):
+        self.env = env
+        self.txn = txn
+        self.meta = txn.meta
+        self.ps = env._page_size
+        self.problems: list[str] = []
+        self.seen: dict[int, str] = {}  # pgno -> what uses it
+        self.progress = progress
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def use(self, pgno: int, n: int, what: str) -> bool:
+        """Mark pages pgno..pgno+n-1 as used by ``what``; report double use."""
+        ok = True
+        limit = self.meta.next_pgno
+        for p in range(pgno, pgno + n):
+            if not fmt.NUM_METAS <= p < limit:
+                self.problem(f"page {p}: used by {what} but outside pages 2..{limit - 1}")
+                ok = False
+                continue
+            if p in self.seen:
+                self.problem(f"page {p}: used twice, by {self.seen[p]} and by {what}")
+                ok = False
+            else:
+                self.seen[p] = what
+        if self.progress is not None:
+            self.progress(n)
+        return ok
+
+    def read(self, pgno: int, txnid: int):
+        try:
+            return self.env._read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid)
+        except Error as e:
+            self.problem(str(e))
+            return None
+
+    # --- trees ----------------------------------------------------------------------
+
+    def tree(self, name: str, record: tuple, is_free: bool = False) -> list:
+        """Check one tree; return its leaf entries' (key, stored, flag) for callers
+        that look inside values (the main tree's named-db records, the free tree)."""
+        root, root_txnid, depth, _flags, entries, branches, leaves, overflows = record
+        counts = {"entries": 0, "branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0}
+        out: list = []
+        depths: set = set()
+        if root:
+            self.walk(name, root, root_txnid, None, None, 1, counts, out, depths, True)
+        elif depth or entries or branches or leaves or overflows:
+            self.problem(f"{name}: empty tree with non-zero figures in its record")
+        if len(depths) > 1:
+            self.problem(f"{name}: leaves at different depths {sorted(depths)}")
+        if root and depths and depth != max(depths):
+            self.problem(f"{name}: record says depth {depth}, tree has {max(depths)}")
+        want = {"branch_pages": branches, "leaf_pages": leaves, "overflow_pages": overflows}
+        if not is_free:
+            want["entries"] = entries
+        for k, v in want.items():
+            if counts[k] != v:
+                self.problem(f"{name}: record says {k}={v}, tree has {counts[k]}")
+        if is_free:
+            listed = sum(len(stored) // 8 for _, stored, _ in out)
+            if listed != entries:
+                self.problem(f"{name}: record says {entries} free pages, records list {listed}")
+        return out
+
+    def walk(self, name, pgno, txnid, low, high, level, counts, out, depths, is_root):
+        if not self.use(pgno, 1, f"{name} page"):
+            return
+        node = self.read(pgno, txnid)
+        if node is None:
+            return
+        keys = node.keys
+        where = f"{name} page {pgno}"
+        size = node.measure()
+        if size > fmt.page_capacity(self.ps):
+            self.problem(f"{where}: overfull ({size} bytes)")
+        first = 1 if node.kids is not None else 0
+        for i in range(first, len(keys) - 1):
+            if not keys[i] < keys[i + 1]:
+                self.problem(f"{where}: keys out of order at entry {i + 1}")
+                break
+        body = keys[first:]
+        if body:
+            if low is not None and body[0] < low:
+                self.problem(f"{where}: key below its parent's separator")
+            if high is not None and body[-1] >= high:
+                self.problem(f"{where}: key not below the next separator")
+        if node.kids is None:
+            counts["leaf_pages"] += 1
+            counts["entries"] += len(keys)
+            depths.add(level)
+            if not keys and not is_root:
+                self.problem(f"{where}: empty non-root leaf")
+            flags = node.flags or [0] * len(keys)
+            for k, stored, flag in zip(keys, node.vals, flags):
+                if flag & fmt.F_OVERFLOW:
+                    self.overflow(name, pgno, stored, counts)
+                out.append((k, stored, flag))
+            return
+        counts["branch_pages"] += 1
+        if is_root and len(keys) < 2:
+            self.problem(f"{where}: root branch with a single child")
+        for i, (kid, ktxn) in enumerate(zip(node.kids, node.ktxn)):
+            lo = low if i == 0 else keys[i]
+            hi = keys[i + 1] if i + 1 < len(keys) else high
+            self.walk(name, kid, ktxn, lo, hi, level + 1, counts, out, depths, False)
+
+    def overflow(self, name, leaf_pgno, stored, counts) -> None:
+        try:
+            pgno, txnid, length = fmt.decode_overflow_ref(stored)
+        except Error as e:
+            self.problem(f"{name} page {leaf_pgno}: {e}")
+            return
+        n = fmt.overflow_pages(length, self.ps)
+        counts["overflow_pages"] += n
+        if not self.use(pgno, n, f"{name} overflow run of page {leaf_pgno}"):
+            return
+        try:
+            self.env._read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid, length,
+                                    False)
+        except Error as e:
+            self.problem(str(e))
+
+    # --- the whole file -------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        env, meta = self.env, self.meta
+        mm = self.txn._mm
+        for slot, m in enumerate(env._metas(mm)):
+            if m is None:
+                self.problem(f"meta {slot}: unreadable (bad checksum, magic or version)")
+        size = env._datafile.size()
+        if size < meta.next_pgno * self.ps:
+            self.problem(f"file is {size} bytes, meta needs {meta.next_pgno * self.ps}")
+            return self.problems
+        main = self.tree("main", meta.main)
+        for key, stored, flag in main:
+            if flag & fmt.F_SUBDB:
+                try:
+                    record = fmt.decode_db_record(stored)
+                except Error as e:
+                    self.problem(f"database {key!r}: {e}")
+                    continue
+                self.tree(f"database {key!r}", record)
+        for key, stored, _ in self.tree("free", meta.free, is_free=True):
+            if len(key) != fmt.FREE_KEY.size + 4 or len(stored) % 8:
+                self.problem(f"free record {key.hex()}: malformed")
+                continue
+            if key_txnid(key) > meta.txnid:
+                self.problem(f"free record {key.hex()}: from txn newer than {meta.txnid}")
+            for p in fmt.decode_pgnos(stored):
+                self.use(p, 1, f"free record {key_txnid(key)}")
+        missing = [p for p in range(fmt.NUM_METAS, meta.next_pgno) if p not in self.seen]
+        if missing:
+            shown = ", ".join(map(str, missing[:10]))
+            more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"
+            self.problem(f"pages neither used nor free (lost): {shown}{more}")
+        if env._lock is not None:
+            for slot, pid, txnid, alive in env._lock.readers():
+                if txnid > meta.txnid:
+                    self.problem(f"reader slot {slot} (pid {pid}): snapshot {txnid} "
+                                 f"newer than the last commit {meta.txnid}")
+        return self.problems
+
+
+def check_env(env, progress=None) -> list[str]:
+    """Check the newest snapshot of an open environment; return the problems found."""
+    try:
+        txn = env.begin()
+    except Error as e:
+        return [str(e)]
+    try:
+        return Checker(env, txn, progress).run()
+    finally:
+        txn.abort()
+
+
+def check(path, progress=None, **open_options) -> list[str]:
+    """Open ``path`` read-only and check it; return the problems (empty when clean)."""
+    from .env import open as open_env
+
+    try:
+        env = open_env(path, readonly=True, create=False, **open_options)
+    except Error as e:
+        return [str(e)]
+    try:
+        return check_env(env, progress)
+    finally:
+        env.close()

@@ -1,0 +1,118 @@
+"""Consistent copies of a live environment: page for page, or compacted.
+
+A copy reads one snapshot, so writers may go on while it runs. A plain copy writes the
+snapshot's pages as they are (free pages included) and the snapshot's meta into both
+meta slots; a compacted copy rebuilds every tree in key order into a fresh file, with
+no free pages.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import format as fmt
+
+# A compacted copy commits after this many records, so it never holds a whole
+# database of dirty pages in memory.
+COMPACT_BATCH = 50_000
+COPY_CHUNK_PAGES = 256
+
+
+def copy_env(env, path: str, compact: bool = False, txn=None, progress=None) -> None:
+    """Copy ``env`` into directory ``path`` (created when missing), as ``data.kvmm``."""
+    from .env import DATA_NAME
+
+    os.makedirs(path, exist_ok=True)
+    target = os.path.join(path, DATA_NAME)
+    if os.path.exists(target) and os.path.getsize(target):
+        raise FileExistsError(f"{target} already exists")
+    if compact:
+        _copy_compact(env, path, txn, progress)
+        return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, env._mode)
+    try:
+        copy_to_fd(env, fd, txn=txn, progress=progress)
+    finally:
+        os.close(fd)
+
+
+def copy_to_fd(env, fd: int, compact: bool = False, txn=None, progress=None) -> None:
+    """Write the pages of one snapshot to ``fd``, with its meta in both slots."""
+    if compact:
+        raise NotImplementedError("a compacted copy needs a path, not a descriptor")
+    own = txn is None
+    if own:
+        txn = env.begin()
+    try:
+        meta = txn.meta
+        ps = env._page_size
+        steady = fmt.Meta(ps, meta.txnid, meta.next_pgno, fmt.META_STEADY, meta.boot_id,
+                          meta.main, meta.free)
+        page = fmt.encode_meta(steady).ljust(ps, b"\0")
+        os.pwrite(fd, page + page, 0)
+        mm = txn._mm
+        for start in range(fmt.NUM_METAS, meta.next_pgno, COPY_CHUNK_PAGES):
+            end = min(start + COPY_CHUNK_PAGES, meta.next_pgno)
+            os.pwrite(fd, mm[start * ps : end * ps], start * ps)
+            if progress is not None:
+                progress(end - start)
+        os.fsync(fd)
+    finally:
+        if own:
+            txn.abort()
+
+
+def _copy_compact(env, path: str, txn, progress) -> None:
+    from .env import Environment
+
+    own = txn is None
+    if own:
+        txn = env.begin()
+    dst = Environment(path, page_size=env._page_size, max_dbs=max(env._max_dbs, 1 << 16),
+                      sync=False)
+    try:
+        names: list = []
+        _copy_db(txn, None, dst, None, progress, names)
+        for name in names:
+            src_db = env.open_db(name, txn=txn, create=False)
+            wtxn = dst.begin(write=True)
+            dst_db = dst.open_db(name, txn=wtxn)
+            wtxn.commit()
+            _copy_db(txn, src_db, dst, dst_db, progress, [])
+        dst.sync(True)
+        used = (dst.info()["last_pgno"] + 1) * dst._page_size
+        dst._datafile.truncate(used)  # no slack: a compact copy is as small as it gets
+    finally:
+        dst.close()
+        if own:
+            txn.abort()
+
+
+def _entries(txn, db, names):
+    """Yield (key, value) of plain entries; collect named-database keys in ``names``."""
+    cur = txn.cursor(db)
+    if not cur.first():
+        return
+    while True:
+        leaf, i = cur._path[-1]
+        flag = leaf.flags[i] if leaf.flags is not None else 0
+        if flag & fmt.F_SUBDB:
+            names.append(leaf.keys[i])
+        else:
+            yield leaf.keys[i], txn._value(leaf, i)
+        if not cur.next():
+            return
+
+
+def _copy_db(txn, src_db, dst, dst_db, progress, names) -> None:
+    wtxn = dst.begin(write=True)
+    n = 0
+    for key, value in _entries(txn, src_db, names):
+        wtxn.put(key, value, append=True, db=dst_db)
+        n += 1
+        if n % COMPACT_BATCH == 0:
+            wtxn.commit()
+            if progress is not None:
+                progress(COMPACT_BATCH)
+            wtxn = dst.begin(write=True)
+    wtxn.commit()

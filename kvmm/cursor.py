@@ -1,0 +1,408 @@
+"""Cursors: a position in one database of one transaction, as py-lmdb's Cursor.
+
+A cursor holds the path ``[[node, index], ...]`` from the root to its entry. In a
+write transaction the tree changes under it (nodes are copied, split and merged), so
+the cursor also keeps its entry's key and the transaction's change counter; when the
+counter moved on, the path is found again from the key before the cursor is used. A
+cursor whose entry was deleted then stands just before the entry that followed it, as
+LMDB's cursors do.
+
+Invariants:
+- ``_path`` is valid for the tree as of change counter ``_gen``.
+- ``_positioned`` is False after a failed move; the path then still marks where the
+  cursor was, so ``next``/``prev`` continue from there as in LMDB.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from .btree import descend, first_path
+from .errors import BadValsizeError, Error
+from .format import MAX_KEY_SIZE
+
+
+def path_next(load, path: list) -> bool:
+    """Step ``path`` to the next entry; False (path unchanged) at the end."""
+    leaf = path[-1]
+    if leaf[1] + 1 < len(leaf[0].keys):
+        leaf[1] += 1
+        return True
+    level = len(path) - 2
+    while level >= 0:
+        node, i = path[level]
+        if i + 1 < len(node.kids):
+            path[level][1] = i + 1
+            for lv in range(level + 1, len(path)):
+                pn, pi = path[lv - 1]
+                path[lv] = [load(pn.kids[pi], pn.ktxn[pi]), 0]
+            return True
+        level -= 1
+    return False
+
+
+def path_prev(load, path: list) -> bool:
+    """Step ``path`` to the previous entry; False (path unchanged) at the start."""
+    leaf = path[-1]
+    if leaf[1] > 0:
+        leaf[1] = min(leaf[1], len(leaf[0].keys)) - 1
+        if leaf[1] >= 0:
+            return True
+    level = len(path) - 2
+    while level >= 0:
+        node, i = path[level]
+        if i > 0:
+            path[level][1] = i - 1
+            for lv in range(level + 1, len(path)):
+                pn, pi = path[lv - 1]
+                child = load(pn.kids[pi], pn.ktxn[pi])
+                path[lv] = [child, len(child.keys) - 1]
+            return True
+        level -= 1
+    return False
+
+
+def _key_bytes(key) -> bytes:
+    if key.__class__ is not bytes:
+        if isinstance(key, str) or not hasattr(key, "__buffer__") and not isinstance(
+            key, (bytearray, memoryview)
+        ):
+            raise TypeError(f"keys must be bytes-like, not {type(key).__name__}")
+        key = bytes(key)
+    if not key or len(key) > MAX_KEY_SIZE:
+        raise BadValsizeError(f"key of {len(key)} bytes: keys are 1 to {MAX_KEY_SIZE} bytes")
+    return key
+
+
+class Cursor:
+    """A position in a database, moved by ``first``/``next``/``set_range``...
+
+    Use as py-lmdb's Cursor; also iterable (``for key, value in cursor``).
+    """
+
+    __slots__ = ("_txn", "_db", "_state", "_path", "_positioned", "_gen", "_key",
+                 "__weakref__")
+
+    def __init__(self, db, txn):
+        txn._live()
+        self._txn = txn
+        self._db = db
+        self._state = txn._state(db)
+        self._path = None
+        self._positioned = False
+        self._gen = txn._gen
+        self._key = b""
+        txn._cursors.add(self)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _check(self):
+        txn = self._txn
+        if txn is None or txn._done:
+            raise Error("cursor used after its transaction ended or it was closed")
+        return txn
+
+    def _sync(self) -> bool:
+        """Bring the path up to date after writes; True if the entry still exists."""
+        txn = self._check()
+        if self._gen == txn._gen:
+            return self._positioned
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        path = descend(txn.load, self._state, self._key) if self._path is not None else None
+        self._path = path
+        if path is None:
+            self._positioned = False
+            return False
+        leaf, i = path[-1]
+        exact = i < len(leaf.keys) and leaf.keys[i] == self._key
+        if not exact:
+            self._positioned = False
+        return exact
+
+    def _settle(self, ok: bool) -> bool:
+        """Record the outcome of a move: the current key, or unpositioned."""
+        self._positioned = ok
+        if ok:
+            leaf, i = self._path[-1]
+            self._key = leaf.keys[i]
+        return ok
+
+    def _at_end(self) -> bool:
+        """True when the leaf index points past its leaf (after a seek miss)."""
+        leaf, i = self._path[-1]
+        return i >= len(leaf.keys)
+
+    # --- positioning ----------------------------------------------------------------
+
+    def first(self) -> bool:
+        """Move to the first entry; False when the database is empty. O(log n)."""
+        txn = self._check()
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        self._path = first_path(txn.load, self._state)
+        return self._settle(self._path is not None and not self._at_end())
+
+    def last(self) -> bool:
+        """Move to the last entry; False when the database is empty. O(log n)."""
+        txn = self._check()
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        self._path = first_path(txn.load, self._state, last=True)
+        return self._settle(self._path is not None and self._path[-1][1] >= 0)
+
+    def next(self) -> bool:
+        """Move to the next entry (the first if unpositioned). O(1) amortised."""
+        txn = self._check()
+        if self._path is None:
+            return self.first()
+        if self._gen != txn._gen:
+            exact = self._sync()
+            if self._path is None:
+                return self._settle(False)
+            if not exact:
+                # The entry went away: the cursor already stands on its successor.
+                if not self._at_end():
+                    return self._settle(True)
+                return self._settle(path_next(txn.load, self._path) and not self._at_end())
+        if self._at_end():
+            return self._settle(path_next(txn.load, self._path) and not self._at_end())
+        return self._settle(path_next(txn.load, self._path))
+
+    def prev(self) -> bool:
+        """Move to the previous entry (the last if unpositioned). O(1) amortised."""
+        txn = self._check()
+        if self._path is None:
+            return self.last()
+        if self._gen != txn._gen:
+            self._sync()
+            if self._path is None:
+                return self._settle(False)
+        return self._settle(path_prev(txn.load, self._path))
+
+    def set_key(self, key) -> bool:
+        """Move to ``key`` exactly; False (unpositioned) when absent. O(log n)."""
+        key = _key_bytes(key)
+        txn = self._check()
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        self._path = path = descend(txn.load, self._state, key)
+        if path is None:
+            return self._settle(False)
+        leaf, i = path[-1]
+        ok = i < len(leaf.keys) and leaf.keys[i] == key
+        self._settle(ok)
+        if not ok:
+            self._key = key
+        return ok
+
+    def set_range(self, key) -> bool:
+        """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
+        key = _key_bytes(key)
+        txn = self._check()
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        self._path = path = descend(txn.load, self._state, key)
+        if path is None:
+            return self._settle(False)
+        if self._at_end():
+            ok = path_next(txn.load, path) and not self._at_end()
+            return self._settle(ok)
+        return self._settle(True)
+
+    # --- reading --------------------------------------------------------------------
+
+    def key(self):
+        """The current key, or b'' when unpositioned. O(1)."""
+        if not self._sync():
+            return b""
+        leaf, i = self._path[-1]
+        k = leaf.keys[i]
+        return memoryview(k) if self._txn._buffers else k
+
+    def value(self):
+        """The current value, or b'' when unpositioned. O(1) (overflow: O(size))."""
+        if not self._sync():
+            return b""
+        leaf, i = self._path[-1]
+        return self._txn._value(leaf, i)
+
+    def item(self) -> tuple:
+        """(key, value) of the current entry, or (b'', b'')."""
+        return self.key(), self.value()
+
+    def get(self, key, default=None):
+        """Move to ``key`` and return its value, or ``default`` when absent."""
+        if self.set_key(key):
+            return self.value()
+        return default
+
+    def count(self) -> int:
+        """Values of the current key: 1 in a database without duplicates."""
+        self._sync()
+        return 1 if self._positioned else 0
+
+    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False):
+        """[(key, value)] for each of ``keys`` that is present, in the order given."""
+        out = []
+        for key in keys:
+            if self.set_key(key):
+                out.append((self.key(), self.value()))
+        return out
+
+    def iternext(self, keys=True, values=True):
+        """Iterate forwards from the current entry (from the first if unpositioned)."""
+        txn = self._check()
+        if not self._positioned or self._gen != txn._gen and not self._sync():
+            if self._path is None or not self._positioned:
+                if not self.first():
+                    return
+        yield from self._walk(keys, values, True)
+
+    def iterprev(self, keys=True, values=True):
+        """Iterate backwards from the current entry (from the last if unpositioned)."""
+        txn = self._check()
+        if not self._positioned or self._gen != txn._gen and not self._sync():
+            if not self.last():
+                return
+        yield from self._walk(keys, values, False)
+
+    __iter__ = iternext
+
+    def iternext_nodup(self, keys=True, values=False):
+        """As iternext: every key is unique in a database without duplicates."""
+        return self.iternext(keys, values)
+
+    def iterprev_nodup(self, keys=True, values=False):
+        return self.iterprev(keys, values)
+
+    def _walk(self, keys: bool, values: bool, forward: bool):
+        txn = self._txn
+        value_of = txn._value
+        load = txn.load
+        step = path_next if forward else path_prev
+        buffers = txn._buffers
+        while True:
+            leaf_step = self._path[-1]
+            leaf = leaf_step[0]
+            ks = leaf.keys
+            gen = txn._gen
+            if forward:
+                order = range(leaf_step[1], len(ks))
+            else:
+                order = range(leaf_step[1], -1, -1)
+            plain = leaf.flags is None and not buffers
+            vs = leaf.vals
+            for i in order:
+                leaf_step[1] = i
+                if keys and values:
+                    yield (ks[i], vs[i] if plain else value_of(leaf, i))
+                elif keys:
+                    yield memoryview(ks[i]) if buffers else ks[i]
+                else:
+                    yield vs[i] if plain else value_of(leaf, i)
+                if txn._gen != gen or self._txn is None or txn._done:
+                    # Written to (or ended) while iterating: continue from the key.
+                    self._key = ks[i]
+                    self._positioned = True
+                    self._gen = gen
+                    if not (self.next() if forward else self.prev()):
+                        return
+                    break
+            else:
+                if not step(load, self._path):
+                    self._settle(True)
+                    self._positioned = False
+                    return
+                continue
+            continue
+
+    # --- writing --------------------------------------------------------------------
+
+    def put(self, key, value, dupdata=True, overwrite=True, append=False) -> bool:
+        """Store ``value`` under ``key`` and move to it; as Transaction.put."""
+        txn = self._check()
+        ok = txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append,
+                     db=self._db)
+        self.set_key(key)
+        return ok
+
+    def putmulti(self, items, dupdata=True, overwrite=True, append=False) -> tuple:
+        """Store many (key, value) pairs; return (consumed, added)."""
+        txn = self._check()
+        consumed = added = 0
+        last = None
+        for key, value in items:
+            consumed += 1
+            if txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append,
+                       db=self._db):
+                added += 1
+            last = key
+        if last is not None:
+            self.set_key(last)
+        return consumed, added
+
+    def replace(self, key, value):
+        """Store ``value`` under ``key``; return the old value or None."""
+        txn = self._check()
+        old = txn.replace(key, value, db=self._db)
+        self.set_key(key)
+        return old
+
+    def pop(self, key):
+        """Delete ``key``; return its value or None."""
+        txn = self._check()
+        old = txn.pop(key, db=self._db)
+        return old
+
+    def delete(self, dupdata=False) -> bool:
+        """Delete the current entry and move to the next; False when unpositioned."""
+        txn = self._check()
+        if not self._sync():
+            return False
+        key = self._key
+        txn.delete(key, db=self._db)
+        self._gen = txn._gen
+        self._state = txn._state(self._db)
+        self._path = path = descend(txn.load, self._state, key)
+        if path is None:
+            self._positioned = False
+            return True
+        if self._at_end():
+            self._settle(path_next(txn.load, path) and not self._at_end())
+            if not self._positioned:
+                self._key = key
+                leaf = path[-1]
+                leaf[1] = max(len(leaf[0].keys) - 1, 0)
+        else:
+            self._settle(True)
+        return True
+
+    # --- life -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Forget the position; the cursor cannot be used afterwards."""
+        txn = self._txn
+        if txn is not None:
+            txn._cursors.discard(self)
+        self._txn = None
+        self._path = None
+        self._positioned = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def txn(self):
+        return self._txn
+
+    @property
+    def db(self):
+        return self._db
+
+
+def _bisect(keys, key):
+    return bisect_left(keys, key)

@@ -1,0 +1,654 @@
+"""The environment: one data file, its lock file, and the shared page cache.
+
+``kvmm.open(path)`` returns an :class:`Environment`, the object py-lmdb calls
+``Environment``: it opens (or creates) the files, begins transactions, and holds what
+every transaction of this process shares — the map of the data file, the cache of
+decoded pages, and the cached newest meta.
+
+Invariants:
+- The decoded-page cache maps pgno to a committed node; an entry is used only when
+  its txnid equals the txnid named by the reference being followed, so a reused page
+  number can never serve stale contents.
+- Only the holder of the writer lock writes to the data file, and it writes a meta
+  only after the pages that meta reaches (see ``Transaction._commit``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from itertools import islice
+
+from . import format as fmt
+from .btree import Node
+from .errors import (
+    BadTxnError,
+    CorruptedError,
+    DbsFullError,
+    Error,
+    IncompatibleError,
+    InvalidError,
+    InvalidParameterError,
+    MapFullError,
+    NotFoundError,
+    ReadonlyError,
+)
+from .lock import LockFile
+from .mapfile import DataFile, Map
+from .txn import Transaction
+
+DATA_NAME = "data.kvmm"
+LOCK_NAME = "lock.kvmm"
+LOCK_SUFFIX = "-lock"
+
+# The file grows by half its size per step, at least GROW_MIN and at most GROW_MAX, so
+# a growing database remaps O(log size) times.
+GROW_MIN = 1 << 20
+GROW_MAX = 1 << 30
+# Free space at the end is given back when it passes a quarter of the file and
+# SHRINK_MIN; what stays is a slack of an eighth of the used size.
+SHRINK_MIN = 4 << 20
+# With sync=False, a commit becomes steady (synced) once the bytes written since the
+# last steady commit pass AUTOSYNC_MIN and an eighth of the file: pages of the steady
+# commit are not reused, so without it a never-synced database would grow for ever;
+# with it the file grows by at most about an eighth, for one sync per that much data.
+AUTOSYNC_MIN = 4 << 20
+DEFAULT_CACHE_SIZE = 128 << 20
+
+_open_envs: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for env in list(_open_envs):
+        env._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _read_boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            text = f.read().strip().replace(b"-", b"")
+        return bytes.fromhex(text.decode())[:16].ljust(16, b"\0")
+    except (OSError, ValueError):
+        return bytes(16)
+
+
+BOOT_ID = _read_boot_id()
+
+
+class _Database:
+    """A handle on the main database (name None) or a named one, as py-lmdb's."""
+
+    __slots__ = ("env", "name", "flags", "_dropped", "__weakref__")
+
+    def __init__(self, env, name, flags):
+        self.env = env
+        self.name = name
+        self.flags = flags
+        self._dropped = False
+
+    def __repr__(self) -> str:
+        return f"<kvmm database {self.name!r}>"
+
+
+class Environment:
+    """An open kvmm environment (py-lmdb's ``Environment``); see SPEC section 3."""
+
+    def __init__(self, path, map_size=10485760, subdir=True, readonly=False,
+                 metasync=True, sync=True, map_async=False, mode=0o644, create=True,
+                 readahead=True, writemap=False, meminit=True, max_readers=126,
+                 max_dbs=0, max_spare_txns=1, lock=True, page_size=fmt.DEFAULT_PAGE_SIZE,
+                 max_size=None, cache_size=DEFAULT_CACHE_SIZE):
+        self._closed = True
+        self._forked = False
+        path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not fmt.valid_page_size(page_size):
+            raise InvalidParameterError(f"page_size {page_size}: a power of two, 4096-65536")
+        self._path = path
+        self._subdir = subdir
+        self._readonly = readonly
+        self._sync = sync
+        self._metasync = metasync
+        self._lock_enabled = lock
+        self._max_dbs = max_dbs
+        self._max_size = max_size
+        self._mode = mode
+        self._boot_id = BOOT_ID
+        if subdir:
+            if not os.path.isdir(path):
+                if not create or readonly:
+                    raise NotFoundError(f"{path}: no such environment directory")
+                os.makedirs(path, mode=0o775, exist_ok=True)
+            data_path = os.path.join(path, DATA_NAME)
+            lock_path = os.path.join(path, LOCK_NAME)
+        else:
+            data_path = path
+            lock_path = path + LOCK_SUFFIX
+        if not os.path.exists(data_path) and (not create or readonly):
+            raise NotFoundError(f"{data_path}: no such file")
+        self._data_path = data_path
+        self._lock = LockFile(lock_path, max_readers, mode, create) if lock else None
+        self._thread_writer = threading.Lock()  # used when lock=False
+        self._writer_owner = None
+        self._datafile = DataFile(data_path, readonly=readonly, create=create, mode=mode)
+        try:
+            self._page_size = self._open_file(page_size)
+        except BaseException:
+            self._datafile.close()
+            if self._lock is not None:
+                self._lock.close()
+            raise
+        self._map = Map(self._datafile)
+        self._map.cover(fmt.NUM_METAS * self._page_size)
+        self._cache: dict[int, Node] = {}
+        self._cache_limit = max(64, cache_size // self._page_size)
+        self._meta_key = None
+        self._meta_pick = None
+        self._main_db = _Database(self, None, 0)
+        self._dbs: dict[bytes, _Database] = {}
+        self._unsynced = 0
+        self._reclaim_floor = 0
+        self._pid = os.getpid()
+        self._closed = False
+        _open_envs.add(self)
+
+    # --- opening --------------------------------------------------------------------
+
+    def _open_file(self, page_size: int) -> int:
+        """Create the two metas of a new file, or read the page size of an existing
+        one. Returns the page size. Refuses files that are not kvmm's."""
+        df = self._datafile
+        size = df.size()
+        if size == 0 and not self._readonly:
+            self._lock_writer()
+            try:
+                if df.size() == 0:
+                    empty = (0, 0, 0, 0, 0, 0, 0, 0)
+                    meta = fmt.Meta(page_size, 0, fmt.NUM_METAS, fmt.META_STEADY,
+                                    self._boot_id, empty, empty)
+                    page = fmt.encode_meta(meta).ljust(page_size, b"\0")
+                    df.write(0, [page, page])
+                    df.sync()
+                    return page_size
+            finally:
+                self._unlock_writer()
+            size = df.size()
+        head = df.pread(fmt.META_SIZE, 0)
+        first_error = None
+        try:
+            meta = fmt.decode_meta(head)
+            if size < fmt.NUM_METAS * meta.page_size:
+                raise InvalidError(f"{self._data_path}: file too short for a kvmm data file")
+            return meta.page_size
+        except (InvalidError, CorruptedError) as e:
+            first_error = e
+        # The first meta is unreadable: find the second at each possible page size.
+        psize = fmt.MIN_PAGE_SIZE
+        while psize <= fmt.MAX_PAGE_SIZE and size >= 2 * psize:
+            try:
+                meta = fmt.decode_meta(df.pread(fmt.META_SIZE, psize))
+                if meta.page_size == psize:
+                    return psize
+            except Error:
+                pass
+            psize *= 2
+        raise type(first_error)(f"{self._data_path}: {first_error}")
+
+    # --- metas ----------------------------------------------------------------------
+
+    def _metas(self, mm) -> tuple:
+        """Decode both metas from the map (None for one that fails its checks)."""
+        out = []
+        for slot in range(fmt.NUM_METAS):
+            off = slot * self._page_size
+            try:
+                out.append(fmt.decode_meta(mm[off : off + fmt.META_SIZE]))
+            except Error:
+                out.append(None)
+        return tuple(out)
+
+    def _pick(self, metas) -> tuple:
+        """(meta to use, newest txnid seen, newest steady txnid, slot to write next).
+
+        A weak (not synced) meta from an earlier boot may reach pages that never made
+        it to disk, so it is passed over for the steady one.
+        """
+        boot = self._boot_id
+        usable = [(m.txnid, -s, m) for s, m in enumerate(metas)
+                  if m is not None and (m.steady or m.boot_id == boot)]
+        if not usable:
+            raise CorruptedError(f"{self._data_path}: no valid meta page")
+        meta = max(usable)[2]
+        newest = max(m.txnid for m in metas if m is not None)
+        steadies = [(m.txnid, s) for s, m in enumerate(metas) if m is not None and m.steady]
+        if steadies:
+            steady_txnid, steady_slot = max(steadies)
+            target = 1 - steady_slot
+        else:
+            steady_txnid = meta.txnid
+            target = 1 - metas.index(meta)
+        return meta, newest, steady_txnid, target
+
+    def _current(self, mm) -> tuple:
+        """The cached result of ``_pick``, decoded again only when a meta changed."""
+        ps = self._page_size
+        key = (mm[16:24], mm[ps + 16 : ps + 24])  # the txnid field of each meta
+        if key != self._meta_key:
+            self._meta_pick = self._pick(self._metas(mm))
+            self._meta_key = key
+        return self._meta_pick
+
+    # --- transactions ---------------------------------------------------------------
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise Error("environment is closed")
+        if self._forked:
+            raise Error("environment was opened before fork(); open it again in the child")
+
+    def begin(self, db=None, parent=None, write=False, buffers=False) -> Transaction:
+        """Begin a read (default) or write transaction. A write waits for the writer."""
+        return Transaction(self, db=db, parent=parent, write=write, buffers=buffers)
+
+    def _begin_read(self):
+        self._usable()
+        lock = self._lock
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        slot = lock.acquire_slot() if lock is not None else None
+        try:
+            # Publish the snapshot, then check it is still the newest: a writer that
+            # began before the slot was set may free only pages older than it.
+            meta = self._current(mm)[0]
+            for _ in range(1000):
+                if slot is not None:
+                    lock.set_slot(slot, meta.txnid)
+                now = self._current(mm)[0]
+                if now is meta:
+                    break
+                meta = now
+            mm = self._map.cover(meta.next_pgno * self._page_size)
+        except BaseException:
+            if slot is not None:
+                lock.release_slot(slot)
+            raise
+        return meta, slot, mm
+
+    def _end_read(self, slot) -> None:
+        if slot is not None and not self._closed and not self._forked:
+            self._lock.release_slot(slot)
+
+    def _lock_writer(self) -> None:
+        if self._lock is not None:
+            self._lock.lock_writer()
+        else:
+            self._thread_writer.acquire()
+
+    def _unlock_writer(self) -> None:
+        if self._lock is not None:
+            self._lock.unlock_writer()
+        else:
+            self._thread_writer.release()
+
+    def _begin_write(self, txn) -> None:
+        self._usable()
+        if self._writer_owner == threading.get_ident():
+            raise BadTxnError("this thread already has a write transaction open")
+        self._lock_writer()
+        self._writer_owner = threading.get_ident()
+
+    def _end_write(self, txn) -> None:
+        self._writer_owner = None
+        if not self._closed and not self._forked:
+            self._unlock_writer()
+
+    def _write_snapshot(self) -> tuple:
+        """(meta, newest txnid, steady txnid) for a writer, read under the lock."""
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        meta, newest, steady, _ = self._current(mm)
+        return meta, newest, steady
+
+    def _oldest_reader(self):
+        return self._lock.oldest_reader() if self._lock is not None else None
+
+    # --- pages ----------------------------------------------------------------------
+
+    def _loader(self, mm, limit: int):
+        """A function (pgno, txnid) -> Node for a snapshot of ``limit`` pages."""
+        cache = self._cache
+        read = self._read_node
+
+        def load(pgno, txnid):
+            node = cache.get(pgno)
+            if node is not None and node.txnid == txnid:
+                return node
+            return read(mm, limit, pgno, txnid)
+
+        return load
+
+    def _read_node(self, mm, limit: int, pgno: int, txnid: int) -> Node:
+        if not fmt.NUM_METAS <= pgno < limit:
+            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+        ps = self._page_size
+        off = pgno * ps
+        page = mm[off : off + ps]
+        kind, count, _ = fmt.check_header(page, pgno, txnid)
+        try:
+            if kind == fmt.LEAF:
+                keys, vals, flags = fmt.decode_leaf(page, pgno, count)
+                node = Node(pgno, txnid, keys, vals, flags)
+            elif kind == fmt.BRANCH:
+                keys, kids, ktxn = fmt.decode_branch(page, pgno, count)
+                node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
+            else:
+                raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
+        except (ValueError, IndexError, OverflowError) as e:
+            raise CorruptedError(f"page {pgno}: {e}") from None
+        self._remember(node)
+        return node
+
+    def _remember(self, node: Node) -> None:
+        cache = self._cache
+        if len(cache) >= self._cache_limit:
+            for pgno in list(islice(cache, max(1, self._cache_limit // 8))):
+                cache.pop(pgno, None)
+        cache[node.pgno] = node
+
+    def _publish(self, nodes) -> None:
+        """Cache the nodes a commit just wrote (they are committed now)."""
+        for node in nodes:
+            self._remember(node)
+
+    def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):
+        ps = self._page_size
+        n = fmt.overflow_pages(length, ps)
+        if not fmt.NUM_METAS <= pgno or pgno + n > limit:
+            raise CorruptedError(f"overflow run at page {pgno} lies outside the file's pages")
+        off = pgno * ps
+        head = mm[off : off + fmt.HEADER_SIZE]
+        _, _, extra = fmt.check_header(head, pgno, txnid, fmt.OVERFLOW)
+        if extra != length:
+            raise CorruptedError(f"page {pgno}: overflow length {extra}, expected {length}")
+        start = off + fmt.HEADER_SIZE
+        value = memoryview(mm)[start : start + length] if buffers else mm[start : start + length]
+        if not fmt.overflow_crc_ok(head, value):
+            raise CorruptedError(f"page {pgno}: overflow checksum mismatch")
+        return value
+
+    # --- commit support ---------------------------------------------------------------
+
+    def _want_reclaim(self, txn) -> bool:
+        """Whether this commit should gather every reusable free page, to give the
+        file's tail back: when free pages are many, and more than at the last try."""
+        free = txn.free_db.entries
+        return (free >= 64 and free * 8 >= txn.next_pgno
+                and free * 2 > self._reclaim_floor * 3)
+
+    def _reclaimed(self, txn) -> None:
+        if txn.freelist.consumed == [] and txn.freelist.exhausted:
+            self._reclaim_floor = txn.free_db.entries
+
+    def _grow(self, end: int) -> None:
+        if self._max_size is not None and end > self._max_size:
+            raise MapFullError(
+                f"commit needs {end} bytes, past max_size {self._max_size}")
+        size = self._datafile.size()
+        if end <= size:
+            return
+        step = min(max(size // 2, GROW_MIN), GROW_MAX)
+        new = max(end, size + step)
+        ps = self._page_size
+        new = (new + ps - 1) // ps * ps
+        if self._max_size is not None:
+            new = max(end, min(new, self._max_size // ps * ps))
+        self._datafile.truncate(new)
+
+    def _write_pages(self, txn) -> None:
+        """Write the transaction's dirty pages and overflow runs, contiguous pages in
+        one call."""
+        ps = self._page_size
+        tid = txn.txnid
+        blobs = []
+        for pgno, node in txn._dirty.items():
+            if node.kids is None:
+                page = fmt.encode_leaf(pgno, tid, node.keys, node.vals, node.flags, ps)
+            else:
+                page = fmt.encode_branch(pgno, tid, node.keys, node.kids, node.ktxn, ps)
+            blobs.append((pgno, 1, [page]))
+        for pgno, value in txn._ovf_dirty.items():
+            head, value = fmt.encode_overflow(pgno, tid, value)
+            n = fmt.overflow_pages(len(value), ps)
+            pad = n * ps - fmt.HEADER_SIZE - len(value)
+            blobs.append((pgno, n, [head, value, bytes(pad)]))
+        blobs.sort(key=lambda b: b[0])
+        write = self._datafile.write
+        run_start = None
+        run_end = 0
+        chunks: list = []
+        written = 0
+        for pgno, n, parts in blobs:
+            if pgno != run_end or len(chunks) >= 512:
+                if chunks:
+                    write(run_start * ps, chunks)
+                run_start = pgno
+                chunks = []
+            chunks.extend(parts)
+            run_end = pgno + n
+            written += n
+        if chunks:
+            write(run_start * ps, chunks)
+        self._unsynced += written * ps
+
+    def _write_meta(self, meta, txn) -> None:
+        """Steps 5-7 of the commit: sync the pages (a steady commit), write the meta
+        into the slot that does not hold the newest steady meta, sync it.
+
+        A torn meta write fails its checksum and the other slot, untouched, is used.
+        """
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        target = self._current(mm)[3]
+        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 8)
+        df = self._datafile
+        if steady:
+            df.sync()  # 5. the pages are durable before any meta names them
+            meta.flags |= fmt.META_STEADY
+            self._unsynced = 0
+        page = fmt.encode_meta(meta)
+        df.write(target * self._page_size, [page])  # 6. the commit point
+        if steady and (self._metasync or not self._sync):
+            df.sync()  # 7. durable (and the steady meta safe before weak ones follow)
+        ps = self._page_size
+        end = meta.next_pgno * ps
+        size = df.size()
+        if size - end > max(SHRINK_MIN, size // 4):
+            df.truncate(end + min(end // 8 // ps * ps, GROW_MAX))
+
+    def _strict_check(self) -> None:
+        from .check import check_env
+
+        problems = check_env(self)
+        if problems:
+            raise CorruptedError("strict mode: " + "; ".join(problems[:5]))
+
+    # --- databases ------------------------------------------------------------------
+
+    def open_db(self, key=None, txn=None, reverse_key=False, dupsort=False, create=True,
+                integerkey=False, integerdup=False, dupfixed=False):
+        """A handle on the main database (``key=None``) or on named database ``key``,
+        created when missing (in ``txn``, or in a transaction of its own)."""
+        self._usable()
+        if key is None:
+            return self._main_db
+        if isinstance(key, str):
+            raise TypeError("database names are bytes")
+        key = bytes(key)
+        if dupsort:
+            raise NotImplementedError("dupsort databases are not supported yet")
+        if reverse_key or integerkey or integerdup or dupfixed:
+            raise NotImplementedError("only plain and named databases are supported")
+        flags = 0
+        db = self._dbs.get(key)
+        if db is not None:
+            if db.flags != flags:
+                raise IncompatibleError(f"database {key!r} is open with other flags")
+            return db
+        if len(self._dbs) >= self._max_dbs:
+            raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open")
+        db = _Database(self, key, flags)
+        own = txn is None
+        if own:
+            txn = self.begin(write=create and not self._readonly)
+        try:
+            record = txn._find_db_record(key)
+            if record is None:
+                if not create:
+                    raise NotFoundError(f"named database {key!r} does not exist")
+                if not txn.write:
+                    raise ReadonlyError(f"cannot create database {key!r} read-only")
+                txn._create_db(db)
+            elif (record[3] & fmt.DB_DUPSORT) != flags:
+                raise IncompatibleError(f"database {key!r} was created with other flags")
+            if own:
+                txn.commit()
+        except BaseException:
+            if own:
+                txn.abort()
+            raise
+        self._dbs[key] = db
+        return db
+
+    def _forget_db(self, db) -> None:
+        db._dropped = True
+        self._dbs.pop(db.name, None)
+
+    # --- information ----------------------------------------------------------------
+
+    def stat(self) -> dict:
+        """py-lmdb's statistics of the main database."""
+        with self.begin() as txn:
+            return txn.stat()
+
+    def info(self) -> dict:
+        """map_size, last_pgno, last_txnid, max_readers, num_readers."""
+        self._usable()
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        meta = self._current(mm)[0]
+        readers = self._lock.readers() if self._lock is not None else []
+        return {
+            "map_addr": 0,
+            "map_size": self._datafile.size(),
+            "last_pgno": meta.next_pgno - 1,
+            "last_txnid": meta.txnid,
+            "max_readers": self.max_readers(),
+            "num_readers": len(readers),
+        }
+
+    def path(self) -> str:
+        return self._path
+
+    def max_key_size(self) -> int:
+        return fmt.MAX_KEY_SIZE
+
+    def max_readers(self) -> int:
+        return self._lock.max_readers if self._lock is not None else 0
+
+    def flags(self) -> dict:
+        return {
+            "subdir": self._subdir,
+            "readonly": self._readonly,
+            "metasync": self._metasync,
+            "sync": self._sync,
+            "map_async": False,
+            "readahead": True,
+            "writemap": False,
+            "meminit": True,
+            "lock": self._lock_enabled,
+        }
+
+    def set_mapsize(self, map_size: int) -> None:
+        """Accepted for py-lmdb compatibility: the file grows by itself."""
+        self._usable()
+
+    def readers(self) -> str:
+        """The reader table, one line per slot in use, as py-lmdb formats it."""
+        self._usable()
+        lines = ["    pid     thread     txnid"]
+        if self._lock is not None:
+            for _slot, pid, txnid, _alive in self._lock.readers():
+                lines.append(f"{pid:>10} {0:>10x} {txnid:>10}")
+        return "\n".join(lines) + "\n"
+
+    def reader_check(self) -> int:
+        """Clear reader slots of processes that died; return how many."""
+        self._usable()
+        return self._lock.reader_check() if self._lock is not None else 0
+
+    # --- maintenance ----------------------------------------------------------------
+
+    def sync(self, force=False) -> None:
+        """Make every commit so far durable, even those made with sync=False."""
+        self._usable()
+        if self._readonly:
+            return
+        self._datafile.sync()
+        if self._writer_owner == threading.get_ident():
+            return  # this thread's write transaction will write a newer meta anyway
+        self._lock_writer()
+        try:
+            mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+            self._meta_key = None
+            meta, _, steady, target = self._current(mm)
+            if not meta.steady:
+                # The newest meta sits in the weak slot, `target`: rewrite it steady.
+                meta.flags |= fmt.META_STEADY
+                self._datafile.write(target * self._page_size, [fmt.encode_meta(meta)])
+                self._datafile.sync()
+                self._unsynced = 0
+                self._meta_key = None
+        finally:
+            self._unlock_writer()
+
+    def copy(self, path, compact=False, txn=None) -> None:
+        """Write a consistent copy of the environment into directory ``path``."""
+        from .copy import copy_env
+
+        copy_env(self, os.fspath(path), compact=compact, txn=txn)
+
+    def copyfd(self, fd, compact=False, txn=None) -> None:
+        from .copy import copy_to_fd
+
+        copy_to_fd(self, fd, compact=compact, txn=txn)
+
+    def close(self) -> None:
+        """Close the environment; its transactions and cursors become unusable."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_envs.discard(self)
+        self._map.close()
+        self._cache.clear()
+        if not self._forked:
+            self._datafile.close()
+            if self._lock is not None:
+                self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def open(path, **kwargs) -> Environment:  # noqa: A001 - py-lmdb's name
+    """Open (by default create) the environment at ``path``; see SPEC section 3."""
+    return Environment(path, **kwargs)

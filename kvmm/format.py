@@ -1,0 +1,376 @@
+"""The on-disk format: the only module that knows byte offsets.
+
+Data file (``data.kvmm``): an array of pages of ``page_size`` bytes.
+
+- Pages 0 and 1 are the two metas. A commit writes its meta into one slot while the
+  other still holds an earlier commit, so a torn meta write leaves a good one behind.
+  Each meta ends with a CRC-32 of its bytes; a meta that fails it is ignored.
+- Every other page starts with a 32-byte header::
+
+      checksum u32   CRC-32 of the page from byte 4 (an overflow run: of its header
+                     and value, see below)
+      kind     u16   BRANCH, LEAF or OVERFLOW
+      count    u16   number of entries (0 for overflow pages)
+      pgno     u64   the page's own number, so a page written to the wrong place is seen
+      txnid    u64   the transaction that wrote it; with ``pgno`` it names the page's
+                     contents for ever, since a page is written once per transaction
+      extra    u64   overflow: the value's length; otherwise 0
+
+- A branch page of ``n`` children::
+
+      header | n x child pgno u64 | n x child txnid u64 | n x key length u16 | keys
+
+  Key 0 is stored empty: child ``i`` holds keys ``K(i) <= k < K(i+1)``. The child's
+  txnid is checked against the child's header when it is read, so a lost or misplaced
+  write is reported as corruption instead of being read as data.
+- A leaf page of ``n`` entries::
+
+      header | n x key length u16 | n x value word u32 | keys | values
+
+  The value word is the stored value's length in its low 30 bits, plus flags:
+  ``F_OVERFLOW`` (the stored value is an overflow reference: pgno u64, txnid u64,
+  length u64) and ``F_SUBDB`` (the stored value is a named database's record).
+- An overflow run: ``ceil((32 + length) / page_size)`` consecutive pages; the header of
+  the first page is followed by the value's bytes. Its checksum covers the header from
+  byte 4 and the value.
+
+Lock file (``lock.kvmm``): a header, then ``max_readers`` reader slots of
+``pid u32 | pad u32 | txnid u64`` (txnid 0: the slot holds no snapshot). Byte-range
+locks (which need no bytes in the file) mark the writer, the reader table while it is
+changed, and each slot's owner while it lives.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from struct import Struct
+
+from .errors import CorruptedError, InvalidError, VersionMismatchError
+
+# --- identity -------------------------------------------------------------------
+
+MAGIC = b"KVMMDATA"
+VERSION = 1
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 65536
+DEFAULT_PAGE_SIZE = 4096
+
+# --- page kinds and flags ---------------------------------------------------------
+
+BRANCH = 2
+LEAF = 3
+OVERFLOW = 4
+
+F_OVERFLOW = 1 << 31
+F_SUBDB = 1 << 30
+LENGTH_MASK = (1 << 30) - 1
+
+META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
+
+# Named-database flags kept in a database record. Only DUPSORT exists today.
+DB_DUPSORT = 0x04
+
+# --- sizes ------------------------------------------------------------------------
+
+PAGE_HEADER = Struct("<IHHQQQ")  # checksum, kind, count, pgno, txnid, extra
+HEADER_SIZE = PAGE_HEADER.size  # 32
+OVERFLOW_REF = Struct("<QQQ")  # pgno, txnid, length
+OVERFLOW_REF_SIZE = OVERFLOW_REF.size
+LEAF_ENTRY_COST = 2 + 4  # key length + value word, beside the key and value bytes
+BRANCH_ENTRY_COST = 8 + 8 + 2  # child pgno + child txnid + key length
+MAX_KEY_SIZE = 511
+
+# A database record: root pgno, root txnid, depth, flags, entries, branch pages,
+# leaf pages, overflow pages. A root pgno of 0 means an empty tree (page 0 is a meta).
+DB_RECORD = Struct("<QQIIQQQQ")
+DB_RECORD_SIZE = DB_RECORD.size
+
+# A meta: magic, version, page size, txnid, next pgno (pages in use), flags, boot id,
+# the main database's record, the free database's record; then a CRC-32 of all that.
+META = Struct("<8sIIQQI16s" + DB_RECORD.format[1:] * 2)
+META_CRC = Struct("<I")
+META_SIZE = META.size + META_CRC.size
+NUM_METAS = 2
+
+# The free database: key = freeing txnid (8 bytes, big-endian so keys sort by txnid),
+# value = the freed page numbers as u64s.
+FREE_KEY = Struct(">Q")
+
+# --- lock file ----------------------------------------------------------------------
+
+LOCK_MAGIC = b"KVMMLOCK"
+LOCK_VERSION = 1
+LOCK_HEADER = Struct("<8sII")  # magic, version, max_readers
+LOCK_HEADER_SIZE = 64
+# pid, pad, txnid. Native ("@"): CPython packs and unpacks a native Q with one 8-byte
+# copy, so another process never sees a torn txnid ("<Q" goes byte by byte). The lock
+# file never leaves its host, so its byte order is the host's.
+READER_SLOT = Struct("@IIQ")
+READER_SLOT_SIZE = READER_SLOT.size
+WRITER_LOCK_BYTE = 0  # held by the process whose write transaction is open
+TABLE_LOCK_BYTE = 1  # held while a process claims or frees reader slots
+SLOT_LOCK_BASE = 1 << 20  # byte SLOT_LOCK_BASE + i is held by slot i's owner
+
+
+def lock_file_size(max_readers: int) -> int:
+    return LOCK_HEADER_SIZE + max_readers * READER_SLOT_SIZE
+
+
+def slot_offset(slot: int) -> int:
+    return LOCK_HEADER_SIZE + slot * READER_SLOT_SIZE
+
+
+# --- helpers ------------------------------------------------------------------------
+
+_crc32 = zlib.crc32
+
+
+def page_capacity(page_size: int) -> int:
+    """Bytes available for entries in a branch or leaf page."""
+    return page_size - HEADER_SIZE
+
+
+def max_entry_size(page_size: int) -> int:
+    """The largest leaf entry kept inline; larger values go to overflow pages.
+
+    Half a page, so that any page that overflows by one entry splits into two that fit.
+    """
+    return page_capacity(page_size) // 2
+
+
+def overflow_pages(length: int, page_size: int) -> int:
+    return (HEADER_SIZE + length + page_size - 1) // page_size
+
+
+def valid_page_size(page_size: int) -> bool:
+    return (
+        MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0
+    )
+
+
+# --- metas --------------------------------------------------------------------------
+
+
+class Meta:
+    """One decoded meta page: the root of one committed snapshot."""
+
+    __slots__ = ("page_size", "txnid", "next_pgno", "flags", "boot_id", "main", "free")
+
+    def __init__(self, page_size, txnid, next_pgno, flags, boot_id, main, free):
+        self.page_size = page_size
+        self.txnid = txnid
+        self.next_pgno = next_pgno
+        self.flags = flags
+        self.boot_id = boot_id
+        self.main = main  # a DB_RECORD tuple
+        self.free = free
+
+    @property
+    def steady(self) -> bool:
+        return bool(self.flags & META_STEADY)
+
+    def __repr__(self) -> str:
+        return f"Meta(txnid={self.txnid}, next_pgno={self.next_pgno}, steady={self.steady})"
+
+
+def encode_meta(meta: Meta) -> bytes:
+    body = META.pack(
+        MAGIC,
+        VERSION,
+        meta.page_size,
+        meta.txnid,
+        meta.next_pgno,
+        meta.flags,
+        meta.boot_id,
+        *meta.main,
+        *meta.free,
+    )
+    return body + META_CRC.pack(_crc32(body))
+
+
+def decode_meta(buf) -> Meta:
+    """Decode a meta from the start of ``buf``.
+
+    Raises InvalidError for bytes that are not a kvmm meta, VersionMismatchError for
+    another format version, CorruptedError for a meta that fails its checksum.
+    """
+    if len(buf) < META_SIZE:
+        raise InvalidError("file too short for a kvmm meta page")
+    fields = META.unpack_from(buf, 0)
+    if fields[0] != MAGIC:
+        raise InvalidError("not a kvmm data file (bad magic)")
+    if fields[1] != VERSION:
+        raise VersionMismatchError(
+            f"kvmm data file of format version {fields[1]}; this kvmm reads version {VERSION}"
+        )
+    (crc,) = META_CRC.unpack_from(buf, META.size)
+    if crc != _crc32(bytes(buf[: META.size])):
+        raise CorruptedError("meta page fails its checksum")
+    n = len(DB_RECORD.format) - 1
+    rest = fields[7:]
+    meta = Meta(fields[2], fields[3], fields[4], fields[5], fields[6], rest[:n], rest[n:])
+    if not valid_page_size(meta.page_size):
+        raise CorruptedError(f"meta names an invalid page size {meta.page_size}")
+    return meta
+
+
+# --- pages --------------------------------------------------------------------------
+
+
+def _fail(pgno: int, what: str):
+    raise CorruptedError(f"page {pgno}: {what}")
+
+
+def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) -> tuple:
+    """Check a page's header and checksum; return (kind, count, extra).
+
+    ``txnid`` is the writer named by the reference that led here (0 to skip that
+    check). Raises CorruptedError when anything disagrees.
+    """
+    try:
+        crc, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
+    except struct.error:
+        _fail(pgno, "truncated page")
+    if ppgno != pgno:
+        _fail(pgno, f"header names page {ppgno}")
+    if txnid and ptxnid != txnid:
+        _fail(pgno, f"written by txn {ptxnid}, expected txn {txnid} (lost or stale write)")
+    if kind is not None and pkind != kind:
+        _fail(pgno, f"kind {pkind}, expected {kind}")
+    if pkind != OVERFLOW and crc != _crc32(memoryview(page)[4:]):
+        _fail(pgno, "checksum mismatch")
+    return pkind, count, extra
+
+
+def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,
+                page_size: int) -> bytes:
+    """Serialise a leaf. ``vals`` holds stored values (bytes, or packed references);
+    ``flags`` is None or a list of per-entry flag words (F_OVERFLOW, F_SUBDB)."""
+    n = len(keys)
+    klens = [len(k) for k in keys]
+    if flags is None:
+        words = [len(v) for v in vals]
+    else:
+        words = [len(v) | f for v, f in zip(vals, flags)]
+    head = struct.pack(f"<{n}H{n}I", *klens, *words)
+    body = b"".join((head, b"".join(keys), b"".join(vals)))
+    return _finish(LEAF, n, pgno, txnid, 0, body, page_size)
+
+
+def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: list,
+                  page_size: int) -> bytes:
+    n = len(keys)
+    klens = [len(k) for k in keys]
+    klens[0] = 0
+    head = struct.pack(f"<{n}Q{n}Q{n}H", *kids, *kid_txnids, *klens)
+    body = b"".join((head, b"".join(keys[1:])))
+    return _finish(BRANCH, n, pgno, txnid, 0, body, page_size)
+
+
+def _finish(kind: int, count: int, pgno: int, txnid: int, extra: int, body: bytes,
+            page_size: int) -> bytes:
+    pad = page_size - HEADER_SIZE - len(body)
+    if pad < 0:
+        raise AssertionError(f"page {pgno} overfull by {-pad} bytes")
+    rest = PAGE_HEADER.pack(0, kind, count, pgno, txnid, extra)[4:] + body + bytes(pad)
+    return struct.pack("<I", _crc32(rest)) + rest
+
+
+def encode_overflow(pgno: int, txnid: int, value) -> tuple[bytes, bytes]:
+    """Return (header, value) for an overflow run; written back to back."""
+    rest = PAGE_HEADER.pack(0, OVERFLOW, 0, pgno, txnid, len(value))[4:]
+    crc = _crc32(value, _crc32(rest))
+    return struct.pack("<I", crc) + rest, value
+
+
+def overflow_crc_ok(page: bytes, value) -> bool:
+    (crc,) = struct.unpack_from("<I", page, 0)
+    return crc == _crc32(value, _crc32(memoryview(page)[4:HEADER_SIZE]))
+
+
+_formats: dict = {}
+
+
+def _fmt(spec: str) -> Struct:
+    s = _formats.get(spec)
+    if s is None:
+        s = _formats[spec] = Struct(spec)
+    return s
+
+
+def decode_leaf(page: bytes, pgno: int, n: int):
+    """Return (keys, vals, flags) of a checked leaf page; flags is None when no entry
+    has flags. Raises CorruptedError when the lengths run past the page."""
+    lens = _fmt(f"<{n}H{n}I").unpack_from(page, HEADER_SIZE)
+    p = HEADER_SIZE + 6 * n
+    keys = []
+    append = keys.append
+    for kl in lens[:n]:
+        q = p + kl
+        append(page[p:q])
+        p = q
+    words = lens[n:]
+    vals = []
+    append = vals.append
+    if max(words, default=0) <= LENGTH_MASK:
+        flags = None
+        for vl in words:
+            q = p + vl
+            append(page[p:q])
+            p = q
+    else:
+        flags = []
+        for w in words:
+            q = p + (w & LENGTH_MASK)
+            append(page[p:q])
+            flags.append(w & ~LENGTH_MASK)
+            p = q
+    if p > len(page):
+        _fail(pgno, "entries run past the end of the page")
+    return keys, vals, flags
+
+
+def decode_branch(page: bytes, pgno: int, n: int):
+    """Return (keys, kids, kid_txnids) of a checked branch page."""
+    if n == 0:
+        _fail(pgno, "branch page without children")
+    fields = _fmt(f"<{n}Q{n}Q{n}H").unpack_from(page, HEADER_SIZE)
+    kids = list(fields[:n])
+    kid_txnids = list(fields[n : 2 * n])
+    p = HEADER_SIZE + 18 * n
+    keys = [b""]
+    append = keys.append
+    for kl in fields[2 * n + 1 :]:
+        q = p + kl
+        append(page[p:q])
+        p = q
+    if p > len(page):
+        _fail(pgno, "keys run past the end of the page")
+    return keys, kids, kid_txnids
+
+
+def decode_overflow_ref(stored: bytes) -> tuple[int, int, int]:
+    if len(stored) != OVERFLOW_REF_SIZE:
+        raise CorruptedError("bad overflow reference")
+    return OVERFLOW_REF.unpack(stored)
+
+
+def encode_db_record(rec: tuple) -> bytes:
+    return DB_RECORD.pack(*rec)
+
+
+def decode_db_record(stored: bytes) -> tuple:
+    if len(stored) != DB_RECORD_SIZE:
+        raise CorruptedError("bad named-database record")
+    return DB_RECORD.unpack(stored)
+
+
+def encode_pgnos(pgnos) -> bytes:
+    return struct.pack(f"<{len(pgnos)}Q", *pgnos)
+
+
+def decode_pgnos(stored: bytes) -> tuple:
+    if len(stored) % 8:
+        raise CorruptedError("bad free-page record")
+    return struct.unpack(f"<{len(stored) // 8}Q", stored)

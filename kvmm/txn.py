@@ -1,0 +1,487 @@
+"""Transactions: a snapshot to read, and for the one writer, the commit recipe.
+
+A read transaction pins the snapshot of the last commit at ``begin()`` by publishing
+its txnid in a reader slot; it never sees later commits. A write transaction edits
+copies of the pages it touches (see :mod:`kvmm.btree`) and makes them visible with the
+numbered recipe in :meth:`Transaction.commit`.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left, bisect_right
+
+from . import format as fmt
+from .btree import DbState, Node, descend, insert, remove_at, replace_at
+from .cursor import Cursor, _key_bytes
+from .errors import (
+    BadDbiError,
+    BadTxnError,
+    CorruptedError,
+    Error,
+    IncompatibleError,
+    MapFullError,
+    NotFoundError,
+    ReadonlyError,
+)
+from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
+from .freelist import FreeList
+
+_STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
+
+
+def _value_bytes(value) -> bytes:
+    if value.__class__ is bytes:
+        return value
+    if isinstance(value, str):
+        raise TypeError("values must be bytes-like, not str")
+    try:
+        return bytes(memoryview(value))
+    except TypeError:
+        raise TypeError(f"values must be bytes-like, not {type(value).__name__}") from None
+
+
+class Transaction:
+    """A read snapshot, or the write transaction, as py-lmdb's Transaction.
+
+    Use as a context manager: a write transaction commits on normal exit and aborts
+    on an exception; a read transaction ends either way.
+    """
+
+    def __init__(self, env, db=None, parent=None, write=False, buffers=False):
+        if parent is not None:
+            raise NotImplementedError("nested transactions are not supported")
+        env._usable()
+        if write and env._readonly:
+            raise ReadonlyError("the environment is read-only")
+        self.env = env
+        self.write = write
+        self._buffers = buffers
+        self._done = False
+        self._gen = 0
+        self._cursors = set()
+        self._default_db = db if db is not None else env._main_db
+        self._slot = None
+        self._dbs: dict = {}
+        self.page_size = env._page_size
+        self.capacity = fmt.page_capacity(self.page_size)
+        self._max_entry = fmt.max_entry_size(self.page_size)
+        if write:
+            env._begin_write(self)
+            try:
+                self._start_write()
+            except BaseException:
+                env._end_write(self)
+                raise
+        else:
+            self.meta, self._slot, self._mm = env._begin_read()
+            self.txnid = self.meta.txnid
+            self.load = env._loader(self._mm, self.meta.next_pgno)
+
+    def _start_write(self):
+        env = self.env
+        meta, newest_txnid, steady_txnid = env._write_snapshot()
+        self.meta = meta
+        self.txnid = newest_txnid + 1
+        self.next_pgno = meta.next_pgno
+        self._mm = env._map.cover(meta.next_pgno * self.page_size)
+        self._clean_load = env._loader(self._mm, meta.next_pgno)
+        self._dirty: dict[int, Node] = {}
+        self._ovf_dirty: dict[int, bytes] = {}
+        self.main_db = DbState(meta.main)
+        self.free_db = DbState(meta.free)
+        self._dbs[env._main_db] = self.main_db
+        oldest = env._oldest_reader()
+        bound = min(meta.txnid, steady_txnid)
+        if oldest is not None:
+            bound = min(bound, oldest)
+        self.freelist = FreeList(self, bound)
+
+    # --- pages ----------------------------------------------------------------------
+
+    def load(self, pgno: int, txnid: int) -> Node:
+        """The node of page ``pgno`` written by ``txnid`` (write transactions; a read
+        transaction's ``load`` is the environment's cache loader)."""
+        if txnid == self.txnid:
+            return self._dirty[pgno]
+        return self._clean_load(pgno, txnid)
+
+    def touch(self, node: Node, db: DbState) -> Node:
+        """A dirty copy of committed ``node``; its old page is freed."""
+        pgno = self.freelist.alloc()
+        new = node.copy(pgno, self.txnid)
+        self._dirty[pgno] = new
+        self.freelist.free(node.pgno, 1, False)
+        return new
+
+    def new_node(self, db: DbState, leaf: bool) -> Node:
+        pgno = self.freelist.alloc()
+        if leaf:
+            node = Node(pgno, self.txnid, [], [], None)
+            db.leaf_pages += 1
+        else:
+            node = Node(pgno, self.txnid, [], kids=[], ktxn=[])
+            db.branch_pages += 1
+        node.size = 0
+        self._dirty[pgno] = node
+        return node
+
+    def free_node(self, node: Node, db: DbState) -> None:
+        if node.kids is None:
+            db.leaf_pages -= 1
+        else:
+            db.branch_pages -= 1
+        dirty = node.txnid == self.txnid
+        if dirty:
+            del self._dirty[node.pgno]
+        self.freelist.free(node.pgno, 1, dirty)
+
+    # --- databases ------------------------------------------------------------------
+
+    def _live(self):
+        if self._done:
+            raise Error("transaction has already ended")
+
+    def _state(self, db) -> DbState:
+        """The record of database ``db`` as this transaction sees it."""
+        state = self._dbs.get(db)
+        if state is not None:
+            return state
+        self._live()
+        if db is None:
+            return self._state(self._default_db)
+        env = self.env
+        if getattr(db, "env", None) is not env or db._dropped:
+            raise BadDbiError("database handle is closed, dropped or of another environment")
+        if db is env._main_db:
+            state = DbState(self.meta.main)
+        else:
+            record = self._find_db_record(db.name)
+            if record is None:
+                raise BadDbiError(f"named database {db.name!r} does not exist in this txn")
+            state = DbState(record)
+        self._dbs[db] = state
+        return state
+
+    def _main_state(self) -> DbState:
+        return self._state(self.env._main_db)
+
+    def _find_db_record(self, name: bytes):
+        main = self._main_state()
+        path = descend(self.load, main, name)
+        if path is None:
+            return None
+        leaf, i = path[-1]
+        if i < len(leaf.keys) and leaf.keys[i] == name:
+            if leaf.flags is None or not leaf.flags[i] & F_SUBDB:
+                raise IncompatibleError(f"key {name!r} of the main database is not a database")
+            return fmt.decode_db_record(leaf.vals[i])
+        return None
+
+    def _create_db(self, db) -> None:
+        """Create named database ``db`` in this write transaction."""
+        state = DbState((0, 0, 0, db.flags, 0, 0, 0, 0))
+        state.changed = True
+        self._dbs[db] = state
+        main = self._main_state()
+        path = descend(self.load, main, db.name)
+        insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
+               False)
+        self._gen += 1
+
+    # --- reading --------------------------------------------------------------------
+
+    def id(self) -> int:
+        """This transaction's txnid (a read: the snapshot's)."""
+        self._live()
+        return self.txnid
+
+    def get(self, key, default=None, db=None):
+        """The value of ``key``, or ``default``. O(log n); O(1) per level on cache hits."""
+        state = self._dbs.get(db if db is not None else self._default_db)
+        if state is None:
+            state = self._state(db)
+        elif self._done:
+            raise Error("transaction has already ended")
+        if key.__class__ is not bytes:
+            key = _key_bytes(key)
+        if not state.root:
+            return default
+        load = self.load
+        node = load(state.root, state.root_txnid)
+        while node.kids is not None:
+            i = bisect_right(node.keys, key) - 1
+            node = load(node.kids[i], node.ktxn[i])
+        keys = node.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            if node.flags is None and not self._buffers:
+                return node.vals[i]
+            return self._value(node, i)
+        if not key or len(key) > fmt.MAX_KEY_SIZE:
+            _key_bytes(key)
+        return default
+
+    def _value(self, leaf: Node, i: int):
+        v = leaf.vals[i]
+        if leaf.flags is not None and leaf.flags[i] & F_OVERFLOW:
+            return self._read_overflow(v)
+        return memoryview(v) if self._buffers else v
+
+    def _read_overflow(self, stored: bytes):
+        pgno, txnid, length = fmt.decode_overflow_ref(stored)
+        if self.write and txnid == self.txnid:
+            value = self._ovf_dirty.get(pgno)
+            if value is None:
+                raise CorruptedError(f"page {pgno}: dirty overflow run missing")
+            return memoryview(value) if self._buffers else value
+        return self.env._read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
+                                       self._buffers)
+
+    def cursor(self, db=None) -> Cursor:
+        """A cursor on ``db`` (default: the transaction's database)."""
+        self._live()
+        return Cursor(db if db is not None else self._default_db, self)
+
+    def stat(self, db=None) -> dict:
+        """py-lmdb's statistics of ``db`` in this transaction's view."""
+        s = self._state(db)
+        return {
+            "psize": self.page_size,
+            "depth": s.depth,
+            "branch_pages": s.branch_pages,
+            "leaf_pages": s.leaf_pages,
+            "overflow_pages": s.overflow_pages,
+            "entries": s.entries,
+        }
+
+    # --- writing --------------------------------------------------------------------
+
+    def _writable(self, db) -> DbState:
+        if not self.write:
+            raise ReadonlyError("cannot write in a read-only transaction")
+        state = self._state(db)
+        if self._done:
+            raise Error("transaction has already ended")
+        return state
+
+    def _store(self, state: DbState, key: bytes, value: bytes) -> tuple[bytes, int]:
+        """The bytes to keep in the leaf for ``value``: itself, or an overflow ref."""
+        if fmt.LEAF_ENTRY_COST + len(key) + len(value) <= self._max_entry:
+            return value, 0
+        n = fmt.overflow_pages(len(value), self.page_size)
+        pgno = self.freelist.alloc(n)
+        self._ovf_dirty[pgno] = value
+        state.overflow_pages += n
+        return OVERFLOW_REF.pack(pgno, self.txnid, len(value)), F_OVERFLOW
+
+    def _drop_value(self, state: DbState, leaf: Node, i: int) -> None:
+        """Free the overflow run of entry ``i`` of ``leaf``, if it has one."""
+        if leaf.flags is None or not leaf.flags[i] & F_OVERFLOW:
+            return
+        pgno, txnid, length = fmt.decode_overflow_ref(leaf.vals[i])
+        n = fmt.overflow_pages(length, self.page_size)
+        state.overflow_pages -= n
+        dirty = txnid == self.txnid
+        if dirty:
+            self._ovf_dirty.pop(pgno, None)
+        self.freelist.free(pgno, n, dirty)
+
+    def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None) -> bool:
+        """Store ``value`` under ``key``. False when the key exists and ``overwrite`` is
+        False, or when ``append`` is set and ``key`` is not past the last key.
+        O(log n)."""
+        state = self._writable(db)
+        key = _key_bytes(key)
+        value = _value_bytes(value)
+        if db is not None and db is self.env._main_db or db is None and (
+                self._default_db is self.env._main_db):
+            pass
+        path = descend(self.load, state, key)
+        if path is not None:
+            leaf, i = path[-1]
+            if append:
+                if i < len(leaf.keys) or any(
+                        pi != len(p.keys) - 1 for p, pi in path[:-1]):
+                    return False
+            elif i < len(leaf.keys) and leaf.keys[i] == key:
+                if not overwrite:
+                    return False
+                if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
+                    raise IncompatibleError(f"key {key!r} names a database")
+                self._gen += 1
+                self._drop_value(state, leaf, i)
+                stored, flag = self._store(state, key, value)
+                replace_at(self, state, path, stored, flag)
+                return True
+        self._gen += 1
+        stored, flag = self._store(state, key, value)
+        insert(self, state, path, key, stored, flag, append)
+        return True
+
+    def replace(self, key, value, db=None):
+        """Store ``value`` under ``key``; return the previous value or None."""
+        old = self.get(key, db=db)
+        if old is not None and self._buffers:
+            old = bytes(old)
+        self.put(key, value, db=db)
+        return old
+
+    def pop(self, key, db=None):
+        """Delete ``key``; return its value, or None when absent."""
+        old = self.get(key, db=db)
+        if old is None:
+            return None
+        if self._buffers:
+            old = bytes(old)
+        self.delete(key, db=db)
+        return old
+
+    def delete(self, key, value=b"", db=None) -> bool:
+        """Delete ``key``; False when absent. O(log n)."""
+        state = self._writable(db)
+        key = _key_bytes(key)
+        path = descend(self.load, state, key)
+        if path is None:
+            return False
+        leaf, i = path[-1]
+        if i >= len(leaf.keys) or leaf.keys[i] != key:
+            return False
+        if value and self._value(leaf, i) != value:
+            return False
+        if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
+            raise IncompatibleError(f"key {key!r} names a database; use drop()")
+        self._gen += 1
+        self._drop_value(state, leaf, i)
+        remove_at(self, state, path)
+        return True
+
+    def drop(self, db, delete=True) -> None:
+        """Empty ``db``; with ``delete`` also remove it (not the main database)."""
+        state = self._writable(db)
+        self._gen += 1
+        self._free_tree(state, state.root, state.root_txnid)
+        state.root = state.root_txnid = state.depth = 0
+        state.entries = state.branch_pages = state.leaf_pages = state.overflow_pages = 0
+        state.changed = True
+        env = self.env
+        if delete and db is not env._main_db:
+            main = self._main_state()
+            path = descend(self.load, main, db.name)
+            remove_at(self, main, path)
+            del self._dbs[db]
+            env._forget_db(db)
+
+    def _free_tree(self, state: DbState, pgno: int, txnid: int) -> None:
+        if not pgno:
+            return
+        node = self.load(pgno, txnid)
+        if node.kids is not None:
+            for kid, ktxn in zip(node.kids, node.ktxn):
+                self._free_tree(state, kid, ktxn)
+        else:
+            for i in range(len(node.keys)):
+                self._drop_value(state, node, i)
+        dirty = node.txnid == self.txnid
+        if dirty:
+            del self._dirty[pgno]
+        self.freelist.free(pgno, 1, dirty)
+
+    # --- ending ---------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make this transaction's changes visible and (with sync) durable."""
+        self._live()
+        if not self.write:
+            self._end()
+            return
+        try:
+            if self._dirty or self._ovf_dirty or self.freelist.freed:
+                self._commit()
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+
+    def _commit(self) -> None:
+        """The commit recipe. Step 5 (or 7 with metasync) makes it durable; every
+        step before 6 writes only pages no snapshot can reach, so a crash before the
+        meta is written leaves the previous commit whole."""
+        env = self.env
+        # 1. Save changed named-database records into the main tree.
+        main = self.main_db
+        for db, state in self._dbs.items():
+            if db is not env._main_db and state.changed:
+                path = descend(self.load, main, db.name)
+                leaf, i = path[-1]
+                if i >= len(leaf.keys) or leaf.keys[i] != db.name:
+                    raise NotFoundError(f"named database {db.name!r} vanished")
+                replace_at(self, main, path, fmt.encode_db_record(state.record()), F_SUBDB)
+        # 2. Take back free pages at the end of the file, then record the free list.
+        freelist = self.freelist
+        if env._want_reclaim(self):
+            freelist.load_all()
+        freelist.trim_tail()
+        freelist.save()
+        env._reclaimed(self)
+        # 3. Make room: grow the file if the new pages pass its end (MapFullError here
+        #    changes nothing).
+        end = self.next_pgno * self.page_size
+        env._grow(end)
+        # 4. Write every dirty page and overflow run.
+        env._write_pages(self)
+        # 5-7. Sync the pages, write the meta into the slot not holding the newest
+        #      steady meta, sync the meta (see Environment._write_meta).
+        meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, env._boot_id,
+                        main.record(), self.free_db.record())
+        env._write_meta(meta, self)
+        # 8. Share the new pages with later readers of this process.
+        env._publish(self._dirty.values())
+        if _STRICT:
+            env._strict_check()
+
+    def abort(self) -> None:
+        """Discard every change; end the transaction."""
+        if not self._done:
+            self._end()
+
+    def _end(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        for cur in list(self._cursors):
+            cur._txn = None
+            cur._path = None
+        self._cursors.clear()
+        env = self.env
+        if self.write:
+            self._dirty = {}
+            self._ovf_dirty = {}
+            env._end_write(self)
+        else:
+            env._end_read(self._slot)
+        self._mm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and not self._done:
+            self.commit()
+        else:
+            self.abort()
+
+    def __del__(self):
+        try:
+            if not self._done:
+                self.abort()
+        except Exception:
+            pass
+
+
+def check_db_flags(db, record) -> None:
+    if record is not None and (record[3] & fmt.DB_DUPSORT) != (db.flags & fmt.DB_DUPSORT):
+        raise IncompatibleError(f"database {db.name!r} was created with other flags")
+
+
+_unused = (BadTxnError, MapFullError)
