@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from . import format as fmt
 from .errors import Error
-from .freelist import key_txnid
+from .freelist import WEAK_BORN, key_txnid
 
 
 class Checker:
@@ -180,6 +180,12 @@ class Checker:
                 self.problem(f"free record {key.hex()}: from txn newer than {meta.txnid}")
             for p in fmt.decode_pgnos(stored):
                 self.use(p, 1, f"free record {key_txnid(key)}")
+        inline = meta.inline_free
+        for i in range(0, len(inline), 2):
+            if inline[i] & ~WEAK_BORN > meta.txnid:
+                self.problem(f"inline free page {inline[i + 1]}: from txn newer than "
+                             f"{meta.txnid}")
+            self.use(inline[i + 1], 1, f"inline free list ({inline[i]})")
         missing = [p for p in range(fmt.NUM_METAS, meta.next_pgno) if p not in self.seen]
         if missing:
             shown = ", ".join(map(str, missing[:10]))

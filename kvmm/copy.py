@@ -47,7 +47,7 @@ def copy_to_fd(env, fd: int, compact: bool = False, txn=None, progress=None) -> 
         meta = txn.meta
         ps = env._page_size
         steady = fmt.Meta(ps, meta.txnid, meta.next_pgno, fmt.META_STEADY, meta.boot_id,
-                          meta.main, meta.free)
+                          meta.main, meta.free, meta.inline_free)
         page = fmt.encode_meta(steady).ljust(ps, b"\0")
         os.pwrite(fd, page + page, 0)
         mm = txn._mm

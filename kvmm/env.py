@@ -148,6 +148,7 @@ class Environment:
         self._cache: dict[int, Node] = {}
         self._cache_limit = max(64, cache_size // self._page_size)
         self._meta_key = None
+        self._meta_seen = None
         self._meta_pick = None
         self._main_db = _Database(self, None, 0)
         self._dbs: dict[bytes, _Database] = {}
@@ -178,7 +179,7 @@ class Environment:
             finally:
                 self._unlock_writer()
             size = df.size()
-        head = df.pread(fmt.META_SIZE, 0)
+        head = df.pread(fmt.MAX_PAGE_SIZE, 0)
         first_error = None
         try:
             meta = fmt.decode_meta(head)
@@ -191,7 +192,7 @@ class Environment:
         psize = fmt.MIN_PAGE_SIZE
         while psize <= fmt.MAX_PAGE_SIZE and size >= 2 * psize:
             try:
-                meta = fmt.decode_meta(df.pread(fmt.META_SIZE, psize))
+                meta = fmt.decode_meta(df.pread(psize, psize))
                 if meta.page_size == psize:
                     return psize
             except Error:
@@ -207,7 +208,7 @@ class Environment:
         for slot in range(fmt.NUM_METAS):
             off = slot * self._page_size
             try:
-                out.append(fmt.decode_meta(mm[off : off + fmt.META_SIZE]))
+                out.append(fmt.decode_meta(mm[off : off + self._page_size]))
             except Error:
                 out.append(None)
         return tuple(out)
@@ -237,11 +238,24 @@ class Environment:
     def _current(self, mm) -> tuple:
         """The cached result of ``_pick``, decoded again only when a meta changed."""
         ps = self._page_size
-        key = (mm[16:24], mm[ps + 16 : ps + 24])  # the txnid field of each meta
+        at = fmt.META_TXNID_OFFSET
+        key = (mm[at : at + 8], mm[ps + at : ps + at + 8])  # each meta's txnid
         if key != self._meta_key:
-            self._meta_pick = self._pick(self._metas(mm))
+            self._meta_seen = self._metas(mm)
+            self._meta_pick = self._pick(self._meta_seen)
             self._meta_key = key
         return self._meta_pick
+
+    def _wrote_meta(self, slot: int, meta) -> None:
+        """Update the cached metas after this process wrote ``meta`` into ``slot``."""
+        metas = list(self._meta_seen)
+        metas[slot] = meta
+        if None in metas:
+            self._meta_key = None
+            return
+        self._meta_seen = tuple(metas)
+        self._meta_pick = self._pick(self._meta_seen)
+        self._meta_key = tuple(m.txnid.to_bytes(8, "little") for m in metas)
 
     # --- transactions ---------------------------------------------------------------
 
@@ -384,7 +398,7 @@ class Environment:
     def _want_reclaim(self, txn) -> bool:
         """Whether this commit should gather every reusable free page, to give the
         file's tail back: when free pages are many, and more than at the last try."""
-        free = txn.free_db.entries
+        free = txn.free_db.entries + len(txn.meta.inline_free) // 2
         return (free >= 64 and free * 8 >= txn.next_pgno
                 and free * 2 > self._reclaim_floor * 3)
 
@@ -459,6 +473,7 @@ class Environment:
             self._unsynced = 0
         page = fmt.encode_meta(meta)
         df.write(target * self._page_size, [page])  # 6. the commit point
+        self._wrote_meta(target, meta)
         if steady and (self._metasync or not self._sync):
             df.sync()  # 7. durable (and the steady meta safe before weak ones follow)
         ps = self._page_size

@@ -4,7 +4,10 @@ Data file (``data.kvmm``): an array of pages of ``page_size`` bytes.
 
 - Pages 0 and 1 are the two metas. A commit writes its meta into one slot while the
   other still holds an earlier commit, so a torn meta write leaves a good one behind.
-  Each meta ends with a CRC-32 of its bytes; a meta that fails it is ignored.
+  A meta is its fixed fields (META), then the *inline free list* — a count u32 and
+  that many (freeing txnid u64, pgno u64) pairs, at most ``inline_free_max`` — then a
+  CRC-32 of all of it; a meta that fails its CRC is ignored. Small commits keep their
+  free pages there, so they write no free-tree pages at all.
 - Every other page starts with a 32-byte header::
 
       checksum u32   CRC-32 of the page from byte 4 (an overflow run: of its header
@@ -90,7 +93,9 @@ DB_RECORD_SIZE = DB_RECORD.size
 # the main database's record, the free database's record; then a CRC-32 of all that.
 META = Struct("<8sIIQQI16s" + DB_RECORD.format[1:] * 2)
 META_CRC = Struct("<I")
-META_SIZE = META.size + META_CRC.size
+META_COUNT = Struct("<I")  # pairs in the inline free list
+META_SIZE = META.size + META_COUNT.size + META_CRC.size  # with an empty inline list
+META_TXNID_OFFSET = 16  # where a meta's txnid sits, to spot a new commit cheaply
 NUM_METAS = 2
 
 # The free database: key = freeing txnid (8 bytes, big-endian so keys sort by txnid),
@@ -155,9 +160,11 @@ def valid_page_size(page_size: int) -> bool:
 class Meta:
     """One decoded meta page: the root of one committed snapshot."""
 
-    __slots__ = ("page_size", "txnid", "next_pgno", "flags", "boot_id", "main", "free")
+    __slots__ = ("page_size", "txnid", "next_pgno", "flags", "boot_id", "main", "free",
+                 "inline_free")
 
-    def __init__(self, page_size, txnid, next_pgno, flags, boot_id, main, free):
+    def __init__(self, page_size, txnid, next_pgno, flags, boot_id, main, free,
+                 inline_free=()):
         self.page_size = page_size
         self.txnid = txnid
         self.next_pgno = next_pgno
@@ -165,6 +172,7 @@ class Meta:
         self.boot_id = boot_id
         self.main = main  # a DB_RECORD tuple
         self.free = free
+        self.inline_free = inline_free  # flat (txnid, pgno, txnid, pgno, ...)
 
     @property
     def steady(self) -> bool:
@@ -186,7 +194,17 @@ def encode_meta(meta: Meta) -> bytes:
         *meta.main,
         *meta.free,
     )
+    pairs = meta.inline_free
+    n = len(pairs) // 2
+    if n > inline_free_max(meta.page_size):
+        raise AssertionError(f"inline free list of {n} pages is too long")
+    body = b"".join((body, META_COUNT.pack(n), struct.pack(f"<{2 * n}Q", *pairs)))
     return body + META_CRC.pack(_crc32(body))
+
+
+def inline_free_max(page_size: int) -> int:
+    """How many free pages a meta can list inline."""
+    return (page_size - META_SIZE) // 16
 
 
 def decode_meta(buf) -> Meta:
@@ -204,15 +222,21 @@ def decode_meta(buf) -> Meta:
         raise VersionMismatchError(
             f"kvmm data file of format version {fields[1]}; this kvmm reads version {VERSION}"
         )
-    (crc,) = META_CRC.unpack_from(buf, META.size)
-    if crc != _crc32(bytes(buf[: META.size])):
+    page_size = fields[2]
+    (count,) = META_COUNT.unpack_from(buf, META.size)
+    if not valid_page_size(page_size) or count > inline_free_max(page_size):
+        raise CorruptedError("meta page fails its checks (page size, free-list length)")
+    end = META.size + META_COUNT.size + 16 * count
+    if len(buf) < end + META_CRC.size:
+        raise CorruptedError("meta page is cut short")
+    (crc,) = META_CRC.unpack_from(buf, end)
+    if crc != _crc32(memoryview(buf)[:end]):
         raise CorruptedError("meta page fails its checksum")
+    pairs = struct.unpack_from(f"<{2 * count}Q", buf, META.size + META_COUNT.size)
     n = len(DB_RECORD.format) - 1
     rest = fields[7:]
-    meta = Meta(fields[2], fields[3], fields[4], fields[5], fields[6], rest[:n], rest[n:])
-    if not valid_page_size(meta.page_size):
-        raise CorruptedError(f"meta names an invalid page size {meta.page_size}")
-    return meta
+    return Meta(page_size, fields[3], fields[4], fields[5], fields[6], rest[:n], rest[n:],
+                pairs)
 
 
 # --- pages --------------------------------------------------------------------------

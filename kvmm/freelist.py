@@ -1,21 +1,29 @@
 """Free pages: which a write transaction may reuse, and how they are recorded.
 
 A commit that stops using committed pages (the old copies of touched pages, deleted
-overflow runs) records them in the *free database*, a B+tree of its own, under the
-commit's txnid: key ``(txnid, seq)``, value the page numbers (at most ``chunk`` per
-record, so taking a few pages never rewrites a huge record). A later writer may reuse
-the pages of record ``txnid`` once no snapshot can still reach them, that is when
-``txnid <= bound`` where
+overflow runs) records them with its txnid. While few pages are free, the list lives in
+the meta itself (the *inline free list*, pairs of (tag, pgno)), so a small commit
+writes no page for it. When it outgrows the meta, it spills into the *free database*,
+a B+tree of its own: key ``(txnid, seq)``, value the page numbers (at most ``chunk``
+per record, so taking a few pages never rewrites a huge record).
 
-    bound = min(oldest live reader's snapshot, last commit, last steady commit).
+A page freed by commit ``T`` is visible to snapshots older than ``T``; it may be
+reused once none of them can be read again:
 
-The last term is what keeps ``sync=False`` safe: pages of the last commit whose pages
-were synced (a *steady* commit) are never overwritten, so a power loss can always fall
-back to it.
+- by a reader: ``T <= reader_bound = min(oldest live reader, last commit)``;
+- after a power loss: with ``sync=False`` the database falls back to the last
+  *steady* (synced) commit ``S``, so a page that ``S`` reaches must wait until
+  ``T <= S``. A page written after ``S`` (its header txnid is newer) is not in ``S``
+  and need not wait: it is recorded with the WEAK_BORN tag. This is what keeps
+  ``sync=False`` both safe and compact: a page written and freed between two syncs is
+  reused at once.
 
 Invariants:
 - Every page below ``next_pgno`` is exactly one of: reachable from a root (main tree,
-  named trees, free tree, overflow runs) or listed once in the free database.
+  named trees, free tree, overflow runs), listed once in the free database, or listed
+  once in the meta's inline free list.
+- A (txnid, tag)'s pages are either all inline or all in the free database, so
+  spilled records never collide; inline pages of txnid 0 are reusable by anyone.
 - The free database's ``entries`` counts the pages it lists, not its records.
 - A page taken for reuse is removed from its record in the same commit that reuses it.
 """
@@ -25,10 +33,13 @@ from __future__ import annotations
 from sortedcontainers import SortedList
 
 from .btree import descend, insert, remove_at, replace_at
-from .format import FREE_KEY, decode_pgnos, encode_pgnos, max_entry_size
+from .format import FREE_KEY, decode_pgnos, encode_pgnos, inline_free_max, max_entry_size
 
-# Records of the free database: key = FREE_KEY (txnid) + 4-byte sequence number.
+# Records of the free database: key = FREE_KEY (txnid) + 4-byte sequence number whose
+# top bit is the WEAK_BORN tag; in the inline list the tag is the txnid's top bit.
 _SEQ_BYTES = 4
+SEQ_WEAK_BORN = 1 << 31
+WEAK_BORN = 1 << 63
 # Reusing records would make this commit rewrite them; give up after this many
 # rounds of "saving the free list changed the free list" and take new pages instead.
 _SAVE_ROUNDS = 6
@@ -42,6 +53,10 @@ def key_txnid(key: bytes) -> int:
     return FREE_KEY.unpack_from(key)[0]
 
 
+def key_weak_born(key: bytes) -> bool:
+    return bool(key[FREE_KEY.size] & 0x80)
+
+
 def chunk_size(page_size: int) -> int:
     """Page numbers per free record: the most that still fit inline in a leaf."""
     return (max_entry_size(page_size) - 6 - FREE_KEY.size - _SEQ_BYTES) // 8
@@ -50,16 +65,35 @@ def chunk_size(page_size: int) -> int:
 class FreeList:
     """A write transaction's free pages: those it may reuse and those it freed."""
 
-    def __init__(self, txn, bound: int):
+    def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
         self.txn = txn
-        self.bound = bound
-        self.reuse = SortedList()  # free pages this transaction may take now
+        self.reader_bound = reader_bound
+        self.steady = steady
+        # Free pages this transaction may take now, lowest first (to free the tail),
+        # and the inline (tag, pgno) pairs that must wait.
+        reuse: list[int] = []
+        pending: list[tuple[int, int]] = []
+        for tag, pgno in zip(inline[::2], inline[1::2]):
+            txnid = tag & ~WEAK_BORN
+            if txnid <= reader_bound and (txnid <= steady or tag != txnid):
+                reuse.append(pgno)
+            else:
+                pending.append((tag, pgno))
+        self.reuse = SortedList(reuse)
+        self.pending = pending
+        self.inline: tuple = ()  # the inline free list for the new meta (set by save)
         self.freed: list[int] = []  # committed pages this transaction stopped using
+        self.freed_weak: list[int] = []  # ... that the steady commit cannot reach
         self.consumed: list[bytes] = []  # free-DB keys whose pages moved into reuse
         self.next_key = b""  # the next free-DB key to look at
         self.exhausted = False  # no reusable record is left to load
         self.saving = False
         self.extend_only = False
+
+    def reusable(self, tag: int) -> bool:
+        """Whether pages freed with ``tag`` (txnid, maybe | WEAK_BORN) may be reused."""
+        txnid = tag & ~WEAK_BORN
+        return txnid <= self.reader_bound and (txnid <= self.steady or tag != txnid)
 
     # --- taking pages ---------------------------------------------------------------
 
@@ -113,11 +147,18 @@ class FreeList:
         if i >= len(leaf.keys) and not path_next(txn.load, path):
             self.exhausted = True
             return False
-        leaf, i = path[-1]
-        key = leaf.keys[i]
-        if key_txnid(key) > self.bound:
-            self.exhausted = True
-            return False
+        while True:
+            leaf, i = path[-1]
+            key = leaf.keys[i]
+            txnid = key_txnid(key)
+            if txnid > self.reader_bound:
+                self.exhausted = True
+                return False
+            if self.reusable(txnid | WEAK_BORN if key_weak_born(key) else txnid):
+                break
+            if not path_next(txn.load, path):
+                self.exhausted = True
+                return False
         self.consumed.append(key)
         self.reuse.update(decode_pgnos(leaf.vals[i]))
         self.next_key = key + b"\0"
@@ -130,13 +171,17 @@ class FreeList:
 
     # --- giving pages back ----------------------------------------------------------
 
-    def free(self, pgno: int, n: int, dirty: bool) -> None:
-        """Pages ``pgno .. pgno+n-1`` are no longer used by this transaction. Pages it
-        allocated itself (``dirty``) were never committed and are reusable at once."""
-        if dirty:
-            self.reuse.update(range(pgno, pgno + n))
+    def free(self, pgno: int, n: int, born: int) -> None:
+        """Pages ``pgno .. pgno+n-1``, written by txn ``born``, are no longer used by
+        this transaction. Pages it wrote itself were never committed: reusable at
+        once. Pages written after the steady commit need not wait for a sync."""
+        pages = range(pgno, pgno + n)
+        if born == self.txn.txnid:
+            self.reuse.update(pages)
+        elif born > self.steady:
+            self.freed_weak.extend(pages)
         else:
-            self.freed.extend(range(pgno, pgno + n))
+            self.freed.extend(pages)
 
     # --- commit ---------------------------------------------------------------------
 
@@ -153,44 +198,78 @@ class FreeList:
         return n
 
     def save(self) -> None:
-        """Record this commit's free pages in the free database.
+        """Record this commit's free pages: inline in the meta when they fit, else
+        in the free database.
 
-        Consumed records are deleted; the pages freed, plus reusable pages left over,
-        are written under this commit's txnid. Writing the free database itself frees
-        and allocates pages, so repeat until a round changes nothing.
+        Consumed records are deleted first. Spilling writes the pending inline pages
+        under their own txnids, and the pages freed plus the reusable pages left over
+        under this commit's txnid. Writing the free database itself frees and
+        allocates pages, so repeat until a round changes nothing.
         """
         txn = self.txn
         db = txn.free_db
-        load = txn.load
         self.saving = True
         for key in self.consumed:
-            path = descend(load, db, key)
-            leaf, i = path[-1]
-            db.entries -= len(leaf.vals[i]) // 8 - 1
-            remove_at(txn, db, path)
+            self._delete(db, key)
         self.consumed = []
-        written = 0  # records of this txnid written so far
+        tid = txn.txnid
+        weak = tid | WEAK_BORN
+        size = len(self.pending) + len(self.freed) + len(self.freed_weak) + len(self.reuse)
+        if size <= inline_free_max(txn.page_size):
+            flat = [x for pair in self.pending for x in pair]
+            for p in self.freed:
+                flat += (tid, p)
+            for p in self.freed_weak:
+                flat += (weak, p)
+            for p in self.reuse:
+                flat += (0, p)
+            self.inline = tuple(flat)
+            self.saving = False
+            return
+        groups: dict[int, list[int]] = {}
+        for t, p in self.pending:
+            groups.setdefault(t, []).append(p)
+        self.pending = []
+        for t, pages in groups.items():
+            self._write_group(db, t, sorted(pages), 0)
+        # Writing the free database frees and allocates pages itself: repeat until a
+        # round changes nothing.
+        written = {tid: 0, weak: 0}  # records of each group written so far
         last = None
-        chunk = chunk_size(txn.page_size)
         for rounds in range(1000):
             self.extend_only = rounds >= _SAVE_ROUNDS
-            pages = sorted(self.freed)
-            pages += self.reuse
-            if pages == last:
+            normal = sorted(self.freed)
+            normal += self.reuse
+            now = (normal, sorted(self.freed_weak))
+            if now == last:
                 break
-            last = pages
-            records = [pages[i : i + chunk] for i in range(0, len(pages), chunk)]
-            for seq, record in enumerate(records):
-                self._put(db, free_key(txn.txnid, seq), encode_pgnos(sorted(record)))
-            for seq in range(len(records), written):
-                path = descend(load, db, free_key(txn.txnid, seq))
-                leaf, i = path[-1]
-                db.entries -= len(leaf.vals[i]) // 8 - 1
-                remove_at(txn, db, path)
-            written = len(records)
+            last = now
+            written[tid] = self._write_group(db, tid, now[0], written[tid])
+            written[weak] = self._write_group(db, weak, now[1], written[weak])
         else:
             raise AssertionError("free list did not settle")
+        self.inline = ()
         self.saving = False
+
+    def _write_group(self, db, tag: int, pages: list, written: int) -> int:
+        """Write ``pages`` as the records of ``tag``, deleting records past them from
+        an earlier round (``written`` of them). Returns the number of records."""
+        chunk = chunk_size(self.txn.page_size)
+        txnid = tag & ~WEAK_BORN
+        flag = SEQ_WEAK_BORN if tag != txnid else 0
+        records = [pages[i : i + chunk] for i in range(0, len(pages), chunk)]
+        for seq, record in enumerate(records):
+            self._put(db, free_key(txnid, seq | flag), encode_pgnos(record))
+        for seq in range(len(records), written):
+            self._delete(db, free_key(txnid, seq | flag))
+        return len(records)
+
+    def _delete(self, db, key: bytes) -> None:
+        txn = self.txn
+        path = descend(txn.load, db, key)
+        leaf, i = path[-1]
+        db.entries -= len(leaf.vals[i]) // 8 - 1
+        remove_at(txn, db, path)
 
     def _put(self, db, key: bytes, value: bytes) -> None:
         txn = self.txn

@@ -92,10 +92,8 @@ class Transaction:
         self.free_db = DbState(meta.free)
         self._dbs[env._main_db] = self.main_db
         oldest = env._oldest_reader()
-        bound = min(meta.txnid, steady_txnid)
-        if oldest is not None:
-            bound = min(bound, oldest)
-        self.freelist = FreeList(self, bound)
+        reader_bound = meta.txnid if oldest is None else min(meta.txnid, oldest)
+        self.freelist = FreeList(self, reader_bound, steady_txnid, meta.inline_free)
 
     # --- pages ----------------------------------------------------------------------
 
@@ -111,7 +109,7 @@ class Transaction:
         pgno = self.freelist.alloc()
         new = node.copy(pgno, self.txnid)
         self._dirty[pgno] = new
-        self.freelist.free(node.pgno, 1, False)
+        self.freelist.free(node.pgno, 1, node.txnid)
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
@@ -131,10 +129,9 @@ class Transaction:
             db.leaf_pages -= 1
         else:
             db.branch_pages -= 1
-        dirty = node.txnid == self.txnid
-        if dirty:
+        if node.txnid == self.txnid:
             del self._dirty[node.pgno]
-        self.freelist.free(node.pgno, 1, dirty)
+        self.freelist.free(node.pgno, 1, node.txnid)
 
     # --- databases ------------------------------------------------------------------
 
@@ -282,10 +279,9 @@ class Transaction:
         pgno, txnid, length = fmt.decode_overflow_ref(leaf.vals[i])
         n = fmt.overflow_pages(length, self.page_size)
         state.overflow_pages -= n
-        dirty = txnid == self.txnid
-        if dirty:
+        if txnid == self.txnid:
             self._ovf_dirty.pop(pgno, None)
-        self.freelist.free(pgno, n, dirty)
+        self.freelist.free(pgno, n, txnid)
 
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None) -> bool:
         """Store ``value`` under ``key``. False when the key exists and ``overwrite`` is
@@ -382,10 +378,9 @@ class Transaction:
         else:
             for i in range(len(node.keys)):
                 self._drop_value(state, node, i)
-        dirty = node.txnid == self.txnid
-        if dirty:
+        if node.txnid == self.txnid:
             del self._dirty[pgno]
-        self.freelist.free(pgno, 1, dirty)
+        self.freelist.free(pgno, 1, node.txnid)
 
     # --- ending ---------------------------------------------------------------------
 
@@ -396,7 +391,8 @@ class Transaction:
             self._end()
             return
         try:
-            if self._dirty or self._ovf_dirty or self.freelist.freed:
+            fl = self.freelist
+            if self._dirty or self._ovf_dirty or fl.freed or fl.freed_weak:
                 self._commit()
         except BaseException:
             self._end()
@@ -433,7 +429,7 @@ class Transaction:
         # 5-7. Sync the pages, write the meta into the slot not holding the newest
         #      steady meta, sync the meta (see Environment._write_meta).
         meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, env._boot_id,
-                        main.record(), self.free_db.record())
+                        main.record(), self.free_db.record(), freelist.inline)
         env._write_meta(meta, self)
         # 8. Share the new pages with later readers of this process.
         env._publish(self._dirty.values())
