@@ -21,6 +21,7 @@ import gc
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -44,8 +46,11 @@ from random import Random
 from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
-# Benchmark the kvmm of this checkout, also in the reader processes started by `spawn`.
-sys.path.insert(0, str(ROOT))
+# The directory holding the kvmm package measured: this checkout, or with --kvmm-rev a copy
+# of kvmm/ as committed. Child and reader processes inherit it through the environment.
+KVMM_SRC_VAR = "KVMM_BENCH_SRC"
+KVMM_SRC = Path(os.environ.get(KVMM_SRC_VAR, ROOT))
+sys.path.insert(0, str(KVMM_SRC))
 
 KEY = struct.Struct(">QQ")
 # Distinct values cycled over the keys: enough that values differ between neighbours and
@@ -711,6 +716,7 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
         made += 1
         store = store_cls(os.path.join(root, f"{made:02d}"), sync=sync)
         report["version"] = store.version()
+        report["module_file"] = getattr(store.module, "__file__", None)
         return store
 
     def discard(store: Store) -> None:
@@ -788,7 +794,7 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
         discard(filled)
     report["rss_peak_kib"] = max_rss_kib()
     if store_name == "kvmm":
-        report["kvmm_sha256"] = kvmm_source()["sha256_of_py_files"]
+        report["kvmm_sha256"] = kvmm_hash(KVMM_SRC)
     return report
 
 
@@ -906,22 +912,39 @@ def machine() -> dict[str, Any]:
     }
 
 
-def kvmm_source() -> dict[str, Any]:
-    """Which kvmm was measured: the checkout's commit, and a hash of its files as they were
-    (the core may be measured before it is committed)."""
+def git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
+
+
+def kvmm_hash(src: Path) -> str:
+    """sha256 of src/kvmm/*.py as they are now: which code was measured."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "kvmm").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted((src / "kvmm").rglob("*.py")):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout.strip()
 
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--", "kvmm")),
-        "sha256_of_py_files": digest.hexdigest(),
-    }
+def kvmm_source(rev: str | None, root: str) -> dict[str, Any]:
+    """Which kvmm the children will measure, for the report.
+
+    Without `rev`, this checkout's work tree. With `rev`, kvmm/ as committed there,
+    extracted under `root`, and the children (which inherit os.environ) import that.
+    """
+    if rev is None:
+        try:
+            commit = git("rev-parse", "HEAD").decode().strip()
+            changes = bool(git("status", "--porcelain", "--", "kvmm"))
+        except (OSError, subprocess.CalledProcessError):
+            commit, changes = "?", True
+        src = ROOT
+    else:
+        commit = git("rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+        src = Path(root, "kvmm-src")
+        with tarfile.open(fileobj=io.BytesIO(git("archive", commit, "kvmm"))) as archive:
+            archive.extractall(src, filter="data")
+        os.environ[KVMM_SRC_VAR] = str(src)
+        changes = False
+    return {"commit": commit, "uncommitted_changes": changes, "sha256_of_py_files": kvmm_hash(src)}
 
 
 SIZE_ROWS = ("fillrandom", "overwrite", "delete")
@@ -1062,6 +1085,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds allowed to one child (3600)"
     )
+    parser.add_argument(
+        "--kvmm-rev",
+        help="measure kvmm as committed at this git revision (e.g. HEAD), not the work tree",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.n < 1 or args.reps < 1 or args.value_size < 0:
@@ -1096,9 +1123,9 @@ def main(argv: list[str] | None = None) -> int:
         print("semidbm is not installed (pip install semidbm): using dbm.dumb", file=sys.stderr)
         stores = [("dbm.dumb" if s == "semidbm" else s) for s in stores]
     meta = {**config_of(args), "reps": args.reps, "machine": machine(), "date": time.ctime()}
-    meta["kvmm_source"] = kvmm_source()
     runs: dict[str, list[dict]] = {store: [] for store in stores}
     with tempfile.TemporaryDirectory(prefix="kvmm-bench-", dir=args.dir) as root:
+        meta["kvmm_source"] = kvmm_source(args.kvmm_rev, root)
         for rep in range(args.reps):
             for store in stores:  # stores alternate within a repetition: drift hits all
                 print(f"rep {rep + 1}/{args.reps}: {store}", file=sys.stderr, flush=True)
