@@ -181,6 +181,8 @@ class Checker:
             for p in fmt.decode_pgnos(stored):
                 self.use(p, 1, f"free record {key_txnid(key)}")
         inline = meta.inline_free
+        if list(inline[::2]) != sorted(inline[::2]):
+            self.problem("inline free list: not sorted by tag")
         for i in range(0, len(inline), 2):
             if inline[i] & ~WEAK_BORN > meta.txnid:
                 self.problem(f"inline free page {inline[i + 1]}: from txn newer than "

@@ -272,9 +272,9 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
     """Serialise a leaf. ``vals`` holds stored values (bytes, or packed references);
     ``flags`` is None or a list of per-entry flag words (F_OVERFLOW, F_SUBDB)."""
     n = len(keys)
-    klens = [len(k) for k in keys]
+    klens = list(map(len, keys))
     if flags is None:
-        words = [len(v) for v in vals]
+        words = list(map(len, vals))
     else:
         words = [len(v) | f for v, f in zip(vals, flags)]
     head = struct.pack(f"<{n}H{n}I", *klens, *words)
@@ -285,7 +285,7 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
 def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: list,
                   page_size: int) -> bytes:
     n = len(keys)
-    klens = [len(k) for k in keys]
+    klens = list(map(len, keys))
     klens[0] = 0
     head = struct.pack(f"<{n}Q{n}Q{n}H", *kids, *kid_txnids, *klens)
     body = b"".join((head, b"".join(keys[1:])))

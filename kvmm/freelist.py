@@ -30,6 +30,8 @@ Invariants:
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 from sortedcontainers import SortedList
 
 from .btree import descend, insert, remove_at, replace_at
@@ -69,18 +71,17 @@ class FreeList:
         self.txn = txn
         self.reader_bound = reader_bound
         self.steady = steady
-        # Free pages this transaction may take now, lowest first (to free the tail),
-        # and the inline (tag, pgno) pairs that must wait.
-        reuse: list[int] = []
-        pending: list[tuple[int, int]] = []
-        for tag, pgno in zip(inline[::2], inline[1::2]):
-            txnid = tag & ~WEAK_BORN
-            if txnid <= reader_bound and (txnid <= steady or tag != txnid):
-                reuse.append(pgno)
-            else:
-                pending.append((tag, pgno))
-        self.reuse = SortedList(reuse)
-        self.pending = pending
+        # The inline list is sorted by tag (see save), so the reusable pages are two
+        # slices: normal tags up to min(reader_bound, steady), weak ones up to
+        # reader_bound. The rest must wait.
+        tags = inline[::2]
+        pgnos = inline[1::2]
+        n = len(tags)
+        w = bisect_left(tags, WEAK_BORN)
+        a = bisect_right(tags, min(reader_bound, steady), 0, w)
+        b = bisect_right(tags, WEAK_BORN | reader_bound, w, n)
+        self.reuse = SortedList(pgnos[:a] + pgnos[w:b])  # free pages to take, lowest first
+        self.pending = (tags[a:w] + tags[b:], pgnos[a:w] + pgnos[b:])  # tags, pgnos
         self.inline: tuple = ()  # the inline free list for the new meta (set by save)
         self.freed: list[int] = []  # committed pages this transaction stopped using
         self.freed_weak: list[int] = []  # ... that the steady commit cannot reach
@@ -214,22 +215,30 @@ class FreeList:
         self.consumed = []
         tid = txn.txnid
         weak = tid | WEAK_BORN
-        size = len(self.pending) + len(self.freed) + len(self.freed_weak) + len(self.reuse)
+        ptags, ppgnos = self.pending
+        size = len(ptags) + len(self.freed) + len(self.freed_weak) + len(self.reuse)
         if size <= inline_free_max(txn.page_size):
-            flat = [x for pair in self.pending for x in pair]
-            for p in self.freed:
-                flat += (tid, p)
-            for p in self.freed_weak:
-                flat += (weak, p)
-            for p in self.reuse:
-                flat += (0, p)
+            # Sorted by tag: reusable-by-anyone (0), normal by txnid, then weak ones.
+            k = bisect_left(ptags, WEAK_BORN)
+            reuse = list(self.reuse)
+            freed = sorted(self.freed)
+            freed_weak = sorted(self.freed_weak)
+            tags = [0] * len(reuse) + list(ptags[:k]) + [tid] * len(freed)
+            tags += ptags[k:]
+            tags += [weak] * len(freed_weak)
+            pgnos = reuse + list(ppgnos[:k]) + freed
+            pgnos += ppgnos[k:]
+            pgnos += freed_weak
+            flat = [0] * (2 * len(tags))
+            flat[::2] = tags
+            flat[1::2] = pgnos
             self.inline = tuple(flat)
             self.saving = False
             return
         groups: dict[int, list[int]] = {}
-        for t, p in self.pending:
+        for t, p in zip(ptags, ppgnos):
             groups.setdefault(t, []).append(p)
-        self.pending = []
+        self.pending = ((), ())
         for t, pages in groups.items():
             self._write_group(db, t, sorted(pages), 0)
         # Writing the free database frees and allocates pages itself: repeat until a
