@@ -948,6 +948,47 @@ def kvmm_source(rev: str | None, root: str) -> dict[str, Any]:
 
 
 SIZE_ROWS = ("fillrandom", "overwrite", "delete")
+# Share of the machine's CPU time used by processes other than this run's, above which the
+# table warns that they competed with the benchmark (a quiet machine shows about 1%).
+BUSY_SHARE = 0.10
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU-seconds every process of the machine has used since boot (Linux /proc/stat)."""
+    try:
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait; the rest is user, system, irq, steal...
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU-seconds of this process and its waited-for descendants (children, readers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def other_cpu_share(started: tuple[float, float | None, float]) -> float | None:
+    """Share of all CPUs that other processes used since `started`: how busy the machine was."""
+    wall, machine_cpu, own_cpu = started
+    now = machine_cpu_seconds()
+    if now is None or machine_cpu is None:
+        return None
+    other = (now - machine_cpu) - (own_cpu_seconds() - own_cpu)
+    return max(0.0, other) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
+
+
+def busy_line(share: float | None) -> str:
+    if share is None:
+        return "other processes' CPU use during the run: unknown"
+    line = f"other processes used {share:.0%} of the CPUs during the run"
+    if share > BUSY_SHARE:
+        line += ": BUSY, the times are inflated"
+    return line
 
 
 def format_table(summary: dict[str, dict], names: list[str], meta: dict[str, Any]) -> str:
@@ -981,6 +1022,7 @@ def format_table(summary: dict[str, dict], names: list[str], meta: dict[str, Any
             f"machine: {meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs,"
             f" {meta['machine']['platform']}, Python {meta['machine']['python']}"
         ),
+        busy_line(meta["other_cpu_share"]),
         "versions: " + ", ".join(f"{s} {summary[s]['version']}" for s in stores),
         (
             f"kvmm source: commit {meta['kvmm_source']['commit'][:12]}"
@@ -1123,6 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("semidbm is not installed (pip install semidbm): using dbm.dumb", file=sys.stderr)
         stores = [("dbm.dumb" if s == "semidbm" else s) for s in stores]
     meta = {**config_of(args), "reps": args.reps, "machine": machine(), "date": time.ctime()}
+    started = (time.perf_counter(), machine_cpu_seconds(), own_cpu_seconds())
     runs: dict[str, list[dict]] = {store: [] for store in stores}
     with tempfile.TemporaryDirectory(prefix="kvmm-bench-", dir=args.dir) as root:
         meta["kvmm_source"] = kvmm_source(args.kvmm_rev, root)
@@ -1132,6 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[store].append(run_store(store, args, names, root))
     hashes = [r["kvmm_sha256"] for r in runs.get("kvmm", []) if "kvmm_sha256" in r]
     meta["kvmm_source"]["changed_during_run"] = len(set(hashes)) > 1
+    meta["other_cpu_share"] = other_cpu_share(started)
     summary = summarize(runs, names)
     table = format_table(summary, names, meta)
     print(table)
