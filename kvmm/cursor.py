@@ -15,8 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from .btree import descend, first_path
 from .errors import BadValsizeError, Error
 from .format import MAX_KEY_SIZE
@@ -103,10 +101,15 @@ class Cursor:
         return txn
 
     def _sync(self) -> bool:
-        """Bring the path up to date after writes; True if the entry still exists."""
+        """Bring the path up to date after writes; True if the cursor is positioned
+        on an entry (a write may have deleted it: ``_exact`` then says so)."""
+        return self._resync() and self._positioned
+
+    def _resync(self) -> bool:
+        """Find the path again after writes; True if the cursor's key still exists."""
         txn = self._check()
         if self._gen == txn._gen:
-            return self._positioned
+            return self._path is not None
         self._gen = txn._gen
         self._state = txn._state(self._db)
         path = descend(txn.load, self._state, self._key) if self._path is not None else None
@@ -157,7 +160,7 @@ class Cursor:
         if self._path is None:
             return self.first()
         if self._gen != txn._gen:
-            exact = self._sync()
+            exact = self._resync()
             if self._path is None:
                 return self._settle(False)
             if not exact:
@@ -175,7 +178,7 @@ class Cursor:
         if self._path is None:
             return self.last()
         if self._gen != txn._gen:
-            self._sync()
+            self._resync()
             if self._path is None:
                 return self._settle(False)
         return self._settle(path_prev(txn.load, self._path))
@@ -198,6 +201,8 @@ class Cursor:
 
     def set_range(self, key) -> bool:
         """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
+        if not key:
+            return self.first()  # as py-lmdb: an empty key means "from the start"
         key = _key_bytes(key)
         txn = self._check()
         self._gen = txn._gen
@@ -277,45 +282,66 @@ class Cursor:
         return self.iterprev(keys, values)
 
     def _walk(self, keys: bool, values: bool, forward: bool):
+        """Yield entries from the current one on. A read transaction's tree never
+        changes, so its leaves are walked directly; a write transaction's cursor
+        steps with next()/prev(), which follow the tree through writes."""
         txn = self._txn
-        value_of = txn._value
+        if txn.write:
+            yield from self._walk_stepping(keys, values, forward)
+            return
         load = txn.load
         step = path_next if forward else path_prev
         buffers = txn._buffers
+        path = self._path
         while True:
-            leaf_step = self._path[-1]
+            leaf_step = path[-1]
             leaf = leaf_step[0]
             ks = leaf.keys
-            gen = txn._gen
+            vs = leaf.vals
             if forward:
                 order = range(leaf_step[1], len(ks))
             else:
                 order = range(leaf_step[1], -1, -1)
-            plain = leaf.flags is None and not buffers
-            vs = leaf.vals
-            for i in order:
-                leaf_step[1] = i
+            if leaf.flags is None and not buffers:
+                # The hot loop: no overflow values, no memoryviews.
                 if keys and values:
-                    yield (ks[i], vs[i] if plain else value_of(leaf, i))
-                elif keys:
-                    yield memoryview(ks[i]) if buffers else ks[i]
+                    for i in order:
+                        leaf_step[1] = i
+                        yield (ks[i], vs[i])
+                        if txn._done:
+                            raise Error("transaction ended during iteration")
                 else:
-                    yield vs[i] if plain else value_of(leaf, i)
-                if txn._gen != gen or self._txn is None or txn._done:
-                    # Written to (or ended) while iterating: continue from the key.
-                    self._key = ks[i]
-                    self._positioned = True
-                    self._gen = gen
-                    if not (self.next() if forward else self.prev()):
-                        return
-                    break
+                    seq = ks if keys else vs
+                    for i in order:
+                        leaf_step[1] = i
+                        yield seq[i]
+                        if txn._done:
+                            raise Error("transaction ended during iteration")
             else:
-                if not step(load, self._path):
-                    self._settle(True)
-                    self._positioned = False
-                    return
-                continue
-            continue
+                value_of = txn._value
+                for i in order:
+                    leaf_step[1] = i
+                    k = memoryview(ks[i]) if buffers else ks[i]
+                    if keys and values:
+                        yield (k, value_of(leaf, i))
+                    else:
+                        yield k if keys else value_of(leaf, i)
+                    if txn._done:
+                        raise Error("transaction ended during iteration")
+            if not step(load, path):
+                self._positioned = False
+                leaf_step = path[-1]
+                self._key = leaf_step[0].keys[leaf_step[1]]
+                return
+
+    def _walk_stepping(self, keys: bool, values: bool, forward: bool):
+        while True:
+            if keys and values:
+                yield self.item()
+            else:
+                yield self.key() if keys else self.value()
+            if not (self.next() if forward else self.prev()):
+                return
 
     # --- writing --------------------------------------------------------------------
 
@@ -350,9 +376,13 @@ class Cursor:
         return old
 
     def pop(self, key):
-        """Delete ``key``; return its value or None."""
-        txn = self._check()
-        old = txn.pop(key, db=self._db)
+        """Move to ``key`` and delete it; return its value, or None when absent."""
+        if not self.set_key(key):
+            return None
+        old = self.value()
+        if old.__class__ is not bytes:
+            old = bytes(old)
+        self.delete()
         return old
 
     def delete(self, dupdata=False) -> bool:
@@ -360,7 +390,8 @@ class Cursor:
         txn = self._check()
         if not self._sync():
             return False
-        key = self._key
+        leaf, i = self._path[-1]
+        key = leaf.keys[i]
         txn.delete(key, db=self._db)
         self._gen = txn._gen
         self._state = txn._state(self._db)
@@ -402,7 +433,3 @@ class Cursor:
     @property
     def db(self):
         return self._db
-
-
-def _bisect(keys, key):
-    return bisect_left(keys, key)

@@ -27,6 +27,7 @@ from .errors import (
 from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
 from .freelist import FreeList
 
+_MAX_KEY = fmt.MAX_KEY_SIZE
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 
@@ -200,7 +201,7 @@ class Transaction:
             state = self._state(db)
         elif self._done:
             raise Error("transaction has already ended")
-        if key.__class__ is not bytes:
+        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if not state.root:
             return default
@@ -215,8 +216,6 @@ class Transaction:
             if node.flags is None and not self._buffers:
                 return node.vals[i]
             return self._value(node, i)
-        if not key or len(key) > fmt.MAX_KEY_SIZE:
-            _key_bytes(key)
         return default
 
     def _value(self, leaf: Node, i: int):

@@ -1,0 +1,146 @@
+"""What the commands share: opening a database from a path with one-line errors, and
+walking the named databases of the main database.
+
+Every expected failure a command meets is raised as :class:`CliError` (or as a
+``kvmm.Error`` / ``OSError``), and :func:`kvmm.cli.main` prints it as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import format as fmt
+from ..env import DATA_NAME, LOCK_NAME, LOCK_SUFFIX, Environment
+from ..errors import IncompatibleError, NotFoundError
+from ..lock import LockFile
+
+#: Named-database handles a command may hold; kvmm's ``max_dbs`` only counts handles,
+#: so a generous value costs nothing.
+MAX_DBS = 1 << 16
+
+
+class CliError(Exception):
+    """An expected failure: printed as ``kvmm: <message>`` on stderr, exit status 1."""
+
+
+def locate(path: str) -> tuple[bool, str, str]:
+    """(subdir, data file, lock file) of the database at ``path``: a directory holding
+    ``data.kvmm``, or the data file itself (``subdir=False``). Missing paths are taken
+    as directories, kvmm's default."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return False, path, path + LOCK_SUFFIX
+    return True, os.path.join(path, DATA_NAME), os.path.join(path, LOCK_NAME)
+
+
+def open_env(path: str, write: bool = False, create: bool = False, **options) -> Environment:
+    """Open the database at ``path`` for a command.
+
+    Read-only unless ``write``. A missing path is a :class:`CliError` unless ``create``.
+    A read-only open of a database without a lock file (a fresh ``kvmm copy``, say)
+    first creates the lock file — no byte of the data file changes — or, where the
+    directory cannot be written, reads without locking: no process has the database
+    open, or the lock file would exist.
+    """
+    path = os.fspath(path)
+    subdir, data_path, lock_path = locate(path)
+    if not os.path.exists(data_path):
+        if not create:
+            if os.path.isdir(path):
+                raise CliError(f"{path}: not a kvmm database (no {DATA_NAME} in it)")
+            raise CliError(f"{path}: no such database")
+        if not subdir:
+            raise CliError(f"{path}: exists and is not a directory")
+    options.setdefault("max_dbs", MAX_DBS)
+    if not write and not os.path.exists(lock_path):
+        # Opening without a lock first proves the file is kvmm's before a lock file is
+        # made beside it.
+        Environment(path, subdir=subdir, readonly=True, create=False, lock=False,
+                    **options).close()
+        try:
+            LockFile(lock_path, create=True).close()
+        except OSError:
+            options["lock"] = False
+    return Environment(path, subdir=subdir, readonly=not write, create=create, **options)
+
+
+def tree_leaves(txn, record: tuple):
+    """Yield the leaf nodes of the tree of a database ``record`` in key order.
+
+    O(pages of the tree): no entry is visited, so finding the few named-database
+    records among millions of plain ones costs a walk of the leaves only.
+    """
+    root, root_txnid = record[0], record[1]
+    if not root:
+        return
+    load = txn.load
+    stack = [(root, root_txnid)]
+    while stack:
+        node = load(*stack.pop())
+        if node.kids is None:
+            yield node
+        else:
+            stack.extend(zip(reversed(node.kids), reversed(node.ktxn)))
+
+
+def named_dbs(txn) -> list[bytes]:
+    """The names of the named databases, in byte order: the main database's entries
+    flagged ``F_SUBDB``. O(pages of the main tree)."""
+    main = txn._state(txn.env._main_db)
+    names = []
+    for leaf in tree_leaves(txn, main.record()):
+        if leaf.flags is not None:
+            names.extend(k for k, f in zip(leaf.keys, leaf.flags) if f & fmt.F_SUBDB)
+    return names
+
+
+def plain_entries(txn, db, start: bytes = b""):
+    """Yield ``(key, value)`` of ``db`` in key order from the first key >= ``start``,
+    leaving out the named-database records of the main database (they are databases,
+    not data). O(log n) to start, then O(1) per entry."""
+    cur = txn.cursor(db)
+    if start and not cur.set_range(start):
+        return
+    if db is not txn.env._main_db:
+        yield from cur
+        return
+    subdb = fmt.F_SUBDB
+    for item in cur:
+        leaf, i = cur._path[-1]
+        if leaf.flags is None or not leaf.flags[i] & subdb:
+            yield item
+
+
+def open_named(env, txn, name: bytes | None):
+    """The handle of named database ``name`` (the main database for None), as seen by
+    ``txn``; a :class:`CliError` when there is no such database."""
+    if name is None:
+        return env.open_db(None)
+    try:
+        return env.open_db(name, txn=txn, create=False)
+    except (NotFoundError, IncompatibleError):
+        raise CliError(f"{env.path()}: no database named {show(name)}") from None
+
+
+def show(data: bytes) -> str:
+    """``data`` for a message: printable ASCII as is, other bytes as ``\\xx``."""
+    from .dumpfmt import escape
+
+    return escape(bytes(data)).decode("ascii")
+
+
+def arg_bytes(text: str, hex_mode: bool = False) -> bytes:
+    """A key, value or name given on the command line: its bytes (UTF-8, or as the
+    shell passed them), or the bytes written in hex with ``hex_mode``."""
+    if not hex_mode:
+        return os.fsencode(text)
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"{text!r} is not hex") from None
+
+
+def binary_stdout():
+    """The standard output as a binary stream, after flushing what was written as text."""
+    sys.stdout.flush()
+    return sys.stdout.buffer

@@ -1,0 +1,91 @@
+"""LMDB's ``mdb_dump`` text format (BerkeleyDB's ``db_dump`` format, VERSION=3), in one
+place: what ``kvmm dump`` writes and ``kvmm restore`` reads.
+
+A dump is one or more blocks, each a header and data::
+
+    VERSION=3
+    format=bytevalue            (or print)
+    database=NAME               (only for a named database)
+    type=btree
+    mapsize=N
+    maxreaders=N
+    db_pagesize=N
+    HEADER=END
+     6b6579                     (a key: one space, then the bytes)
+     76616c7565                 (its value)
+    DATA=END
+
+``bytevalue`` writes every byte as two lowercase hex digits. ``print`` writes printable
+ASCII bytes (0x20-0x7e) as they are, a backslash as ``\\\\`` and any other byte as
+``\\xx``. LMDB 0.9.24's ``mdb_dump -p`` wrote a backslash bare (fixed in 0.9.25), so
+:func:`unescape` reads a backslash followed by neither a backslash nor two hex digits
+as a plain backslash; a bare backslash followed by two hex digits is read as an escape,
+as ``mdb_load`` reads it — that output of 0.9.24 is ambiguous and cannot be read back
+exactly by any tool.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+VERSION = 3
+#: Header keywords that name database flags; kvmm supports none of them yet.
+FLAG_KEYWORDS = ("duplicates", "dupsort", "reversekey", "integerkey", "dupfixed",
+                 "integerdup", "reversedup")
+
+_ESCAPES = [b"\\%02x" % c for c in range(256)]
+for _c in range(0x20, 0x7F):
+    _ESCAPES[_c] = bytes([_c])
+_ESCAPES[0x5C] = b"\\\\"
+_NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")
+_ESCAPED = re.compile(rb"\\(\\|[0-9a-fA-F]{2})?")
+
+
+def _escape_one(m) -> bytes:
+    return _ESCAPES[m.group()[0]]
+
+
+def escape(data: bytes) -> bytes:
+    """``data`` in the ``print`` format (without the leading space). O(len)."""
+    return _NEEDS_ESCAPE.sub(_escape_one, data)
+
+
+def _unescape_one(m) -> bytes:
+    code = m.group(1)
+    if code is None or code == b"\\":
+        return b"\\"  # an escaped backslash, or LMDB 0.9.24's bare one
+    return bytes((int(code, 16),))
+
+
+def unescape(text: bytes) -> bytes:
+    """The bytes a ``print``-format line stands for. O(len)."""
+    if b"\\" not in text:
+        return text
+    return _ESCAPED.sub(_unescape_one, text)
+
+
+def unhex(text: bytes) -> bytes:
+    """The bytes a ``bytevalue`` line stands for; ValueError when it is not hex."""
+    try:
+        return binascii.unhexlify(text)
+    except binascii.Error:
+        raise ValueError("not an even number of hex digits") from None
+
+
+hexlify = binascii.hexlify
+
+
+def header(name: bytes | None, printable: bool, mapsize: int, maxreaders: int,
+           pagesize: int) -> bytes:
+    """The header of one block, up to and including ``HEADER=END``."""
+    lines = [b"VERSION=%d" % VERSION,
+             b"format=print" if printable else b"format=bytevalue"]
+    if name is not None:
+        if b"\n" in name or b"\0" in name:
+            raise ValueError(f"database name {escape(name).decode()} holds a newline or NUL "
+                             "byte, which the dump format cannot carry")
+        lines.append(b"database=" + name)
+    lines += [b"type=btree", b"mapsize=%d" % mapsize, b"maxreaders=%d" % maxreaders,
+              b"db_pagesize=%d" % pagesize, b"HEADER=END", b""]
+    return b"\n".join(lines)

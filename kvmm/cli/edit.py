@@ -1,0 +1,132 @@
+"""``kvmm get`` / ``put`` / ``del`` / ``scan``: small edits and looks from a shell.
+
+Keys, values and prefixes are text (their UTF-8 bytes) or, with ``-x``, hex. ``get``
+writes the value's raw bytes (hex with ``-x``); ``scan`` writes ``key<TAB>value``
+lines escaped as ``kvmm dump -p`` escapes them (hex with ``-x``), so every line is
+one record whatever the bytes. ``-s NAME`` works on a named database.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import dumpfmt
+from .common import CliError, arg_bytes, binary_stdout, open_env, open_named, plain_entries, show
+
+
+def add_parsers(sub) -> None:
+    get = sub.add_parser("get", help="print the value of a key",
+                         description="Print the value of KEY (raw bytes; hex with -x).")
+    _common(get)
+    get.add_argument("key", metavar="KEY")
+    get.set_defaults(run=run_get)
+
+    put = sub.add_parser("put", help="store a value under a key",
+                         description="Store VALUE under KEY, creating the database when "
+                                     "missing. Without VALUE, the value is read from stdin.")
+    _common(put)
+    put.add_argument("-N", dest="keep", action="store_true",
+                     help="fail if KEY exists instead of overwriting it")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE", nargs="?",
+                     help="the value (default: all of stdin)")
+    put.set_defaults(run=run_put)
+
+    delete = sub.add_parser("del", aliases=["delete"], help="delete a key",
+                            description="Delete KEY; exit 1 when it is absent.")
+    _common(delete)
+    delete.add_argument("key", metavar="KEY")
+    delete.set_defaults(run=run_del)
+
+    scan = sub.add_parser("scan", help="list records in key order (--prefix, --limit)",
+                          description="Print key<TAB>value lines in key order, escaped "
+                                      "as kvmm dump -p escapes them (hex with -x).")
+    _common(scan)
+    scan.add_argument("--prefix", metavar="P", help="only keys starting with P")
+    scan.add_argument("--start", metavar="K", help="start at the first key >= K")
+    scan.add_argument("--limit", metavar="N", type=int, help="at most N records")
+    scan.add_argument("--keys", action="store_true", help="print keys only")
+    scan.set_defaults(run=run_scan)
+
+
+def _common(p) -> None:
+    p.add_argument("-s", dest="name", metavar="NAME", help="a named database")
+    p.add_argument("-x", "--hex", dest="hex", action="store_true",
+                   help="keys and values in hex")
+    p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
+
+
+def _name(args) -> bytes | None:
+    return None if args.name is None else arg_bytes(args.name)
+
+
+def run_get(args) -> int:
+    key = arg_bytes(args.key, args.hex)
+    env = open_env(args.path)
+    try:
+        with env.begin() as txn:
+            value = txn.get(key, db=open_named(env, txn, _name(args)))
+    finally:
+        env.close()
+    if value is None:
+        raise CliError(f"key {show(key)} not found")
+    out = binary_stdout()
+    out.write(dumpfmt.hexlify(value) + b"\n" if args.hex else value + b"\n")
+    out.flush()
+    return 0
+
+
+def run_put(args) -> int:
+    key = arg_bytes(args.key, args.hex)
+    if args.value is None:
+        value = sys.stdin.buffer.read()
+        if args.hex:
+            value = arg_bytes(value.decode("ascii", "replace").strip(), True)
+    else:
+        value = arg_bytes(args.value, args.hex)
+    env = open_env(args.path, write=True, create=True)
+    try:
+        db = env.open_db(_name(args))
+        with env.begin(write=True) as txn:
+            if not txn.put(key, value, overwrite=not args.keep, db=db):
+                raise CliError(f"key {show(key)} exists (-N keeps it)")
+    finally:
+        env.close()
+    return 0
+
+
+def run_del(args) -> int:
+    key = arg_bytes(args.key, args.hex)
+    env = open_env(args.path, write=True)
+    try:
+        with env.begin(write=True) as txn:
+            if not txn.delete(key, db=open_named(env, txn, _name(args))):
+                raise CliError(f"key {show(key)} not found")
+    finally:
+        env.close()
+    return 0
+
+
+def run_scan(args) -> int:
+    prefix = arg_bytes(args.prefix, args.hex) if args.prefix else b""
+    start = arg_bytes(args.start, args.hex) if args.start else b""
+    encode = dumpfmt.hexlify if args.hex else dumpfmt.escape
+    env = open_env(args.path)
+    out = binary_stdout()
+    try:
+        with env.begin() as txn:
+            entries = plain_entries(txn, open_named(env, txn, _name(args)),
+                                    max(start, prefix))
+            n = 0
+            for key, value in entries:
+                if args.limit is not None and n >= args.limit:
+                    break
+                if not key.startswith(prefix):
+                    break
+                line = encode(key) if args.keys else encode(key) + b"\t" + encode(value)
+                out.write(line + b"\n")
+                n += 1
+    finally:
+        env.close()
+    out.flush()
+    return 0

@@ -1,0 +1,261 @@
+"""``kvmm restore`` (alias ``load``): read LMDB's ``mdb_dump`` text format, as LMDB's
+``mdb_load`` does, into a database (created when missing).
+
+- Several blocks may follow one another; each one's ``database=`` names its target,
+  else ``-s NAME``, else the main database.
+- ``-N`` keeps the value of keys that exist already; ``-T`` reads plain-text lines, a
+  key line then a value line, escaped as the ``print`` format, with no header.
+- Unknown header keywords are ignored with a warning; flags kvmm lacks (``dupsort``
+  and the others) stop the restore, since their data would not mean the same.
+- It commits every :data:`BATCH` records, so memory stays flat however long the input;
+  a bad line stops it with ``line N: <what is wrong>``: the batches before it stay
+  committed (and synced), the batch holding the bad line is not.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .. import format as fmt
+from ..errors import BadValsizeError
+from . import dumpfmt
+from .common import CliError, arg_bytes, open_env
+from .progress import Progress
+
+#: Records per commit: big enough that the commits' syncs cost little, small enough
+#: that one transaction's dirty pages stay a few MiB.
+BATCH = 10_000
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "restore", aliases=["load"],
+        help="load an mdb_dump text dump (or -T text pairs) into a database",
+        description="Load data written by kvmm dump or LMDB's mdb_dump into a database, "
+                    "created when missing, as LMDB's mdb_load does.")
+    p.add_argument("-f", dest="file", metavar="FILE", help="read FILE, not stdin")
+    p.add_argument("-s", dest="name", metavar="NAME",
+                   help="load into named database NAME (a block's database= wins)")
+    p.add_argument("-N", dest="keep", action="store_true",
+                   help="keep existing keys: do not overwrite their values")
+    p.add_argument("-T", dest="text", action="store_true",
+                   help="plain text: key and value lines in turn, print-escaped, no header")
+    p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
+    p.set_defaults(run=run)
+
+
+class InputError(CliError):
+    """A line of the input that cannot be read: ``line N: <what is wrong>``."""
+
+    def __init__(self, lineno: int, what: str):
+        super().__init__(f"line {lineno}: {what}")
+
+
+class Header:
+    """What one block's header says."""
+
+    __slots__ = ("name", "printable", "page_size")
+
+    def __init__(self):
+        self.name: bytes | None = None
+        self.printable = False
+        self.page_size: int | None = None
+
+
+def _strip(line: bytes) -> bytes:
+    return line[:-1] if line[-1:] == b"\n" else line
+
+
+class DumpReader:
+    """Reads a dump line by line, counting lines (for messages) and bytes (for the
+    progress bar). Warnings go to ``warn``."""
+
+    def __init__(self, stream, warn):
+        self._lines = iter(stream)
+        self._warn = warn
+        self.lineno = 0
+
+    def header(self) -> Header | None:
+        """The next block's header, or None at the end of the input."""
+        head = Header()
+        started = False
+        for line in self._lines:
+            self.lineno += 1
+            started = True
+            text = _strip(line)
+            if text == b"HEADER=END":
+                return head
+            keyword, eq, value = text.partition(b"=")
+            if not eq:
+                raise InputError(self.lineno, "unexpected format: a header line is "
+                                 "KEYWORD=VALUE")
+            keyword = keyword.decode("ascii", "backslashreplace")
+            self._keyword(head, keyword, value)
+        if started:
+            raise InputError(self.lineno, "unexpected end of input: HEADER=END is missing")
+        return None
+
+    def _keyword(self, head: Header, keyword: str, value: bytes) -> None:
+        shown = value.decode("ascii", "backslashreplace")
+        if keyword == "VERSION":
+            if self._number(keyword, value) > dumpfmt.VERSION:
+                raise InputError(self.lineno, f"unsupported VERSION {shown}")
+        elif keyword == "format":
+            if value not in (b"print", b"bytevalue"):
+                raise InputError(self.lineno, f"unsupported format {shown}")
+            head.printable = value == b"print"
+        elif keyword == "database":
+            head.name = value
+        elif keyword == "type":
+            if value != b"btree":
+                raise InputError(self.lineno, f"unsupported type {shown}")
+        elif keyword in ("mapsize", "maxreaders"):
+            self._number(keyword, value)  # a hint kvmm does not need
+        elif keyword == "db_pagesize":
+            size = self._number(keyword, value)
+            if fmt.valid_page_size(size):
+                head.page_size = size
+            else:
+                self._warn(f"line {self.lineno}: db_pagesize={size} is not a kvmm page size; "
+                           "a new database gets the default")
+        elif keyword in dumpfmt.FLAG_KEYWORDS:
+            kind = "dupsort" if keyword == "duplicates" else keyword
+            yet = " yet" if kind == "dupsort" else ""
+            raise InputError(self.lineno, f"{keyword}=: {kind} databases are not supported "
+                             f"by kvmm{yet}")
+        elif keyword != "mapaddr":
+            self._warn(f"line {self.lineno}: unrecognized keyword ignored: {keyword}")
+
+    def _number(self, keyword: str, value: bytes) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            shown = value.decode("ascii", "backslashreplace")
+            raise InputError(self.lineno, f"invalid {keyword} {shown}") from None
+
+    def records(self, printable: bool):
+        """Yield ``(key, value)`` of one block's data lines, up to ``DATA=END``."""
+        decode = dumpfmt.unescape if printable else dumpfmt.unhex
+        lines = self._lines
+        for line in lines:
+            self.lineno += 1
+            if line[:1] != b" ":
+                if line.rstrip(b"\r\n") == b"DATA=END":
+                    return
+                raise InputError(self.lineno, "expected a data line (starting with a "
+                                 "space) or DATA=END")
+            value_line = next(lines, None)
+            if value_line is None:
+                raise InputError(self.lineno, "unexpected end of input: a key without "
+                                 "its value")
+            self.lineno += 1
+            if value_line[:1] != b" ":
+                raise InputError(self.lineno, "expected the value of the key on the line "
+                                 "before (a line starting with a space)")
+            try:
+                key = decode(_strip(line)[1:])
+            except ValueError as e:
+                raise InputError(self.lineno - 1, str(e)) from None
+            try:
+                value = decode(_strip(value_line)[1:])
+            except ValueError as e:
+                raise InputError(self.lineno, str(e)) from None
+            yield key, value
+        raise InputError(self.lineno, "unexpected end of input: DATA=END is missing")
+
+    def text_records(self):
+        """Yield ``(key, value)`` of ``-T`` input: lines in pairs, print-escaped."""
+        lines = self._lines
+        unescape = dumpfmt.unescape
+        for line in lines:
+            self.lineno += 1
+            value_line = next(lines, None)
+            if value_line is None:
+                raise InputError(self.lineno, "unexpected end of input: a key without "
+                                 "its value")
+            self.lineno += 1
+            yield unescape(_strip(line)), unescape(_strip(value_line))
+
+
+def run(args) -> int:
+    stream = open(args.file, "rb") if args.file else sys.stdin.buffer
+    try:
+        reader = DumpReader(stream, _warn)
+        head = None if args.text else reader.header()
+        options = {}
+        if head is not None and head.page_size is not None:
+            options["page_size"] = head.page_size
+        # sync=False: a batch's commit is safe against a crash of this process; the
+        # final sync makes everything durable at once, not once per batch.
+        env = open_env(args.path, write=True, create=True, sync=False, **options)
+        try:
+            with Progress("restore", _size(stream), "B", unit_scale=True) as progress:
+                default = arg_bytes(args.name) if args.name is not None else None
+                if args.text:
+                    _load(env, env.open_db(default), reader, reader.text_records(),
+                          not args.keep, progress, stream)
+                while head is not None:
+                    name = head.name if head.name is not None else default
+                    _load(env, env.open_db(name), reader, reader.records(head.printable),
+                          not args.keep, progress, stream)
+                    head = reader.header()
+        finally:
+            try:
+                env.sync()
+            finally:
+                env.close()
+    finally:
+        if args.file:
+            stream.close()
+    return 0
+
+
+def _load(env, db, reader, records, overwrite: bool, progress, stream) -> None:
+    """Put ``records`` into ``db``, committing every BATCH records."""
+    txn = env.begin(write=True)
+    try:
+        n = 0
+        put = txn.put
+        for key, value in records:
+            if not key:
+                _warn(f"line {reader.lineno}: zero-length key ignored")
+                continue
+            try:
+                put(key, value, overwrite=overwrite, db=db)
+            except BadValsizeError as e:
+                raise InputError(reader.lineno - 1, str(e)) from None
+            n += 1
+            if n == BATCH:
+                txn.commit()
+                _advance(progress, stream)
+                txn = env.begin(write=True)
+                put = txn.put
+                n = 0
+        txn.commit()
+        _advance(progress, stream)
+    finally:
+        txn.abort()
+
+
+def _size(stream) -> int | None:
+    """The input's size in bytes when it is a regular file, for the progress bar."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _advance(progress, stream) -> None:
+    """Move the bar to how far the input has been read."""
+    if progress.enabled:
+        try:
+            progress.to(stream.tell())
+        except OSError:
+            pass
+
+
+def _warn(text: str) -> None:
+    print(f"kvmm: {text}", file=sys.stderr)
