@@ -60,8 +60,13 @@ _open_envs: weakref.WeakSet = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    """A forked child must not use its parent's environments: it holds none of the
+    parent's locks. Mark them, and end their transactions, so use raises Error."""
     for env in list(_open_envs):
         env._forked = True
+        for txn in list(env._txns):
+            txn._done = True
+            txn._dbs.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -153,7 +158,9 @@ class Environment:
         self._main_db = _Database(self, None, 0)
         self._dbs: dict[bytes, _Database] = {}
         self._unsynced = 0
-        self._reclaim_floor = 0
+        self._txns: weakref.WeakSet = weakref.WeakSet()  # live ones, ended after fork()
+        self._reclaim_floor = 0  # free pages after the last fruitless reclaim
+        self._reclaim_tries = 0
         self._pid = os.getpid()
         self._closed = False
         _open_envs.add(self)
@@ -397,14 +404,22 @@ class Environment:
 
     def _want_reclaim(self, txn) -> bool:
         """Whether this commit should gather every reusable free page, to give the
-        file's tail back: when free pages are many, and more than at the last try."""
+        file's tail back: when an eighth of the file or more is free, and more than
+        after the last attempt that could give nothing back."""
         free = txn.free_db.entries + len(txn.meta.inline_free) // 2
         return (free >= 64 and free * 8 >= txn.next_pgno
                 and free * 2 > self._reclaim_floor * 3)
 
-    def _reclaimed(self, txn) -> None:
-        if txn.freelist.consumed == [] and txn.freelist.exhausted:
-            self._reclaim_floor = txn.free_db.entries
+    def _reclaimed(self, txn, trimmed: int) -> None:
+        """After an attempt: a tail still in use is often the free tree itself, which
+        the attempt moved down, so one more attempt follows before giving up."""
+        if trimmed:
+            self._reclaim_tries = 0
+            return
+        self._reclaim_tries += 1
+        if self._reclaim_tries >= 2:
+            self._reclaim_tries = 0
+            self._reclaim_floor = txn.free_db.entries + len(txn.freelist.inline) // 2
 
     def _grow(self, end: int) -> None:
         if self._max_size is not None and end > self._max_size:

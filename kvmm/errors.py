@@ -34,6 +34,10 @@ __all__ = [
     "LockError",
     "MemoryError",
     "DiskError",
+    "BadChecksumError",
+    "CryptoFailError",
+    "EnvEncryptionError",
+    "ProblemError",
 ]
 
 
@@ -139,3 +143,19 @@ class MemoryError(Error):  # noqa: A001 - py-lmdb's name
 
 class DiskError(Error):
     """Writing or syncing the data file failed (disk full or an I/O error)."""
+
+
+class BadChecksumError(Error):
+    """A checksum did not match (kept for py-lmdb compatibility)."""
+
+
+class CryptoFailError(Error):
+    """Encryption failed (kept for py-lmdb compatibility; kvmm does not encrypt)."""
+
+
+class EnvEncryptionError(Error):
+    """Environment encryption is misconfigured (kept for py-lmdb compatibility)."""
+
+
+class ProblemError(Error):
+    """An unexpected problem (kept for py-lmdb compatibility)."""

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
 from .freelist import FreeList
+from .reclaim import relocate_tail
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
@@ -78,6 +79,7 @@ class Transaction:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
             self.load = env._loader(self._mm, self.meta.next_pgno)
+        env._txns.add(self)
 
     def _start_write(self):
         env = self.env
@@ -138,6 +140,8 @@ class Transaction:
 
     def _live(self):
         if self._done:
+            if self.env._forked:
+                raise Error("transaction was begun before fork(); begin one in the child")
             raise Error("transaction has already ended")
 
     def _state(self, db) -> DbState:
@@ -200,7 +204,7 @@ class Transaction:
         if state is None:
             state = self._state(db)
         elif self._done:
-            raise Error("transaction has already ended")
+            self._live()
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if not state.root:
@@ -414,11 +418,15 @@ class Transaction:
                 replace_at(self, main, path, fmt.encode_db_record(state.record()), F_SUBDB)
         # 2. Take back free pages at the end of the file, then record the free list.
         freelist = self.freelist
-        if env._want_reclaim(self):
+        reclaim = env._want_reclaim(self)
+        if reclaim:
             freelist.load_all()
-        freelist.trim_tail()
+        trimmed = freelist.trim_tail()
+        if reclaim:
+            relocate_tail(self)
         freelist.save()
-        env._reclaimed(self)
+        if reclaim:
+            env._reclaimed(self, trimmed)
         # 3. Make room: grow the file if the new pages pass its end (MapFullError here
         #    changes nothing).
         end = self.next_pgno * self.page_size

@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvmm",
         description="kvmm: an embedded key-value store in one memory-mapped file. "
-                    "PATH is a database directory (or, for subdir=False databases, the "
-                    "data file).",
-        epilog="`kvmm COMMAND --help` tells more about each command.")
+        "PATH is a database directory (or, for subdir=False databases, the "
+        "data file).",
+        epilog="`kvmm COMMAND --help` tells more about each command.",
+    )
     parser.add_argument("--version", action="version", version=f"kvmm {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     dump.add_parser(sub)

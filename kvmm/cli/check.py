@@ -17,11 +17,13 @@ from .progress import Progress
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "check", help="check every page and invariant; exit 0 when clean, 1 when not",
+        "check",
+        help="check every page and invariant; exit 0 when clean, 1 when not",
         description="Check the whole file: metas, every page used exactly once or free, "
-                    "page headers and checksums, key order, separators, entry counts, "
-                    "overflow runs, the free list, named databases, the reader table. "
-                    "Read-only.")
+        "page headers and checksums, key order, separators, entry counts, "
+        "overflow runs, the free list, named databases, the reader table. "
+        "Read-only.",
+    )
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
     p.set_defaults(run=run)
 
@@ -44,8 +46,10 @@ def run(args) -> int:
         print(problem)
     if problems:
         sys.stdout.flush()
-        print(f"kvmm: {args.path}: {len(problems)} problem{'s' * (len(problems) != 1)} "
-              "found", file=sys.stderr)
+        print(
+            f"kvmm: {args.path}: {len(problems)} problem{'s' * (len(problems) != 1)} found",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.path}: clean ({pages} pages, last transaction {info['last_txnid']})")
     return 0

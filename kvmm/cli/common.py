@@ -55,8 +55,7 @@ def open_env(path: str, write: bool = False, create: bool = False, **options) ->
     if not write and not os.path.exists(lock_path):
         # Opening without a lock first proves the file is kvmm's before a lock file is
         # made beside it.
-        Environment(path, subdir=subdir, readonly=True, create=False, lock=False,
-                    **options).close()
+        Environment(path, subdir=subdir, readonly=True, create=False, lock=False, **options).close()
         try:
             LockFile(lock_path, create=True).close()
         except OSError:

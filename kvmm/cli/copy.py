@@ -19,11 +19,14 @@ from .progress import Progress
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "copy", help="consistent copy of a live database (hot backup); -c compacts",
+        "copy",
+        help="consistent copy of a live database (hot backup); -c compacts",
         description="Copy a database while writers go on; the copy holds the last commit "
-                    "made before the copy began.")
-    p.add_argument("-c", dest="compact", action="store_true",
-                   help="compact: no free pages, pages in key order")
+        "made before the copy began.",
+    )
+    p.add_argument(
+        "-c", dest="compact", action="store_true", help="compact: no free pages, pages in key order"
+    )
     p.add_argument("src", metavar="SRC", help="the database to copy")
     p.add_argument("dst", metavar="DST", help="a new directory for the copy")
     p.set_defaults(run=run)

@@ -13,6 +13,7 @@ hint for LMDB, which needs one: four times the data file, at least LMDB's 10 MiB
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from . import dumpfmt
@@ -27,58 +28,65 @@ FLUSH_BYTES = 1 << 20
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "dump", help="write databases in LMDB's mdb_dump text format",
+        "dump",
+        help="write databases in LMDB's mdb_dump text format",
         description="Write a database in LMDB's mdb_dump text format (VERSION=3), which "
-                    "mdb_load and kvmm restore read back.")
-    p.add_argument("-p", dest="printable", action="store_true",
-                   help="format=print: printable bytes as they are, others as \\xx")
+        "mdb_load and kvmm restore read back.",
+    )
+    p.add_argument(
+        "-p",
+        dest="printable",
+        action="store_true",
+        help="format=print: printable bytes as they are, others as \\xx",
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("-a", dest="all", action="store_true",
-                       help="every database: the main one (if it holds data), then each "
-                            "named one")
+    which.add_argument(
+        "-a",
+        dest="all",
+        action="store_true",
+        help="every database: the main one (if it holds data), then each named one",
+    )
     which.add_argument("-s", dest="name", metavar="NAME", help="the named database NAME")
-    which.add_argument("-l", dest="list", action="store_true",
-                       help="list the named databases instead")
+    which.add_argument(
+        "-l", dest="list", action="store_true", help="list the named databases instead"
+    )
     p.add_argument("-f", dest="file", metavar="FILE", help="write to FILE, not stdout")
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    env = open_env(args.path)
-    try:
-        with env.begin() as txn:
-            if args.list:
-                out = binary_stdout()
-                for name in named_dbs(txn):
-                    out.write(name + b"\n")
-                out.flush()
-                return 0
-            blocks = _blocks(env, txn, args)
-            info = env.info()
-            mapsize = -(-max(LMDB_DEFAULT_MAPSIZE, 4 * info["map_size"]) // (1 << 20)) << 20
-            total = sum(txn.stat(db)["entries"] for _, db in blocks)
-            out = open(args.file, "wb") if args.file else binary_stdout()
+    with contextlib.ExitStack() as stack:
+        env = open_env(args.path)
+        stack.callback(env.close)
+        txn = stack.enter_context(env.begin())
+        if args.list:
+            out = binary_stdout()
+            out.writelines(name + b"\n" for name in named_dbs(txn))
+            out.flush()
+            return 0
+        info = env.info()
+        mapsize = -(-max(LMDB_DEFAULT_MAPSIZE, 4 * info["map_size"]) // (1 << 20)) << 20
+        blocks = []
+        for name, db in _databases(env, txn, args):
             try:
-                with Progress("dump", total, "rec", unit_scale=True) as progress:
-                    for name, db in blocks:
-                        try:
-                            head = dumpfmt.header(name, args.printable, mapsize,
-                                                  info["max_readers"], txn.page_size)
-                        except ValueError as e:
-                            raise CliError(str(e)) from None
-                        out.write(head)
-                        write_data(out, plain_entries(txn, db), args.printable, progress)
-                out.flush()
-            finally:
-                if args.file:
-                    out.close()
-    finally:
-        env.close()
+                head = dumpfmt.header(
+                    name, args.printable, mapsize, info["max_readers"], txn.page_size
+                )
+            except ValueError as e:
+                raise CliError(str(e)) from None
+            blocks.append((head, db))
+        out = stack.enter_context(open(args.file, "wb")) if args.file else binary_stdout()
+        total = sum(txn.stat(db)["entries"] for _, db in blocks)
+        with Progress("dump", total, "rec", unit_scale=True) as progress:
+            for head, db in blocks:
+                out.write(head)
+                write_data(out, plain_entries(txn, db), args.printable, progress)
+        out.flush()
     return 0
 
 
-def _blocks(env, txn, args) -> list:
+def _databases(env, txn, args) -> list:
     """[(name or None, handle)] of the databases to dump, in order."""
     if args.name is not None:
         name = os.fsencode(args.name)
@@ -114,4 +122,3 @@ def write_data(out, entries, printable: bool, progress) -> int:
     out.write(b"".join(parts))
     progress(pending)
     return total + pending
-

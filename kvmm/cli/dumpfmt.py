@@ -31,8 +31,15 @@ import re
 
 VERSION = 3
 #: Header keywords that name database flags; kvmm supports none of them yet.
-FLAG_KEYWORDS = ("duplicates", "dupsort", "reversekey", "integerkey", "dupfixed",
-                 "integerdup", "reversedup")
+FLAG_KEYWORDS = (
+    "duplicates",
+    "dupsort",
+    "reversekey",
+    "integerkey",
+    "dupfixed",
+    "integerdup",
+    "reversedup",
+)
 
 _ESCAPES = [b"\\%02x" % c for c in range(256)]
 for _c in range(0x20, 0x7F):
@@ -76,16 +83,24 @@ def unhex(text: bytes) -> bytes:
 hexlify = binascii.hexlify
 
 
-def header(name: bytes | None, printable: bool, mapsize: int, maxreaders: int,
-           pagesize: int) -> bytes:
+def header(
+    name: bytes | None, printable: bool, mapsize: int, maxreaders: int, pagesize: int
+) -> bytes:
     """The header of one block, up to and including ``HEADER=END``."""
-    lines = [b"VERSION=%d" % VERSION,
-             b"format=print" if printable else b"format=bytevalue"]
+    lines = [b"VERSION=%d" % VERSION, b"format=print" if printable else b"format=bytevalue"]
     if name is not None:
         if b"\n" in name or b"\0" in name:
-            raise ValueError(f"database name {escape(name).decode()} holds a newline or NUL "
-                             "byte, which the dump format cannot carry")
+            raise ValueError(
+                f"database name {escape(name).decode()} holds a newline or NUL "
+                "byte, which the dump format cannot carry"
+            )
         lines.append(b"database=" + name)
-    lines += [b"type=btree", b"mapsize=%d" % mapsize, b"maxreaders=%d" % maxreaders,
-              b"db_pagesize=%d" % pagesize, b"HEADER=END", b""]
+    lines += [
+        b"type=btree",
+        b"mapsize=%d" % mapsize,
+        b"maxreaders=%d" % maxreaders,
+        b"db_pagesize=%d" % pagesize,
+        b"HEADER=END",
+        b"",
+    ]
     return b"\n".join(lines)

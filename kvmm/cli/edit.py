@@ -8,6 +8,7 @@ one record whatever the bytes. ``-s NAME`` works on a named database.
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 from . import dumpfmt
@@ -15,32 +16,45 @@ from .common import CliError, arg_bytes, binary_stdout, open_env, open_named, pl
 
 
 def add_parsers(sub) -> None:
-    get = sub.add_parser("get", help="print the value of a key",
-                         description="Print the value of KEY (raw bytes; hex with -x).")
+    get = sub.add_parser(
+        "get",
+        help="print the value of a key",
+        description="Print the value of KEY (raw bytes; hex with -x).",
+    )
     _common(get)
     get.add_argument("key", metavar="KEY")
     get.set_defaults(run=run_get)
 
-    put = sub.add_parser("put", help="store a value under a key",
-                         description="Store VALUE under KEY, creating the database when "
-                                     "missing. Without VALUE, the value is read from stdin.")
+    put = sub.add_parser(
+        "put",
+        help="store a value under a key",
+        description="Store VALUE under KEY, creating the database when "
+        "missing. Without VALUE, the value is read from stdin.",
+    )
     _common(put)
-    put.add_argument("-N", dest="keep", action="store_true",
-                     help="fail if KEY exists instead of overwriting it")
+    put.add_argument(
+        "-N", dest="keep", action="store_true", help="fail if KEY exists instead of overwriting it"
+    )
     put.add_argument("key", metavar="KEY")
-    put.add_argument("value", metavar="VALUE", nargs="?",
-                     help="the value (default: all of stdin)")
+    put.add_argument("value", metavar="VALUE", nargs="?", help="the value (default: all of stdin)")
     put.set_defaults(run=run_put)
 
-    delete = sub.add_parser("del", aliases=["delete"], help="delete a key",
-                            description="Delete KEY; exit 1 when it is absent.")
+    delete = sub.add_parser(
+        "del",
+        aliases=["delete"],
+        help="delete a key",
+        description="Delete KEY; exit 1 when it is absent.",
+    )
     _common(delete)
     delete.add_argument("key", metavar="KEY")
     delete.set_defaults(run=run_del)
 
-    scan = sub.add_parser("scan", help="list records in key order (--prefix, --limit)",
-                          description="Print key<TAB>value lines in key order, escaped "
-                                      "as kvmm dump -p escapes them (hex with -x).")
+    scan = sub.add_parser(
+        "scan",
+        help="list records in key order (--prefix, --limit)",
+        description="Print key<TAB>value lines in key order, escaped "
+        "as kvmm dump -p escapes them (hex with -x).",
+    )
     _common(scan)
     scan.add_argument("--prefix", metavar="P", help="only keys starting with P")
     scan.add_argument("--start", metavar="K", help="start at the first key >= K")
@@ -51,8 +65,7 @@ def add_parsers(sub) -> None:
 
 def _common(p) -> None:
     p.add_argument("-s", dest="name", metavar="NAME", help="a named database")
-    p.add_argument("-x", "--hex", dest="hex", action="store_true",
-                   help="keys and values in hex")
+    p.add_argument("-x", "--hex", dest="hex", action="store_true", help="keys and values in hex")
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
 
 
@@ -115,17 +128,12 @@ def run_scan(args) -> int:
     out = binary_stdout()
     try:
         with env.begin() as txn:
-            entries = plain_entries(txn, open_named(env, txn, _name(args)),
-                                    max(start, prefix))
-            n = 0
-            for key, value in entries:
-                if args.limit is not None and n >= args.limit:
-                    break
+            entries = plain_entries(txn, open_named(env, txn, _name(args)), max(start, prefix))
+            for key, value in itertools.islice(entries, args.limit):
                 if not key.startswith(prefix):
                     break
                 line = encode(key) if args.keys else encode(key) + b"\t" + encode(value)
                 out.write(line + b"\n")
-                n += 1
     finally:
         env.close()
     out.flush()

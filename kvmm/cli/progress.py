@@ -15,8 +15,14 @@ class Progress:
     to size the bar.
     """
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "it",
-                 unit_scale: bool = False, stream=None):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        unit: str = "it",
+        unit_scale: bool = False,
+        stream=None,
+    ):
         stream = sys.stderr if stream is None else stream
         self._bar = None
         if _is_terminal(stream):
@@ -24,8 +30,14 @@ class Progress:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale,
-                             file=stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=unit_scale,
+                file=stream,
+                dynamic_ncols=True,
+            )
 
     @property
     def enabled(self) -> bool:

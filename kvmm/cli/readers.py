@@ -11,11 +11,14 @@ from .common import open_env
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "readers", help="list reader slots (pid, snapshot, alive); -c clears stale ones",
+        "readers",
+        help="list reader slots (pid, snapshot, alive); -c clears stale ones",
         description="List the reader slots of the lock file: pid, the txnid of the "
-                    "snapshot read (- for none), alive or dead.")
-    p.add_argument("-c", dest="clear", action="store_true",
-                   help="clear the slots of processes that died")
+        "snapshot read (- for none), alive or dead.",
+    )
+    p.add_argument(
+        "-c", dest="clear", action="store_true", help="clear the slots of processes that died"
+    )
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
     p.set_defaults(run=run)
 
@@ -37,8 +40,9 @@ def run(args) -> int:
             return 0
         print(f"{'slot':>6} {'pid':>10} {'txnid':>12}  status")
         for slot, pid, txnid, alive in slots:
-            print(f"{slot:>6} {pid:>10} {txnid if txnid else '-':>12}  "
-                  f"{'alive' if alive else 'dead'}")
+            print(
+                f"{slot:>6} {pid:>10} {txnid if txnid else '-':>12}  {'alive' if alive else 'dead'}"
+            )
     finally:
         env.close()
     return 0

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -31,17 +32,31 @@ BATCH = 10_000
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "restore", aliases=["load"],
+        "restore",
+        aliases=["load"],
         help="load an mdb_dump text dump (or -T text pairs) into a database",
         description="Load data written by kvmm dump or LMDB's mdb_dump into a database, "
-                    "created when missing, as LMDB's mdb_load does.")
+        "created when missing, as LMDB's mdb_load does.",
+    )
     p.add_argument("-f", dest="file", metavar="FILE", help="read FILE, not stdin")
-    p.add_argument("-s", dest="name", metavar="NAME",
-                   help="load into named database NAME (a block's database= wins)")
-    p.add_argument("-N", dest="keep", action="store_true",
-                   help="keep existing keys: do not overwrite their values")
-    p.add_argument("-T", dest="text", action="store_true",
-                   help="plain text: key and value lines in turn, print-escaped, no header")
+    p.add_argument(
+        "-s",
+        dest="name",
+        metavar="NAME",
+        help="load into named database NAME (a block's database= wins)",
+    )
+    p.add_argument(
+        "-N",
+        dest="keep",
+        action="store_true",
+        help="keep existing keys: do not overwrite their values",
+    )
+    p.add_argument(
+        "-T",
+        dest="text",
+        action="store_true",
+        help="plain text: key and value lines in turn, print-escaped, no header",
+    )
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
     p.set_defaults(run=run)
 
@@ -56,7 +71,7 @@ class InputError(CliError):
 class Header:
     """What one block's header says."""
 
-    __slots__ = ("name", "printable", "page_size")
+    __slots__ = ("name", "page_size", "printable")
 
     def __init__(self):
         self.name: bytes | None = None
@@ -89,8 +104,7 @@ class DumpReader:
                 return head
             keyword, eq, value = text.partition(b"=")
             if not eq:
-                raise InputError(self.lineno, "unexpected format: a header line is "
-                                 "KEYWORD=VALUE")
+                raise InputError(self.lineno, "unexpected format: a header line is KEYWORD=VALUE")
             keyword = keyword.decode("ascii", "backslashreplace")
             self._keyword(head, keyword, value)
         if started:
@@ -118,13 +132,16 @@ class DumpReader:
             if fmt.valid_page_size(size):
                 head.page_size = size
             else:
-                self._warn(f"line {self.lineno}: db_pagesize={size} is not a kvmm page size; "
-                           "a new database gets the default")
+                self._warn(
+                    f"line {self.lineno}: db_pagesize={size} is not a kvmm page size; "
+                    "a new database gets the default"
+                )
         elif keyword in dumpfmt.FLAG_KEYWORDS:
             kind = "dupsort" if keyword == "duplicates" else keyword
             yet = " yet" if kind == "dupsort" else ""
-            raise InputError(self.lineno, f"{keyword}=: {kind} databases are not supported "
-                             f"by kvmm{yet}")
+            raise InputError(
+                self.lineno, f"{keyword}=: {kind} databases are not supported by kvmm{yet}"
+            )
         elif keyword != "mapaddr":
             self._warn(f"line {self.lineno}: unrecognized keyword ignored: {keyword}")
 
@@ -144,16 +161,19 @@ class DumpReader:
             if line[:1] != b" ":
                 if line.rstrip(b"\r\n") == b"DATA=END":
                     return
-                raise InputError(self.lineno, "expected a data line (starting with a "
-                                 "space) or DATA=END")
+                raise InputError(
+                    self.lineno, "expected a data line (starting with a space) or DATA=END"
+                )
             value_line = next(lines, None)
             if value_line is None:
-                raise InputError(self.lineno, "unexpected end of input: a key without "
-                                 "its value")
+                raise InputError(self.lineno, "unexpected end of input: a key without its value")
             self.lineno += 1
             if value_line[:1] != b" ":
-                raise InputError(self.lineno, "expected the value of the key on the line "
-                                 "before (a line starting with a space)")
+                raise InputError(
+                    self.lineno,
+                    "expected the value of the key on the line "
+                    "before (a line starting with a space)",
+                )
             try:
                 key = decode(_strip(line)[1:])
             except ValueError as e:
@@ -173,42 +193,48 @@ class DumpReader:
             self.lineno += 1
             value_line = next(lines, None)
             if value_line is None:
-                raise InputError(self.lineno, "unexpected end of input: a key without "
-                                 "its value")
+                raise InputError(self.lineno, "unexpected end of input: a key without its value")
             self.lineno += 1
             yield unescape(_strip(line)), unescape(_strip(value_line))
 
 
 def run(args) -> int:
-    stream = open(args.file, "rb") if args.file else sys.stdin.buffer
-    try:
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(open(args.file, "rb")) if args.file else sys.stdin.buffer
         reader = DumpReader(stream, _warn)
         head = None if args.text else reader.header()
         options = {}
         if head is not None and head.page_size is not None:
             options["page_size"] = head.page_size
         # sync=False: a batch's commit is safe against a crash of this process; the
-        # final sync makes everything durable at once, not once per batch.
+        # sync at the end (also after a bad line) makes all of them durable at once.
         env = open_env(args.path, write=True, create=True, sync=False, **options)
-        try:
-            with Progress("restore", _size(stream), "B", unit_scale=True) as progress:
-                default = arg_bytes(args.name) if args.name is not None else None
-                if args.text:
-                    _load(env, env.open_db(default), reader, reader.text_records(),
-                          not args.keep, progress, stream)
-                while head is not None:
-                    name = head.name if head.name is not None else default
-                    _load(env, env.open_db(name), reader, reader.records(head.printable),
-                          not args.keep, progress, stream)
-                    head = reader.header()
-        finally:
-            try:
-                env.sync()
-            finally:
-                env.close()
-    finally:
-        if args.file:
-            stream.close()
+        stack.callback(env.close)
+        stack.callback(env.sync)
+        progress = stack.enter_context(Progress("restore", _size(stream), "B", unit_scale=True))
+        default = arg_bytes(args.name) if args.name is not None else None
+        if args.text:
+            _load(
+                env,
+                env.open_db(default),
+                reader,
+                reader.text_records(),
+                not args.keep,
+                progress,
+                stream,
+            )
+        while head is not None:
+            name = head.name if head.name is not None else default
+            _load(
+                env,
+                env.open_db(name),
+                reader,
+                reader.records(head.printable),
+                not args.keep,
+                progress,
+                stream,
+            )
+            head = reader.header()
     return 0
 
 

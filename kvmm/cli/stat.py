@@ -12,13 +12,20 @@ from .common import named_dbs, open_env, open_named, show, tree_leaves
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "stat", help="show environment, free-list, reader and per-database figures",
-        description="Show a database's figures, as LMDB's mdb_stat does.")
+        "stat",
+        help="show environment, free-list, reader and per-database figures",
+        description="Show a database's figures, as LMDB's mdb_stat does.",
+    )
     p.add_argument("-a", dest="all", action="store_true", help="every named database too")
     p.add_argument("-e", dest="env", action="store_true", help="environment information")
     p.add_argument("-f", dest="free", action="store_true", help="free-list figures")
-    p.add_argument("-r", dest="readers", action="count", default=0,
-                   help="the reader table (twice: clear dead readers' slots first)")
+    p.add_argument(
+        "-r",
+        dest="readers",
+        action="count",
+        default=0,
+        help="the reader table (twice: clear dead readers' slots first)",
+    )
     p.add_argument("-s", dest="name", metavar="NAME", help="only the named database NAME")
     p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
     p.set_defaults(run=run)

@@ -12,18 +12,30 @@ from ..check import check_env
 from ..env import open as open_env
 from .common import CliError
 
-FRUIT = [(b"apple", b"red"), (b"banana", b"yellow"), (b"blueberry", b"blue"),
-         (b"cherry", b"dark red"), (b"date", b"brown"), (b"elderberry", b"purple")]
+FRUIT = [
+    (b"apple", b"red"),
+    (b"banana", b"yellow"),
+    (b"blueberry", b"blue"),
+    (b"cherry", b"dark red"),
+    (b"date", b"brown"),
+    (b"elderberry", b"purple"),
+]
 PRICES = [(b"apple", b"0.40"), (b"cherry", b"6.00")]
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "tour", help="a guided demo: write, read, scan, named database, stats, check",
+        "tour",
+        help="a guided demo: write, read, scan, named database, stats, check",
         description="Create a database at PATH (default: a new temporary directory) and "
-                    "walk through kvmm's API on it, printing each step.")
-    p.add_argument("path", metavar="PATH", nargs="?",
-                   help="where to create the demo database (must not exist yet)")
+        "walk through kvmm's API on it, printing each step.",
+    )
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        help="where to create the demo database (must not exist yet)",
+    )
     p.set_defaults(run=run)
 
 
@@ -107,8 +119,14 @@ def _tour(env, step) -> None:
     said(_dict(env.stat()))
     show("env.info()")
     info = env.info()
-    said(_dict({k: info[k] for k in ("map_size", "last_pgno", "last_txnid",
-                                      "max_readers", "num_readers")}))
+    said(
+        _dict(
+            {
+                k: info[k]
+                for k in ("map_size", "last_pgno", "last_txnid", "max_readers", "num_readers")
+            }
+        )
+    )
 
     step("Check the file: every page, key order, counts, free list (kvmm check PATH).")
     show("kvmm.check.check_env(env)")
