@@ -72,7 +72,8 @@ class Node:
             n = Node(pgno, txnid, self.keys[:], self.vals[:], flags)
         else:
             n = Node(pgno, txnid, self.keys[:], kids=self.kids[:], ktxn=self.ktxn[:])
-        n.measure()
+        # A committed node never changes, so its size is measured once and kept.
+        n.size = self.size if self.size >= 0 else self.measure()
         return n
 
     def entry_size(self, i: int) -> int:

@@ -106,7 +106,7 @@ class Environment:
                  metasync=True, sync=True, map_async=False, mode=0o644, create=True,
                  readahead=True, writemap=False, meminit=True, max_readers=126,
                  max_dbs=0, max_spare_txns=1, lock=True, page_size=fmt.DEFAULT_PAGE_SIZE,
-                 max_size=None, cache_size=DEFAULT_CACHE_SIZE):
+                 max_size=None, cache_size=DEFAULT_CACHE_SIZE, datafile_class=DataFile):
         self._closed = True
         self._forked = False
         path = os.fspath(path)
@@ -140,7 +140,9 @@ class Environment:
         self._lock = LockFile(lock_path, max_readers, mode, create) if lock else None
         self._thread_writer = threading.Lock()  # used when lock=False
         self._writer_owner = None
-        self._datafile = DataFile(data_path, readonly=readonly, create=create, mode=mode)
+        # The I/O seam: tests pass a subclass that injects faults or loses writes.
+        self._datafile = datafile_class(data_path, readonly=readonly, create=create,
+                                        mode=mode)
         try:
             self._page_size = self._open_file(page_size)
         except BaseException:

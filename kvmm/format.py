@@ -46,7 +46,9 @@ changed, and each slot's owner while it lives.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from array import array
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -129,6 +131,8 @@ def slot_offset(slot: int) -> int:
 # --- helpers ------------------------------------------------------------------------
 
 _crc32 = zlib.crc32
+_BIG_ENDIAN = sys.byteorder == "big"
+assert array("H").itemsize == 2 and array("I").itemsize == 4 and array("Q").itemsize == 8
 
 
 def page_capacity(page_size: int) -> int:
@@ -267,28 +271,37 @@ def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) ->
     return pkind, count, extra
 
 
+def _le(typecode: str, values) -> bytes:
+    """Pack ints as little-endian array items: one C loop, no format string."""
+    arr = array(typecode, values)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tobytes()
+
+
 def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,
                 page_size: int) -> bytes:
     """Serialise a leaf. ``vals`` holds stored values (bytes, or packed references);
     ``flags`` is None or a list of per-entry flag words (F_OVERFLOW, F_SUBDB)."""
     n = len(keys)
-    klens = list(map(len, keys))
     if flags is None:
-        words = list(map(len, vals))
+        words = map(len, vals)
     else:
         words = [len(v) | f for v, f in zip(vals, flags)]
-    head = struct.pack(f"<{n}H{n}I", *klens, *words)
-    body = b"".join((head, b"".join(keys), b"".join(vals)))
+    body = b"".join((_le("H", map(len, keys)), _le("I", words), b"".join(keys),
+                     b"".join(vals)))
     return _finish(LEAF, n, pgno, txnid, 0, body, page_size)
 
 
 def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: list,
                   page_size: int) -> bytes:
     n = len(keys)
-    klens = list(map(len, keys))
+    klens = array("H", map(len, keys))
     klens[0] = 0
-    head = struct.pack(f"<{n}Q{n}Q{n}H", *kids, *kid_txnids, *klens)
-    body = b"".join((head, b"".join(keys[1:])))
+    if _BIG_ENDIAN:
+        klens.byteswap()
+    body = b"".join((_le("Q", kids), _le("Q", kid_txnids), klens.tobytes(),
+                     b"".join(keys[1:])))
     return _finish(BRANCH, n, pgno, txnid, 0, body, page_size)
 
 

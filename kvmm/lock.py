@@ -490,9 +490,10 @@ class LockFile:
         are reclaimed."""
         sh = self._usable()
         t = sh.slots()
-        published = [(txnid, slot) for slot, txnid in enumerate(t[2::3]) if txnid]
-        if not published:
+        txnids = t[2::3]
+        if not any(txnids):  # the common case of a lone writer, without a Python loop
             return None
+        published = [(txnid, slot) for slot, txnid in enumerate(txnids) if txnid]
         published.sort()
         owned, alive, fd = sh.owned, sh.alive, sh.fd
         now, ttl = time.monotonic(), ALIVE_CACHE_SECONDS

@@ -93,21 +93,22 @@ def named_dbs(txn) -> list[bytes]:
     return names
 
 
-def plain_entries(txn, db, start: bytes = b""):
-    """Yield ``(key, value)`` of ``db`` in key order from the first key >= ``start``,
-    leaving out the named-database records of the main database (they are databases,
-    not data). O(log n) to start, then O(1) per entry."""
-    cur = txn.cursor(db)
-    if start and not cur.set_range(start):
-        return
-    if db is not txn.env._main_db:
-        yield from cur
-        return
+def plain_entries(txn, db):
+    """Yield ``(key, value)`` of ``db`` in key order, leaving out the named-database
+    records of the main database (they are databases, not data).
+
+    It walks the leaves rather than stepping a cursor: O(1) per entry, and a leaf
+    without flagged entries (no overflow value, no named database) is yielded whole.
+    """
+    value_of = txn._value
     subdb = fmt.F_SUBDB
-    for item in cur:
-        leaf, i = cur._path[-1]
-        if leaf.flags is None or not leaf.flags[i] & subdb:
-            yield item
+    for leaf in tree_leaves(txn, txn._state(db).record()):
+        if leaf.flags is None:
+            yield from zip(leaf.keys, leaf.vals)
+        else:
+            for i, (key, flag) in enumerate(zip(leaf.keys, leaf.flags)):
+                if not flag & subdb:
+                    yield key, value_of(leaf, i)
 
 
 def open_named(env, txn, name: bytes | None):

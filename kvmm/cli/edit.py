@@ -12,7 +12,7 @@ import itertools
 import sys
 
 from . import dumpfmt
-from .common import CliError, arg_bytes, binary_stdout, open_env, open_named, plain_entries, show
+from .common import CliError, arg_bytes, binary_stdout, named_dbs, open_env, open_named, show
 
 
 def add_parsers(sub) -> None:
@@ -128,7 +128,7 @@ def run_scan(args) -> int:
     out = binary_stdout()
     try:
         with env.begin() as txn:
-            entries = plain_entries(txn, open_named(env, txn, _name(args)), max(start, prefix))
+            entries = _entries_from(txn, open_named(env, txn, _name(args)), max(start, prefix))
             for key, value in itertools.islice(entries, args.limit):
                 if not key.startswith(prefix):
                     break
@@ -138,3 +138,15 @@ def run_scan(args) -> int:
         env.close()
     out.flush()
     return 0
+
+
+def _entries_from(txn, db, start: bytes):
+    """``(key, value)`` of ``db`` from the first key >= ``start``, without the main
+    database's named-database records. O(log n) to start, then O(1) per entry."""
+    names = set(named_dbs(txn)) if db is txn.env._main_db else set()
+    cur = txn.cursor(db)
+    if start and not cur.set_range(start):
+        return
+    for key, value in cur:
+        if key not in names:
+            yield key, value
