@@ -181,7 +181,7 @@ def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag:
         leaf.flags.insert(i, flag)
     leaf.size += LEAF_ENTRY_COST + len(key) + len(stored)
     if leaf.size > txn.capacity:
-        _rebalance_up(txn, db, path, append)
+        _rebalance_up(txn, db, path, append, False)
 
 
 def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
@@ -197,7 +197,7 @@ def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
         leaf.flags[i] = flag
     cap = txn.capacity
     if leaf.size > cap or leaf.size < cap // 4:
-        _rebalance_up(txn, db, path, False)
+        _rebalance_up(txn, db, path, False, True)
 
 
 def remove_at(txn, db: DbState, path: list) -> None:
@@ -212,12 +212,14 @@ def remove_at(txn, db: DbState, path: list) -> None:
     if leaf.flags is not None:
         del leaf.flags[i]
     if leaf.size < txn.capacity // 4 or not leaf.keys:
-        _rebalance_up(txn, db, path, False)
+        _rebalance_up(txn, db, path, False, True)
 
 
-def _rebalance_up(txn, db: DbState, path: list, append: bool) -> None:
+def _rebalance_up(txn, db: DbState, path: list, append: bool, shrinking: bool) -> None:
     """Restore the size invariants from the bottom of ``path`` up: split an overfull
-    node, merge or refill an underfull one, and let the root grow or shrink."""
+    node, merge or refill an underfull one (only when entries were removed or made
+    smaller: an insert leaves a node at least as full as it was), and let the root
+    grow or shrink."""
     cap = txn.capacity
     low = cap // 4
     level = len(path) - 1
@@ -233,7 +235,7 @@ def _rebalance_up(txn, db: DbState, path: list, append: bool) -> None:
             sep, right = _split(txn, db, node, tail)
             _branch_insert(parent, pidx + 1, sep, right)
             ins = pidx + 1
-        elif node.size < low or n < (1 if node.kids is None else 2):
+        elif shrinking and (node.size < low or n < (1 if node.kids is None else 2)):
             if len(parent.keys) > 1:
                 _refill(txn, db, parent, pidx, node)
             ins = -1

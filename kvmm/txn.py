@@ -65,6 +65,7 @@ class Transaction:
         self._default_db = db if db is not None else env._main_db
         self._slot = None
         self._dbs: dict = {}
+        self._tail = None  # (db state, rightmost path, _gen) for in-order inserts
         self.page_size = env._page_size
         self.capacity = fmt.page_capacity(self.page_size)
         self._max_entry = fmt.max_entry_size(self.page_size)
@@ -289,21 +290,35 @@ class Transaction:
     def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None) -> bool:
         """Store ``value`` under ``key``. False when the key exists and ``overwrite`` is
         False, or when ``append`` is set and ``key`` is not past the last key.
-        O(log n)."""
-        state = self._writable(db)
-        key = _key_bytes(key)
-        value = _value_bytes(value)
-        if db is not None and db is self.env._main_db or db is None and (
-                self._default_db is self.env._main_db):
-            pass
+        O(log n); O(1) for keys past the last one (``append``, or a sequential fill).
+        """
+        state = self._dbs.get(db if db is not None else self._default_db)
+        if state is None or not self.write or self._done:
+            state = self._writable(db)
+        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
+            key = _key_bytes(key)
+        if value.__class__ is not bytes:
+            value = _value_bytes(value)
+        tail = self._tail
+        if tail is not None and tail[0] is state and tail[2] == self._gen:
+            # The rightmost path is cached and unchanged: a key past the last one
+            # goes to its end without a descent.
+            path = tail[1]
+            step = path[-1]
+            if key > step[0].keys[-1]:
+                step[1] = len(step[0].keys)
+                return self._insert(state, path, key, value, True)
         path = descend(self.load, state, key)
         if path is not None:
             leaf, i = path[-1]
-            if append:
-                if i < len(leaf.keys) or any(
-                        pi != len(p.keys) - 1 for p, pi in path[:-1]):
-                    return False
-            elif i < len(leaf.keys) and leaf.keys[i] == key:
+            if i == len(leaf.keys):
+                if append or all(pi == len(p.keys) - 1 for p, pi in path[:-1]):
+                    if append and any(pi != len(p.keys) - 1 for p, pi in path[:-1]):
+                        return False
+                    return self._insert(state, path, key, value, True)
+            elif append:
+                return False
+            elif leaf.keys[i] == key:
                 if not overwrite:
                     return False
                 if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
@@ -315,7 +330,21 @@ class Transaction:
                 return True
         self._gen += 1
         stored, flag = self._store(state, key, value)
-        insert(self, state, path, key, stored, flag, append)
+        insert(self, state, path, key, stored, flag, False)
+        return True
+
+    def _insert(self, state: DbState, path: list, key: bytes, value: bytes,
+                tail: bool) -> bool:
+        """Insert at the end of the rightmost leaf (``path``), filling pages fully, and
+        keep the path cached while it stays the rightmost one."""
+        self._gen += 1
+        stored, flag = self._store(state, key, value)
+        insert(self, state, path, key, stored, flag, tail)
+        leaf = path[-1][0]
+        if leaf.keys and leaf.keys[-1] is key and path[0][0].pgno == state.root:
+            self._tail = (state, path, self._gen)
+        else:
+            self._tail = None
         return True
 
     def replace(self, key, value, db=None):

@@ -15,6 +15,11 @@ from ..env import DATA_NAME, LOCK_NAME, LOCK_SUFFIX, Environment
 from ..errors import IncompatibleError, NotFoundError
 from ..lock import LockFile
 
+#: Bytes of decoded pages a command keeps (``cache_size``): commands walk a database
+#: once or write it in order, so a cache beyond the upper levels of the trees buys
+#: nothing, and kvmm's default (128 MiB, ~200 MiB of Python objects) would make a
+#: dump's or restore's memory grow with the database up to that bound.
+CACHE_SIZE = 16 << 20
 #: Named-database handles a command may hold; kvmm's ``max_dbs`` only counts handles,
 #: so a generous value costs nothing.
 MAX_DBS = 1 << 16
@@ -37,29 +42,27 @@ def open_env(path: str, write: bool = False, create: bool = False, **options) ->
     """Open the database at ``path`` for a command.
 
     Read-only unless ``write``. A missing path is a :class:`CliError` unless ``create``.
-    A read-only open of a database without a lock file (a fresh ``kvmm copy``, say)
-    first creates the lock file — no byte of the data file changes — or, where the
-    directory cannot be written, reads without locking: no process has the database
-    open, or the lock file would exist.
+    An existing data file without a lock file is first opened without locking, which
+    changes nothing, so a file that is not kvmm's is refused before a lock file is
+    made beside it. A read-only open then creates the lock file — no byte of the data
+    file changes — or, where the directory cannot be written, reads without locking:
+    no process has the database open, or the lock file would exist.
     """
     path = os.fspath(path)
     subdir, data_path, lock_path = locate(path)
-    if not os.path.exists(data_path):
-        if not create:
-            if os.path.isdir(path):
-                raise CliError(f"{path}: not a kvmm database (no {DATA_NAME} in it)")
-            raise CliError(f"{path}: no such database")
-        if not subdir:
-            raise CliError(f"{path}: exists and is not a directory")
+    if not os.path.exists(data_path) and not create:
+        if os.path.isdir(path):
+            raise CliError(f"{path}: not a kvmm database (no {DATA_NAME} in it)")
+        raise CliError(f"{path}: no such database")
     options.setdefault("max_dbs", MAX_DBS)
-    if not write and not os.path.exists(lock_path):
-        # Opening without a lock first proves the file is kvmm's before a lock file is
-        # made beside it.
+    options.setdefault("cache_size", CACHE_SIZE)
+    if os.path.exists(data_path) and not os.path.exists(lock_path):
         Environment(path, subdir=subdir, readonly=True, create=False, lock=False, **options).close()
-        try:
-            LockFile(lock_path, create=True).close()
-        except OSError:
-            options["lock"] = False
+        if not write:
+            try:
+                LockFile(lock_path, create=True).close()
+            except OSError:
+                options["lock"] = False
     return Environment(path, subdir=subdir, readonly=not write, create=create, **options)
 
 

@@ -20,9 +20,9 @@ import stat
 import sys
 
 from .. import format as fmt
-from ..errors import BadValsizeError
+from ..errors import BadValsizeError, Error
 from . import dumpfmt
-from .common import CliError, arg_bytes, open_env
+from .common import CliError, arg_bytes, open_env, show
 from .progress import Progress
 
 #: Records per commit: big enough that the commits' syncs cost little, small enough
@@ -140,7 +140,7 @@ class DumpReader:
             kind = "dupsort" if keyword == "duplicates" else keyword
             yet = " yet" if kind == "dupsort" else ""
             raise InputError(
-                self.lineno, f"{keyword}=: {kind} databases are not supported by kvmm{yet}"
+                self.lineno, f"{keyword}={shown}: {kind} databases are not supported by kvmm{yet}"
             )
         elif keyword != "mapaddr":
             self._warn(f"line {self.lineno}: unrecognized keyword ignored: {keyword}")
@@ -212,57 +212,63 @@ def run(args) -> int:
         stack.callback(env.close)
         stack.callback(env.sync)
         progress = stack.enter_context(Progress("restore", _size(stream), "B", unit_scale=True))
+        load = _Loader(env, reader, not args.keep, progress, stream)
         default = arg_bytes(args.name) if args.name is not None else None
         if args.text:
-            _load(
-                env,
-                env.open_db(default),
-                reader,
-                reader.text_records(),
-                not args.keep,
-                progress,
-                stream,
-            )
+            load(default, reader.text_records())
         while head is not None:
-            name = head.name if head.name is not None else default
-            _load(
-                env,
-                env.open_db(name),
-                reader,
-                reader.records(head.printable),
-                not args.keep,
-                progress,
-                stream,
-            )
+            load(head.name if head.name is not None else default, reader.records(head.printable))
             head = reader.header()
     return 0
 
 
-def _load(env, db, reader, records, overwrite: bool, progress, stream) -> None:
-    """Put ``records`` into ``db``, committing every BATCH records."""
-    txn = env.begin(write=True)
-    try:
-        n = 0
-        put = txn.put
-        for key, value in records:
-            if not key:
-                _warn(f"line {reader.lineno}: zero-length key ignored")
-                continue
+class _Loader:
+    """Puts one block's records into its database, committing every BATCH records."""
+
+    def __init__(self, env, reader: DumpReader, overwrite: bool, progress, stream):
+        self.env = env
+        self.reader = reader
+        self.overwrite = overwrite
+        self.progress = progress
+        self.stream = stream
+
+    def __call__(self, name: bytes | None, records) -> None:
+        env, reader, overwrite = self.env, self.reader, self.overwrite
+        try:
+            db = env.open_db(name)
+        except Error as e:
+            raise InputError(reader.lineno, f"database {show(name)}: {e}") from None
+        txn = env.begin(write=True)
+        try:
+            n = 0
+            put = txn.put
+            for key, value in records:
+                if not key:
+                    _warn(f"line {reader.lineno}: zero-length key ignored")
+                    continue
+                try:
+                    put(key, value, overwrite=overwrite, db=db)
+                except BadValsizeError as e:
+                    raise InputError(reader.lineno - 1, str(e)) from None
+                n += 1
+                if n == BATCH:
+                    txn.commit()
+                    self._advance()
+                    txn = env.begin(write=True)
+                    put = txn.put
+                    n = 0
+            txn.commit()
+            self._advance()
+        finally:
+            txn.abort()
+
+    def _advance(self) -> None:
+        """Move the bar to how far the input has been read."""
+        if self.progress.enabled:
             try:
-                put(key, value, overwrite=overwrite, db=db)
-            except BadValsizeError as e:
-                raise InputError(reader.lineno - 1, str(e)) from None
-            n += 1
-            if n == BATCH:
-                txn.commit()
-                _advance(progress, stream)
-                txn = env.begin(write=True)
-                put = txn.put
-                n = 0
-        txn.commit()
-        _advance(progress, stream)
-    finally:
-        txn.abort()
+                self.progress.to(self.stream.tell())
+            except OSError:
+                pass
 
 
 def _size(stream) -> int | None:
@@ -272,15 +278,6 @@ def _size(stream) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
-
-
-def _advance(progress, stream) -> None:
-    """Move the bar to how far the input has been read."""
-    if progress.enabled:
-        try:
-            progress.to(stream.tell())
-        except OSError:
-            pass
 
 
 def _warn(text: str) -> None:
