@@ -1,0 +1,815 @@
+"""kvmm and py-lmdb driven side by side: every answer must be the same.
+
+A hypothesis state machine applies one random sequence of operations to a kvmm
+environment (the *subject*) and to a py-lmdb environment (the *reference*), and asserts
+that each call returns the same value or raises an exception of the same class name,
+and that both hold the same contents after every commit, abort and reopen.
+
+A third party, a plain-Python model (dicts, plus where each cursor stands), states what
+the answer should be. py-lmdb is checked against the model first, so a disagreement
+there is a bug in this test, not in kvmm. The model also tells the machine which
+cursor answers py-lmdb defines and which it must not compare (see ``CursorModel``).
+
+Environment variables:
+    KVMM_DIFF_EXAMPLES  number of examples (default 300)
+    KVMM_DIFF_STEPS     steps per example (default 40)
+    KVMM_DIFF_SUBJECT   ``kvmm`` (default) or ``lmdb``: run py-lmdb against itself, to
+                        check the machine and its model without kvmm
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import lmdb
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+EXAMPLES = int(os.environ.get("KVMM_DIFF_EXAMPLES", "300"))
+STEPS = int(os.environ.get("KVMM_DIFF_STEPS", "40"))
+SUBJECT = os.environ.get("KVMM_DIFF_SUBJECT", "kvmm")
+
+LMDB_MAP_SIZE = 256 * 1024 * 1024
+MAX_DBS = 8
+
+#: The named databases; each is also a record of the main database (index 0).
+NAMES = (b"a", b"b")
+DB_INDEXES = (0, 1, 2)
+
+#: Stands for the value of a named database's record in the main database: LMDB and
+#: kvmm store different bytes there, so such values are compared by presence only.
+DB_RECORD = b"<named database record>"
+
+#: Keys that are empty or longer than 511 bytes are refused by both stores.
+TOO_LONG_KEY = b"k" * 512
+
+#: Put in place of an answer that is not compared.
+NOT_COMPARED = "<not compared>"
+
+
+def _open_lmdb(path: str):
+    return lmdb.open(path, map_size=LMDB_MAP_SIZE, max_dbs=MAX_DBS)
+
+
+def _open_subject(path: str):
+    if SUBJECT == "lmdb":
+        return _open_lmdb(path)
+    import kvmm
+
+    return kvmm.open(path, max_dbs=MAX_DBS)
+
+
+# -- strategies -------------------------------------------------------------------------
+
+#: Short keys over five bytes, so that the same key comes up again and again.
+short_keys = st.lists(st.sampled_from(b"\x00\x01ab\xff"), min_size=1, max_size=8).map(bytes)
+#: Long keys (up to the 511-byte limit), built from short ones so they collide too.
+long_keys = st.builds(
+    lambda k, n: (k * (511 // len(k) + 1))[:n], short_keys, st.sampled_from([64, 300, 511])
+)
+keys = st.one_of(short_keys, short_keys, short_keys, long_keys)
+
+
+def _filled(n: int, byte: int) -> bytes:
+    return bytes([byte]) * n
+
+
+values = st.one_of(
+    st.just(b""),
+    st.binary(max_size=16),
+    st.builds(_filled, st.integers(100, 1500), st.integers(0, 255)),
+    # Larger than a page: these live on overflow pages.
+    st.builds(_filled, st.integers(3000, 20000), st.integers(0, 255)),
+)
+dbs = st.sampled_from(DB_INDEXES)
+batches = st.lists(st.tuples(keys, values), max_size=5)
+#: Every 4-byte key over the short keys' alphabet, in order: material for bulk loads.
+BULK_KEYS = [bytes(k) for k in itertools.product(b"\x00\x01ab\xff", repeat=4)]
+
+
+# -- the model --------------------------------------------------------------------------
+
+FRESH = "fresh"  # never positioned: next() acts as first(), prev() as last()
+AT = "at"  # positioned on `key`
+UNPOS = "unpositioned"  # a positioning call failed
+UNKNOWN = "unknown"  # py-lmdb does not define where the cursor stands
+
+#: An expectation the model cannot state.
+NO_EXPECTATION = object()
+
+
+@dataclass
+class CursorModel:
+    """Where a cursor stands, as far as py-lmdb defines it.
+
+    py-lmdb leaves the cursor somewhere undocumented in the cases below; the machine
+    then marks it UNKNOWN and compares none of its answers (only whether a call raised)
+    until a move that places it again (first, last, set_key, set_range, get, a put).
+    UNKNOWN cursors are never used to delete, since the two stores may stand on
+    different records.
+
+    - The record under the cursor was deleted through the transaction (delete, pop):
+      LMDB leaves the cursor on the successor, but ``next()`` then returns that same
+      successor unless ``key()`` was called in between, in which case it moves past it.
+    - ``next()``/``prev()`` on an unpositioned cursor: LMDB moves from a hidden
+      position (after ``last(); next()`` fails, ``prev()`` gives the second-to-last
+      record; after a missed ``set_key(k)``, ``next()`` skips the record after ``k``).
+      ``iternext()``/``iterprev()`` there are defined (from the first/last record).
+    - ``key()``/``value()``/``item()`` on an unpositioned cursor answer ``b""`` only
+      while the cursor is ``clean``: when the transaction was written to since the
+      cursor's last move, py-lmdb re-reads LMDB's hidden position (its
+      ``last_mutation`` check) and the cursor becomes positioned there.
+    - A put that was refused (``overwrite=False`` on an existing key, ``append=True``
+      out of order), a database emptied by ``drop(db, delete=False)``, and any cursor
+      call that raised.
+    """
+
+    state: str = FRESH
+    key: bytes | None = None
+    clean: bool = True
+
+    def place(self, key: bytes | None) -> None:
+        """Stand on `key`, or unpositioned when it is None."""
+        if key is None:
+            self.state, self.key = UNPOS, None
+        else:
+            self.state, self.key = AT, key
+
+    def lose(self) -> None:
+        self.state, self.key = UNKNOWN, None
+
+    @property
+    def known(self) -> bool:
+        return self.state != UNKNOWN
+
+
+def _plain(x):
+    """`x` with every buffer turned into bytes, so answers compare by value."""
+    if isinstance(x, (memoryview, bytearray)):
+        return bytes(x)
+    if isinstance(x, tuple):
+        return tuple(_plain(i) for i in x)
+    if isinstance(x, list):
+        return [_plain(i) for i in x]
+    return x
+
+
+def _outcome(fn, side):
+    """('ok', answer) or ('err', exception class name) of fn(side)."""
+    try:
+        return ("ok", _plain(fn(side)))
+    except Exception as exc:  # noqa: BLE001 - the class name is what is compared
+        return ("err", type(exc).__name__)
+
+
+class Side:
+    """One store under test: its environment, database handles, write txn and cursors."""
+
+    def __init__(self, opener, path: str):
+        self.opener = opener
+        self.path = path
+        self.env = None
+        self.txn = None
+        self.cursors: list = []
+        self.open()
+
+    def open(self) -> None:
+        self.env = self.opener(self.path)
+        # Handles are opened before any write transaction: open_db() begins its own.
+        self.handles = [self.env.open_db()] + [self.env.open_db(name) for name in NAMES]
+
+    def close(self) -> None:
+        self.env.close()
+        self.env = None
+
+    def db(self, d: int):
+        """The `db=` argument for database `d`: None for the main database."""
+        return None if d == 0 else self.handles[d]
+
+    def begin(self) -> None:
+        self.txn = self.env.begin(write=True)
+        self.cursors = [self.txn.cursor(db=self.db(d)) for d in DB_INDEXES]
+
+    def contents(self, d: int, txn) -> list:
+        return [
+            (bytes(k), DB_RECORD if d == 0 and bytes(k) in NAMES else bytes(v))
+            for k, v in txn.cursor(db=self.db(d)).iternext()
+        ]
+
+
+class DifferentialMachine(RuleBasedStateMachine):
+    """kvmm (subject) and py-lmdb (reference) given the same calls, with a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.tmp = tempfile.mkdtemp(prefix="kvmm-diff-")
+        self.ref = Side(_open_lmdb, os.path.join(self.tmp, "reference"))
+        self.sub = Side(_open_subject, os.path.join(self.tmp, "subject"))
+        self.model: list[dict[bytes, bytes]] = [dict.fromkeys(NAMES, DB_RECORD), {}, {}]
+        self.committed = [dict(m) for m in self.model]
+        #: Read transactions kept open across commits: (py-lmdb's, kvmm's, snapshot).
+        self.readers: list[tuple] = []
+        self.begin()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.ref.begin()
+        self.sub.begin()
+        self.cursor_models = [CursorModel() for _ in DB_INDEXES]
+
+    def check(self, what: str, fn, expected=NO_EXPECTATION, compare: bool = True):
+        """Run fn on both sides; compare their outcomes, and py-lmdb's with the model.
+
+        With compare=False only the outcome's kind (answer or exception class) counts.
+        """
+        ref = _outcome(fn, self.ref)
+        sub = _outcome(fn, self.sub)
+        if expected is not NO_EXPECTATION:
+            assert ref == expected, (
+                f"{what}: the test's model expected {expected!r} but py-lmdb gave {ref!r}"
+                " (a bug in this test, not in kvmm)"
+            )
+        if compare:
+            assert sub == ref, f"{what}: kvmm gave {sub!r}, py-lmdb gave {ref!r}"
+        else:
+            assert sub[0] == ref[0] and (ref[0] == "ok" or sub == ref), (
+                f"{what}: kvmm gave {sub!r}, py-lmdb gave {ref!r}"
+            )
+        return ref
+
+    def fix_key(self, d: int, key: bytes) -> bytes:
+        """`key`, moved off the named databases' records when `d` is the main database."""
+        return key + b"\x00" if d == 0 and key in NAMES else key
+
+    def sorted_keys(self, d: int) -> list[bytes]:
+        return sorted(self.model[d])
+
+    def successor(self, d: int, key: bytes) -> bytes | None:
+        return next((k for k in self.sorted_keys(d) if k > key), None)
+
+    def mutated(self) -> None:
+        """The transaction was written to: no cursor is clean any more."""
+        for cm in self.cursor_models:
+            cm.clean = False
+
+    def deleted_through_txn(self, d: int, key: bytes) -> None:
+        """A record was deleted through the transaction: a cursor on it is lost."""
+        del self.model[d][key]
+        cm = self.cursor_models[d]
+        if cm.state == AT and cm.key == key:
+            cm.lose()
+
+    def model_put(self, d: int, key: bytes, value: bytes, overwrite: bool, append: bool):
+        """put() in the model: True if written, False if refused."""
+        data = self.model[d]
+        if append and data and key <= max(data):
+            return False
+        if not overwrite and key in data:
+            return False
+        data[key] = value
+        return True
+
+    def verify_contents(self, txn_of) -> None:
+        """Every database holds, on both sides, exactly the model's records."""
+        for d in DB_INDEXES:
+            want = sorted(self.model[d].items())
+            got_ref = self.ref.contents(d, txn_of(self.ref))
+            got_sub = self.sub.contents(d, txn_of(self.sub))
+            assert got_ref == want, f"db {d}: py-lmdb disagrees with the model (test bug)"
+            assert got_sub == got_ref, f"db {d}: kvmm's contents differ from py-lmdb's"
+
+    def verify_committed(self) -> None:
+        """A read transaction on each side sees exactly the last commit."""
+        reads = {id(side): side.env.begin() for side in (self.ref, self.sub)}
+        try:
+            self.verify_contents(lambda side: reads[id(side)])
+        finally:
+            for txn in reads.values():
+                txn.abort()
+
+    def teardown(self):
+        # Clean-up only: an error here would hide the failure being reported.
+        for ref_txn, sub_txn, _ in self.readers:
+            for txn in (ref_txn, sub_txn):
+                with contextlib.suppress(Exception):
+                    txn.abort()
+        for side in (self.ref, self.sub):
+            with contextlib.suppress(Exception):
+                side.txn.abort()
+            with contextlib.suppress(Exception):
+                side.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- transaction-level operations ---------------------------------------------------
+
+    @rule(d=dbs, key=keys, value=values, overwrite=st.booleans(), append=st.booleans())
+    def put(self, d, key, value, overwrite, append):
+        key = self.fix_key(d, key)
+        self.mutated()
+        self.check(
+            f"txn.put({key!r}, <{len(value)} bytes>, overwrite={overwrite}, append={append})",
+            lambda s: s.txn.put(key, value, overwrite=overwrite, append=append, db=s.db(d)),
+            ("ok", self.model_put(d, key, value, overwrite, append)),
+        )
+
+    @rule(d=dbs, key=keys)
+    def get(self, d, key):
+        key = self.fix_key(d, key)
+        self.check(
+            f"txn.get({key!r})",
+            lambda s: s.txn.get(key, db=s.db(d)),
+            ("ok", self.model[d].get(key)),
+        )
+
+    @rule(d=dbs, key=keys)
+    def delete(self, d, key):
+        key = self.fix_key(d, key)
+        found = key in self.model[d]
+        if found:
+            self.deleted_through_txn(d, key)
+        self.mutated()
+        self.check(f"txn.delete({key!r})", lambda s: s.txn.delete(key, db=s.db(d)), ("ok", found))
+
+    @rule(d=dbs, key=keys, value=values)
+    def replace(self, d, key, value):
+        key = self.fix_key(d, key)
+        old = self.model[d].get(key)
+        self.model[d][key] = value
+        self.mutated()
+        self.check(
+            f"txn.replace({key!r}, <{len(value)} bytes>)",
+            lambda s: s.txn.replace(key, value, db=s.db(d)),
+            ("ok", old),
+        )
+
+    @rule(d=dbs, key=keys)
+    def pop(self, d, key):
+        key = self.fix_key(d, key)
+        old = self.model[d].get(key)
+        if old is not None:
+            self.deleted_through_txn(d, key)
+        self.mutated()
+        self.check(f"txn.pop({key!r})", lambda s: s.txn.pop(key, db=s.db(d)), ("ok", old))
+
+    @rule(
+        d=dbs,
+        key=st.sampled_from([b"", TOO_LONG_KEY]),
+        value=values,
+        call=st.sampled_from(["put", "replace", "cursor.put", "cursor.replace"]),
+    )
+    def write_with_invalid_key(self, d, key, value, call):
+        """Empty and 512-byte keys are refused with BadValsizeError; nothing changes."""
+        self.mutated()
+        if call.startswith("cursor."):
+            method = call.removeprefix("cursor.")
+            self.cursor_models[d].lose()
+
+            def fn(s):
+                return getattr(s.cursors[d], method)(key, value)
+        else:
+
+            def fn(s):
+                return getattr(s.txn, call)(key, value, db=s.db(d))
+
+        self.check(f"{call}(<{len(key)}-byte key>)", fn, ("err", "BadValsizeError"))
+
+    @rule(d=dbs, call=st.sampled_from(["get", "delete", "pop", "cursor.set_key", "cursor.get"]))
+    def read_with_empty_key(self, d, call):
+        """An empty key is refused by lookups too.
+
+        A 512-byte key is not tried here: py-lmdb answers lookups of it with None/False,
+        while SPEC section 7 says it raises. The write paths above agree on raising.
+        """
+        self.mutated()
+        if call.startswith("cursor."):
+            method = call.removeprefix("cursor.")
+            self.cursor_models[d].lose()
+
+            def fn(s):
+                return getattr(s.cursors[d], method)(b"")
+        else:
+
+            def fn(s):
+                return getattr(s.txn, call)(b"", db=s.db(d))
+
+        self.check(f"{call}(b'')", fn, ("err", "BadValsizeError"))
+
+    @rule(name=st.sampled_from(NAMES), call=st.sampled_from(["get", "put", "put-no-overwrite"]))
+    def touch_named_db_record(self, name, call):
+        """A named database is a record of the main database, which a put may not
+        overwrite (IncompatibleError). Deleting it is not tried: in LMDB that refusal
+        also poisons the transaction."""
+        if call == "get":
+            self.check(
+                f"main get({name!r}) is not None",
+                lambda s: s.txn.get(name) is not None,
+                ("ok", True),
+            )
+            return
+        self.mutated()
+        if call == "put":
+            self.check(
+                f"main put({name!r})",
+                lambda s: s.txn.put(name, b"x"),
+                ("err", "IncompatibleError"),
+            )
+        else:
+            self.check(
+                f"main put({name!r}, overwrite=False)",
+                lambda s: s.txn.put(name, b"x", overwrite=False),
+                ("ok", False),
+            )
+
+    @rule()
+    def compare_contents(self):
+        """Inside the write transaction, every database holds the model's records."""
+        self.verify_contents(lambda side: side.txn)
+
+    @rule(d=dbs)
+    def stat_entries(self, d):
+        self.check(
+            f"txn.stat(db {d})['entries']",
+            lambda s: s.txn.stat(s.handles[d])["entries"],
+            ("ok", len(self.model[d])),
+        )
+
+    @rule(
+        d=dbs,
+        start=st.integers(0, len(BULK_KEYS) - 1),
+        count=st.integers(1, 200),
+        step=st.sampled_from([1, 2, 7]),
+        key_size=st.sampled_from([4, 4, 200, 480]),
+        size=st.sampled_from([0, 12, 300, 1000, 5000]),
+        fill=st.integers(0, 255),
+    )
+    def put_many(self, d, start, count, step, key_size, size, fill):
+        """Many txn.put() calls in a row, so pages split under the positioned cursors.
+
+        Long keys make branch pages hold few keys, so the tree grows to three levels.
+        """
+        value = _filled(size, fill)
+        for key in BULK_KEYS[start::step][:count]:
+            self.put(d, (key * 128)[:key_size], value, overwrite=True, append=False)
+
+    @rule(d=dbs, start=st.integers(0, 50), count=st.integers(1, 200), step=st.integers(1, 4))
+    def delete_many(self, d, start, count, step):
+        """Many txn.delete() calls in a row, so pages merge under the positioned cursors."""
+        present = [k for k in self.sorted_keys(d) if not (d == 0 and k in NAMES)]
+        for key in present[start::step][:count]:
+            self.delete(d, key)
+
+    @rule(d=st.sampled_from([1, 2]))
+    def drop_records(self, d):
+        """drop(db, delete=False) empties a named database and keeps it open."""
+        self.model[d].clear()
+        self.mutated()
+        # py-lmdb leaves the cursors of an emptied database unpositioned somewhere.
+        self.cursor_models[d].lose()
+        self.check(
+            f"txn.drop(db {d}, delete=False)",
+            lambda s: s.txn.drop(s.handles[d], delete=False),
+            ("ok", None),
+        )
+
+    # -- read transactions beside the write transaction ---------------------------------
+
+    @rule()
+    def begin_reader(self):
+        """A read transaction that stays open while the writer commits (at most two)."""
+        if len(self.readers) < 2:
+            snapshot = [dict(m) for m in self.committed]
+            self.readers.append((self.ref.env.begin(), self.sub.env.begin(), snapshot))
+
+    @rule(i=st.integers(0, 1))
+    def check_reader(self, i):
+        """A read transaction sees its snapshot, whatever was committed since: the pages
+        it reads were not reused."""
+        if i >= len(self.readers):
+            return
+        ref_txn, sub_txn, snapshot = self.readers[i]
+        for d in DB_INDEXES:
+            got_ref = self.ref.contents(d, ref_txn)
+            got_sub = self.sub.contents(d, sub_txn)
+            assert got_ref == sorted(snapshot[d].items()), "py-lmdb reader (test bug)"
+            assert got_sub == got_ref, f"db {d}: kvmm's reader does not see its snapshot"
+
+    @rule(i=st.integers(0, 1))
+    def end_reader(self, i):
+        if i < len(self.readers):
+            ref_txn, sub_txn, _ = self.readers.pop(i)
+            ref_txn.abort()
+            sub_txn.abort()
+
+    # -- cursor operations --------------------------------------------------------------
+
+    def nv(self, d: int, key, value):
+        """`value` as compared: a named database's record in main becomes DB_RECORD."""
+        if d == 0 and key in NAMES and value:
+            return DB_RECORD
+        return value
+
+    def item_at(self, d: int, key: bytes | None):
+        """What item() answers on `key`, or on an unpositioned cursor when None."""
+        if key is None:
+            return (b"", b"")
+        return (key, self.model[d][key])
+
+    def read_item(self, d: int):
+        """Account for an item() call on cursor `d`; return its expected answer.
+
+        The answer is NOT_COMPARED when py-lmdb does not define it: the call then
+        re-reads LMDB's hidden position, which leaves the cursor UNKNOWN.
+        """
+        cm = self.cursor_models[d]
+        if not cm.known or (cm.state == UNPOS and not cm.clean):
+            cm.lose()
+            return NOT_COMPARED
+        cm.clean = True
+        k, v = self.item_at(d, cm.key if cm.state == AT else None)
+        return (k, self.nv(d, k, v))
+
+    def with_item(self, d: int, fn, item_known: bool = True):
+        """fn(side, cursor), then the cursor's item() with named-db records normalised.
+
+        item() is always called, on both sides alike; when item_known is False its
+        answer is not compared. Calling it also makes py-lmdb's C extension re-read
+        the position after its own cursor puts, which do not update its `positioned`
+        flag (so a delete() straight after a put() on a fresh cursor deletes nothing).
+        """
+
+        def call(s):
+            cursor = s.cursors[d]
+            answer = fn(s, cursor)
+            k, v = _plain(cursor.item())
+            return answer, (k, self.nv(d, k, v)) if item_known else NOT_COMPARED
+
+        return call
+
+    def check_with_item(self, what: str, d: int, fn, answer) -> None:
+        """check() fn followed by item(), the model's cursor `d` already moved."""
+        item = self.read_item(d)
+        self.check(
+            what,
+            self.with_item(d, fn, item is not NOT_COMPARED),
+            ("ok", (answer, item)),
+        )
+
+    @rule(d=dbs, move=st.sampled_from(["first", "last", "next", "prev"]))
+    def cursor_move(self, d, move):
+        cm = self.cursor_models[d]
+        ordered = self.sorted_keys(d)
+        what = f"cursor.{move}() in db {d} from {cm.state}"
+        if move == "first" or (move == "next" and cm.state == FRESH):
+            target = ordered[0] if ordered else None
+        elif move == "last" or (move == "prev" and cm.state == FRESH):
+            target = ordered[-1] if ordered else None
+        elif cm.state == AT:
+            j = ordered.index(cm.key) + (1 if move == "next" else -1)
+            target = ordered[j] if 0 <= j < len(ordered) else None
+        else:
+            cm.lose()
+            self.check(what, lambda s: getattr(s.cursors[d], move)(), compare=False)
+            return
+        cm.place(target)
+        cm.clean = True
+        self.check_with_item(what, d, lambda s, c: getattr(c, move)(), target is not None)
+
+    @rule(d=dbs, seek=st.sampled_from(["set_key", "set_range"]), key=st.one_of(st.just(b""), keys))
+    def cursor_seek(self, d, seek, key):
+        key = self.fix_key(d, key)
+        cm = self.cursor_models[d]
+        what = f"cursor.{seek}({key!r}) in db {d}"
+        if key == b"" and seek == "set_key":
+            cm.lose()
+            self.check(what, lambda s: s.cursors[d].set_key(key), ("err", "BadValsizeError"))
+            return
+        if seek == "set_key":
+            target = key if key in self.model[d] else None
+        else:
+            # py-lmdb documents set_range(b"") as first().
+            target = next((k for k in self.sorted_keys(d) if k >= key), None)
+        cm.place(target)
+        cm.clean = True
+        self.check_with_item(what, d, lambda s, c: getattr(c, seek)(key), target is not None)
+
+    @rule(d=dbs, read=st.sampled_from(["key", "value", "item"]))
+    def cursor_read(self, d, read):
+        cm = self.cursor_models[d]
+        what = f"cursor.{read}() in db {d} ({cm.state}, clean={cm.clean})"
+        at = cm.key
+        item = self.read_item(d)
+        if item is NOT_COMPARED:
+            self.check(what, lambda s: getattr(s.cursors[d], read)(), compare=False)
+            return
+        expected = {"key": item[0], "value": item[1], "item": item}[read]
+
+        def fn(s):
+            answer = _plain(getattr(s.cursors[d], read)())
+            if read == "value":
+                return self.nv(d, at, answer)
+            if read == "item":
+                return (answer[0], self.nv(d, answer[0], answer[1]))
+            return answer
+
+        self.check(what, fn, ("ok", expected))
+
+    @rule(d=dbs)
+    def cursor_delete(self, d):
+        """Delete the record under the cursor and stand on the next one."""
+        cm = self.cursor_models[d]
+        if not cm.known or (cm.state == AT and d == 0 and cm.key in NAMES):
+            # Unknown: the two stores may stand on different records. A named database's
+            # record: LMDB refuses, and the refusal poisons its transaction.
+            return
+        what = f"cursor.delete() in db {d} ({cm.state})"
+        if cm.state != AT:
+            # Not positioned: nothing is deleted.
+            self.check_with_item(what, d, lambda s, c: c.delete(), False)
+            return
+        successor = self.successor(d, cm.key)
+        del self.model[d][cm.key]
+        self.mutated()
+        cm.place(successor)
+        self.check_with_item(what, d, lambda s, c: c.delete(), True)
+
+    @rule(d=dbs, key=keys, value=values, overwrite=st.booleans(), append=st.booleans())
+    def cursor_put(self, d, key, value, overwrite, append):
+        key = self.fix_key(d, key)
+        cm = self.cursor_models[d]
+        what = f"cursor.put({key!r}, <{len(value)} bytes>, overwrite={overwrite}, append={append})"
+        self.mutated()
+        if not self.model_put(d, key, value, overwrite, append):
+            cm.lose()
+            self.check(
+                what,
+                lambda s: s.cursors[d].put(key, value, overwrite=overwrite, append=append),
+                ("ok", False),
+            )
+            return
+        cm.place(key)
+        self.check_with_item(
+            what, d, lambda s, c: c.put(key, value, overwrite=overwrite, append=append), True
+        )
+
+    @rule(d=dbs, key=keys, value=values)
+    def cursor_replace(self, d, key, value):
+        key = self.fix_key(d, key)
+        old = self.model[d].get(key)
+        self.model[d][key] = value
+        self.mutated()
+        self.cursor_models[d].place(key)
+        self.check_with_item(
+            f"cursor.replace({key!r}, <{len(value)} bytes>)",
+            d,
+            lambda s, c: c.replace(key, value),
+            old,
+        )
+
+    @rule(d=dbs, key=keys)
+    def cursor_pop(self, d, key):
+        """pop() deletes like delete(): the cursor then stands on the next record."""
+        key = self.fix_key(d, key)
+        cm = self.cursor_models[d]
+        old = self.model[d].get(key)
+        cm.clean = True  # the lookup
+        if old is None:
+            cm.place(None)
+        else:
+            cm.place(self.successor(d, key))
+            del self.model[d][key]
+            self.mutated()
+        self.check_with_item(f"cursor.pop({key!r})", d, lambda s, c: c.pop(key), old)
+
+    @rule(d=dbs, key=keys)
+    def cursor_get(self, d, key):
+        key = self.fix_key(d, key)
+        cm = self.cursor_models[d]
+        found = self.model[d].get(key)
+        cm.place(key if found is not None else None)
+        cm.clean = True
+        self.check_with_item(f"cursor.get({key!r})", d, lambda s, c: c.get(key), found)
+
+    @rule(d=dbs, batch=batches, overwrite=st.booleans(), append=st.booleans())
+    def cursor_putmulti(self, d, batch, overwrite, append):
+        """putmulti() answers (consumed, added); the cursor stands on the last record put."""
+        batch = [(self.fix_key(d, k), v) for k, v in batch]
+        cm = self.cursor_models[d]
+        written = [self.model_put(d, k, v, overwrite, append) for k, v in batch]
+        if batch:
+            self.mutated()
+            if written[-1]:
+                cm.place(batch[-1][0])
+            else:
+                cm.lose()
+        self.check_with_item(
+            f"cursor.putmulti({[(k, len(v)) for k, v in batch]}, overwrite={overwrite},"
+            f" append={append})",
+            d,
+            lambda s, c: c.putmulti(batch, overwrite=overwrite, append=append),
+            (len(batch), sum(written)),
+        )
+
+    @rule(d=dbs, wanted=st.lists(keys, max_size=5))
+    def cursor_getmulti(self, d, wanted):
+        """getmulti() answers the (key, value) pairs found, in the order asked."""
+        wanted = [self.fix_key(d, k) for k in wanted]
+        cm = self.cursor_models[d]
+        if wanted:
+            cm.place(wanted[-1] if wanted[-1] in self.model[d] else None)
+            cm.clean = True
+        self.check(
+            f"cursor.getmulti({wanted!r})",
+            lambda s: s.cursors[d].getmulti(wanted),
+            ("ok", [(k, self.model[d][k]) for k in wanted if k in self.model[d]]),
+        )
+
+    @rule(
+        d=dbs,
+        backwards=st.booleans(),
+        shape=st.sampled_from([(True, True), (True, False), (False, True)]),
+        n=st.integers(1, 6),
+    )
+    def cursor_iterate(self, d, backwards, shape, n):
+        """A slice of iternext()/iterprev(): the current record first, then onwards; an
+        unpositioned cursor starts from the first (last) record."""
+        cm = self.cursor_models[d]
+        want_keys, want_values = shape
+        name = "iterprev" if backwards else "iternext"
+        what = f"cursor.{name}(keys={want_keys}, values={want_values})[:{n}] in db {d}"
+
+        def run(s):
+            it = getattr(s.cursors[d], name)(keys=want_keys, values=want_values)
+            return _plain(list(itertools.islice(it, n)))
+
+        if not cm.known:
+            self.check(what, run, compare=False)
+            return
+        ordered = self.sorted_keys(d)
+        if backwards:
+            ordered.reverse()
+        if cm.state == AT:
+            ordered = ordered[ordered.index(cm.key) :]
+        taken = ordered[:n]
+        cm.place(taken[-1] if len(taken) == n else None)
+        cm.clean = True
+        records = [(k, self.nv(d, k, self.model[d][k])) for k in taken]
+        if shape == (True, True):
+            expected = records
+        elif shape == (True, False):
+            expected = [k for k, _ in records]
+        else:
+            expected = [v for _, v in records]
+
+        def normalised(s):
+            got = run(s)
+            if shape == (True, True):
+                return [(k, self.nv(d, k, v)) for k, v in got]
+            if shape == (False, True):
+                return [self.nv(d, k, v) for k, v in zip(taken, got)] + got[len(taken) :]
+            return got
+
+        self.check(what, normalised, ("ok", expected))
+
+    # -- transaction and environment lifetime -------------------------------------------
+
+    @rule(
+        how=st.sampled_from(["commit"] * 4 + ["abort", "reopen after commit", "reopen after abort"])
+    )
+    def finish_transaction(self, how):
+        """End the write transaction (commit, abort, or either and reopen both
+        environments), check that a new read transaction sees exactly the committed
+        records, and begin the next write transaction with fresh cursors.
+
+        One rule with weighted choices, so that transactions grow long enough to split
+        and merge pages before they end, and most of them are kept.
+        """
+        end = "abort" if how.endswith("abort") else "commit"
+        self.check(f"txn.{end}()", lambda s: getattr(s.txn, end)(), ("ok", None))
+        if end == "commit":
+            self.committed = [dict(m) for m in self.model]
+        else:
+            self.model = [dict(m) for m in self.committed]
+        if how.startswith("reopen"):
+            while self.readers:
+                self.end_reader(0)
+            for side in (self.ref, self.sub):
+                side.close()
+                side.open()
+        self.verify_committed()
+        self.begin()
+
+
+DifferentialMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestDifferential = DifferentialMachine.TestCase
