@@ -156,6 +156,20 @@ class Cursor:
 
     def next(self) -> bool:
         """Move to the next entry (the first if unpositioned). O(1) amortised."""
+        txn = self._txn
+        path = self._path
+        if (self._positioned and txn is not None and self._gen == txn._gen
+                and not txn._done):
+            step = path[-1]
+            keys = step[0].keys
+            i = step[1] + 1
+            if i < len(keys):  # the hot path: the next entry is in the same leaf
+                step[1] = i
+                self._key = keys[i]
+                return True
+        return self._next()
+
+    def _next(self) -> bool:
         txn = self._check()
         if self._path is None:
             return self.first()
@@ -217,8 +231,20 @@ class Cursor:
 
     # --- reading --------------------------------------------------------------------
 
+    def _plain(self):
+        """The current leaf step when the fast paths apply: positioned, up to date,
+        no memoryviews wanted. None otherwise."""
+        txn = self._txn
+        if (self._positioned and txn is not None and self._gen == txn._gen
+                and not txn._done and not txn._buffers):
+            return self._path[-1]
+        return None
+
     def key(self):
         """The current key, or b'' when unpositioned. O(1)."""
+        step = self._plain()
+        if step is not None:
+            return step[0].keys[step[1]]
         if not self._sync():
             return b""
         leaf, i = self._path[-1]
@@ -227,6 +253,9 @@ class Cursor:
 
     def value(self):
         """The current value, or b'' when unpositioned. O(1) (overflow: O(size))."""
+        step = self._plain()
+        if step is not None and step[0].flags is None:
+            return step[0].vals[step[1]]
         if not self._sync():
             return b""
         leaf, i = self._path[-1]
@@ -234,6 +263,10 @@ class Cursor:
 
     def item(self) -> tuple:
         """(key, value) of the current entry, or (b'', b'')."""
+        step = self._plain()
+        if step is not None and step[0].flags is None:
+            i = step[1]
+            return step[0].keys[i], step[0].vals[i]
         return self.key(), self.value()
 
     def get(self, key, default=None):

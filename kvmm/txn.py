@@ -57,6 +57,7 @@ class Transaction:
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
         self.env = env
+        self._cache = env._cache
         self.write = write
         self._buffers = buffers
         self._done = False
@@ -208,13 +209,23 @@ class Transaction:
             self._live()
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
-        if not state.root:
+        pgno = state.root
+        if not pgno:
             return default
-        load = self.load
-        node = load(state.root, state.root_txnid)
+        # The page cache is consulted inline (one dict lookup per level); a miss, a
+        # stale entry or a dirty page of this write transaction goes through load.
+        cache = self._cache
+        txnid = state.root_txnid
+        node = cache.get(pgno)
+        if node is None or node.txnid != txnid:
+            node = self.load(pgno, txnid)
         while node.kids is not None:
             i = bisect_right(node.keys, key) - 1
-            node = load(node.kids[i], node.ktxn[i])
+            pgno = node.kids[i]
+            txnid = node.ktxn[i]
+            node = cache.get(pgno)
+            if node is None or node.txnid != txnid:
+                node = self.load(pgno, txnid)
         keys = node.keys
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:

@@ -41,7 +41,8 @@ def run(args) -> int:
     env = open_env(args.src)
     made_dir = not os.path.exists(args.dst)
     try:
-        with env.begin() as txn, Progress("copy", None, "page", unit_scale=True) as progress:
+        unit = "rec" if args.compact else "page"
+        with env.begin() as txn, Progress("copy", None, unit, unit_scale=True) as progress:
             if progress.enabled:
                 progress.set_total(_work(env, txn, args.compact))
             try:

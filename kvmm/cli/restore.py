@@ -84,8 +84,7 @@ def _strip(line: bytes) -> bytes:
 
 
 class DumpReader:
-    """Reads a dump line by line, counting lines (for messages) and bytes (for the
-    progress bar). Warnings go to ``warn``."""
+    """Reads a dump line by line, counting lines for messages. Warnings go to ``warn``."""
 
     def __init__(self, stream, warn):
         self._lines = iter(stream)
@@ -237,7 +236,8 @@ class _Loader:
         try:
             db = env.open_db(name)
         except Error as e:
-            raise InputError(reader.lineno, f"database {show(name)}: {e}") from None
+            what = "the main database" if name is None else f"database {show(name)}"
+            raise InputError(reader.lineno, f"{what}: {e}") from None
         txn = env.begin(write=True)
         try:
             n = 0
