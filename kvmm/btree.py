@@ -280,8 +280,15 @@ def _split_point(node: Node, tail: bool) -> int:
         sizes = [LEAF_ENTRY_COST + len(k) + len(v) for k, v in zip(node.keys, node.vals)]
     else:
         sizes = [BRANCH_ENTRY_COST + len(k) for k in node.keys]
-    m = bisect_left(list(accumulate(sizes)), half) + 1
-    return min(max(m, 1), n - 1)
+    acc = list(accumulate(sizes))
+    total = acc[-1]
+    # Left takes m entries (acc[m - 1] bytes): of the two counts around the middle,
+    # the one that leaves the larger half smaller. With entries of at most half a
+    # page, both halves then fit.
+    m0 = bisect_left(acc, half)
+    best = min((max(acc[m - 1], total - acc[m - 1]), m) for m in (m0, m0 + 1)
+               if 1 <= m <= n - 1)
+    return best[1]
 
 
 def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:

@@ -1,8 +1,8 @@
 """``kvmm dump``: write databases in LMDB's ``mdb_dump`` text format (see
 :mod:`kvmm.cli.dumpfmt`), which LMDB's ``mdb_load`` and ``kvmm restore`` read.
 
-It streams: one read transaction, a cursor, and output written in small batches, so
-a database larger than memory dumps with flat memory.
+It streams: one read transaction, a walk of each tree's leaves in key order, and output
+written in small batches, so a database larger than memory dumps with flat memory.
 
 Where kvmm differs from ``mdb_dump``, it keeps data: the main database's dump leaves
 out the records of named databases (kvmm's records mean nothing to LMDB), and ``-a``

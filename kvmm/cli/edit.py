@@ -41,7 +41,6 @@ def add_parsers(sub) -> None:
 
     delete = sub.add_parser(
         "del",
-        aliases=["delete"],
         help="delete a key",
         description="Delete KEY; exit 1 when it is absent.",
     )

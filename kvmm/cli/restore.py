@@ -31,34 +31,35 @@ BATCH = 10_000
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "restore",
-        aliases=["load"],
-        help="load an mdb_dump text dump (or -T text pairs) into a database",
-        description="Load data written by kvmm dump or LMDB's mdb_dump into a database, "
-        "created when missing, as LMDB's mdb_load does.",
-    )
-    p.add_argument("-f", dest="file", metavar="FILE", help="read FILE, not stdin")
-    p.add_argument(
-        "-s",
-        dest="name",
-        metavar="NAME",
-        help="load into named database NAME (a block's database= wins)",
-    )
-    p.add_argument(
-        "-N",
-        dest="keep",
-        action="store_true",
-        help="keep existing keys: do not overwrite their values",
-    )
-    p.add_argument(
-        "-T",
-        dest="text",
-        action="store_true",
-        help="plain text: key and value lines in turn, print-escaped, no header",
-    )
-    p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
-    p.set_defaults(run=run)
+    for name in ("restore", "load"):  # `load` as LMDB's mdb_load; listed once, as restore
+        listing = {"help": "load an mdb_dump text dump into a database (alias: load)"}
+        p = sub.add_parser(
+            name,
+            **(listing if name == "restore" else {}),
+            description="Load data written by kvmm dump or LMDB's mdb_dump into a database, "
+            "created when missing, as LMDB's mdb_load does.",
+        )
+        p.add_argument("-f", dest="file", metavar="FILE", help="read FILE, not stdin")
+        p.add_argument(
+            "-s",
+            dest="name",
+            metavar="NAME",
+            help="load into named database NAME (a block's database= wins)",
+        )
+        p.add_argument(
+            "-N",
+            dest="keep",
+            action="store_true",
+            help="keep existing keys: do not overwrite their values",
+        )
+        p.add_argument(
+            "-T",
+            dest="text",
+            action="store_true",
+            help="plain text: key and value lines in turn, print-escaped, no header",
+        )
+        p.add_argument("path", metavar="PATH", help="the database (directory or data file)")
+        p.set_defaults(run=run)
 
 
 class InputError(CliError):
