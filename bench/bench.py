@@ -698,6 +698,24 @@ def max_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def measure(workload: Workload, store: Store, data: Data) -> dict[str, Any]:
+    """Run one workload on an open store, then its untimed check; its result entry."""
+    gc.collect()
+    started = time.perf_counter()
+    outcome = workload.run(store, data)
+    seconds = time.perf_counter() - started
+    if not isinstance(outcome, Measured):
+        outcome = Measured(ops=outcome, seconds=seconds)
+    if workload.verify is not None:
+        workload.verify(store, data)
+    return {
+        "us_per_op": outcome.seconds / outcome.ops * 1e6,
+        "ops": outcome.ops,
+        "seconds": outcome.seconds,
+        **outcome.extra,
+    }
+
+
 def run_child(store_name: str, names: list[str], config: dict[str, Any], root: str) -> dict:
     """Run the named workloads, in WORKLOADS order, on one store; return the report."""
     store_cls = STORES[store_name]
@@ -736,7 +754,7 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
     except Exception:  # noqa: BLE001 - the workloads will fail too, and report it
         traceback.print_exc()
 
-    filled: Store | None = None
+    filled: Store | None = None  # the shared store holding every key, when there is one
     for workload in WORKLOADS:
         if workload.name not in names:
             continue
@@ -745,50 +763,33 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
             report["results"][workload.name] = {"skipped": f"no {', '.join(sorted(missing))}"}
             continue
         store = None
-        ok = False
         try:
-            if workload.on == "filled":
-                if filled is None:
-                    filled = open_new(sync=False)
-                    fillrandom(filled, data)
-                store = filled
-            else:
+            if workload.on != "filled":
                 store = open_new(sync=workload.on == "new_sync")
-            gc.collect()
-            started = time.perf_counter()
-            outcome = workload.run(store, data)
-            seconds = time.perf_counter() - started
-            if not isinstance(outcome, Measured):
-                outcome = Measured(ops=outcome, seconds=seconds)
-            if workload.verify is not None:
-                workload.verify(store, data)
-            report["sizes"][workload.name] = store.size()
-            report["results"][workload.name] = {
-                "us_per_op": outcome.seconds / outcome.ops * 1e6,
-                "ops": outcome.ops,
-                "seconds": outcome.seconds,
-                **outcome.extra,
-            }
-            print(
-                f"  {store_name:8} {workload.name:15} {outcome.seconds / outcome.ops * 1e6:10.3f}"
-                " µs/op",
-                file=sys.stderr,
-                flush=True,
-            )
-            ok = True
+            elif filled is None:
+                store = open_new(sync=False)
+                fillrandom(store, data)
+                filled = store
+            else:
+                store = filled
+            result = measure(workload, store, data)
         except Exception as exc:  # noqa: BLE001 - a store's failure is a result to report
             traceback.print_exc()
             report["results"][workload.name] = {"error": f"{type(exc).__name__}: {exc}"}
-            if store is filled:
-                filled = None  # its state is unknown now: the next one starts afresh
-        if store is None:
-            continue
-        if ok and workload.leaves_filled and filled is None:
-            filled = store
-        elif workload.empties and store is filled:
-            filled = None
-            discard(store)
-        elif store is not filled:
+            filled = None  # its state is unknown now: the next workload starts afresh
+        else:
+            report["results"][workload.name] = result
+            report["sizes"][workload.name] = store.size()
+            print(
+                f"  {store_name:8} {workload.name:15} {result['us_per_op']:10.3f} µs/op",
+                file=sys.stderr,
+                flush=True,
+            )
+            if workload.leaves_filled and filled is None:
+                filled = store
+            elif workload.empties:
+                filled = None
+        if store is not None and store is not filled:
             discard(store)
     if filled is not None:
         discard(filled)
