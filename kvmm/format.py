@@ -339,7 +339,10 @@ def _fmt(spec: str) -> Struct:
 def decode_leaf(page: bytes, pgno: int, n: int):
     """Return (keys, vals, flags) of a checked leaf page; flags is None when no entry
     has flags. Raises CorruptedError when the lengths run past the page."""
-    lens = _fmt(f"<{n}H{n}I").unpack_from(page, HEADER_SIZE)
+    try:
+        lens = _fmt(f"<{n}H{n}I").unpack_from(page, HEADER_SIZE)
+    except struct.error:
+        _fail(pgno, f"{n} entries do not fit in the page")
     p = HEADER_SIZE + 6 * n
     keys = []
     append = keys.append
@@ -372,7 +375,10 @@ def decode_branch(page: bytes, pgno: int, n: int):
     """Return (keys, kids, kid_txnids) of a checked branch page."""
     if n == 0:
         _fail(pgno, "branch page without children")
-    fields = _fmt(f"<{n}Q{n}Q{n}H").unpack_from(page, HEADER_SIZE)
+    try:
+        fields = _fmt(f"<{n}Q{n}Q{n}H").unpack_from(page, HEADER_SIZE)
+    except struct.error:
+        _fail(pgno, f"{n} children do not fit in the page")
     kids = list(fields[:n])
     kid_txnids = list(fields[n : 2 * n])
     p = HEADER_SIZE + 18 * n
