@@ -66,15 +66,16 @@ class Checker:
 
     # --- trees ----------------------------------------------------------------------
 
-    def tree(self, name: str, record: tuple, is_free: bool = False) -> list:
-        """Check one tree; return its leaf entries' (key, stored, flag) for callers
-        that look inside values (the main tree's named-db records, the free tree)."""
+    def tree(self, name: str, record: tuple, is_free: bool = False, keep=None) -> list:
+        """Check one tree; return the leaf entries (key, stored, flag) whose flag has
+        a bit of ``keep`` (all of them when ``keep`` is None), for callers that look
+        inside values: the main tree's named-db records, the free tree's records."""
         root, root_txnid, depth, _flags, entries, branches, leaves, overflows = record
         counts = {"entries": 0, "branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0}
         out: list = []
         depths: set = set()
         if root:
-            self.walk(name, root, root_txnid, None, None, 1, counts, out, depths, True)
+            self.walk(name, root, root_txnid, None, None, 1, counts, out, depths, True, keep)
         elif depth or entries or branches or leaves or overflows:
             self.problem(f"{name}: empty tree with non-zero figures in its record")
         if len(depths) > 1:
@@ -93,7 +94,8 @@ class Checker:
                 self.problem(f"{name}: record says {entries} free pages, records list {listed}")
         return out
 
-    def walk(self, name, pgno, txnid, low, high, level, counts, out, depths, is_root):
+    def walk(self, name, pgno, txnid, low, high, level, counts, out, depths, is_root,
+             keep):
         if not self.use(pgno, 1, f"{name} page"):
             return
         node = self.read(pgno, txnid)
@@ -125,7 +127,8 @@ class Checker:
             for k, stored, flag in zip(keys, node.vals, flags):
                 if flag & fmt.F_OVERFLOW:
                     self.overflow(name, pgno, stored, counts)
-                out.append((k, stored, flag))
+                if keep is None or flag & keep:
+                    out.append((k, stored, flag))
             return
         counts["branch_pages"] += 1
         if is_root and len(keys) < 2:
@@ -133,7 +136,7 @@ class Checker:
         for i, (kid, ktxn) in enumerate(zip(node.kids, node.ktxn)):
             lo = low if i == 0 else keys[i]
             hi = keys[i + 1] if i + 1 < len(keys) else high
-            self.walk(name, kid, ktxn, lo, hi, level + 1, counts, out, depths, False)
+            self.walk(name, kid, ktxn, lo, hi, level + 1, counts, out, depths, False, keep)
 
     def overflow(self, name, leaf_pgno, stored, counts) -> None:
         try:
@@ -163,7 +166,7 @@ class Checker:
         if size < meta.next_pgno * self.ps:
             self.problem(f"file is {size} bytes, meta needs {meta.next_pgno * self.ps}")
             return self.problems
-        main = self.tree("main", meta.main)
+        main = self.tree("main", meta.main, keep=fmt.F_SUBDB)
         for key, stored, flag in main:
             if flag & fmt.F_SUBDB:
                 try:
@@ -171,7 +174,7 @@ class Checker:
                 except Error as e:
                     self.problem(f"database {key!r}: {e}")
                     continue
-                self.tree(f"database {key!r}", record)
+                self.tree(f"database {key!r}", record, keep=0)
         for key, stored, _ in self.tree("free", meta.free, is_free=True):
             if len(key) != fmt.FREE_KEY.size + 4 or len(stored) % 8:
                 self.problem(f"free record {key.hex()}: malformed")

@@ -16,6 +16,7 @@ from . import format as fmt
 # database of dirty pages in memory.
 COMPACT_BATCH = 50_000
 COPY_CHUNK_PAGES = 256
+COPY_CACHE = 16 << 20  # the destination's page cache: a copy reads each page once
 
 
 def copy_env(env, path: str, compact: bool = False, txn=None, progress=None) -> None:
@@ -69,7 +70,7 @@ def _copy_compact(env, path: str, txn, progress) -> None:
     if own:
         txn = env.begin()
     dst = Environment(path, page_size=env._page_size, max_dbs=max(env._max_dbs, 1 << 16),
-                      sync=False)
+                      sync=False, cache_size=COPY_CACHE)
     try:
         names: list = []
         _copy_db(txn, None, dst, None, progress, names)
@@ -116,3 +117,5 @@ def _copy_db(txn, src_db, dst, dst_db, progress, names) -> None:
                 progress(COMPACT_BATCH)
             wtxn = dst.begin(write=True)
     wtxn.commit()
+    if progress is not None:
+        progress(n % COMPACT_BATCH)

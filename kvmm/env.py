@@ -137,13 +137,18 @@ class Environment:
         if not os.path.exists(data_path) and (not create or readonly):
             raise NotFoundError(f"{data_path}: no such file")
         self._data_path = data_path
-        self._lock = LockFile(lock_path, max_readers, mode, create) if lock else None
+        self._lock = None
         self._thread_writer = threading.Lock()  # used when lock=False
         self._writer_owner = None
         # The I/O seam: tests pass a subclass that injects faults or loses writes.
         self._datafile = datafile_class(data_path, readonly=readonly, create=create,
                                         mode=mode)
         try:
+            # A file that is not kvmm's is refused before a lock file is made for it.
+            if self._datafile.size():
+                self._open_file(page_size)
+            if lock:
+                self._lock = LockFile(lock_path, max_readers, mode, create)
             self._page_size = self._open_file(page_size)
         except BaseException:
             self._datafile.close()
@@ -412,10 +417,13 @@ class Environment:
         return (free >= 64 and free * 8 >= txn.next_pgno
                 and free * 2 > self._reclaim_floor * 3)
 
-    def _reclaimed(self, txn, trimmed: int) -> None:
-        """After an attempt: a tail still in use is often the free tree itself, which
-        the attempt moved down, so one more attempt follows before giving up."""
-        if trimmed:
+    def _reclaimed(self, txn, trimmed: int, reusable: int) -> None:
+        """After an attempt. A tail still in use is often the free tree itself, which
+        the attempt moved down, so one more attempt follows; attempts stop (until
+        the free pages grow by half) only after two in a row found most free pages
+        reusable and still could give nothing back. While readers pin most free
+        pages, an attempt costs only what is reusable, and is tried again."""
+        if trimmed or reusable * 2 < txn.free_db.entries + len(txn.meta.inline_free) // 2:
             self._reclaim_tries = 0
             return
         self._reclaim_tries += 1

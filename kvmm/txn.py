@@ -461,12 +461,13 @@ class Transaction:
         reclaim = env._want_reclaim(self)
         if reclaim:
             freelist.load_all()
+            reusable = len(freelist.reuse)
         trimmed = freelist.trim_tail()
         if reclaim:
             relocate_tail(self)
         freelist.save()
         if reclaim:
-            env._reclaimed(self, trimmed)
+            env._reclaimed(self, trimmed, reusable)
         # 3. Make room: grow the file if the new pages pass its end (MapFullError here
         #    changes nothing).
         end = self.next_pgno * self.page_size
