@@ -1,0 +1,326 @@
+"""The copy-on-write B+tree (kvmm/btree.py), driven through the public API.
+
+After each commit the tree is walked page by page by :func:`walk` below — written here,
+apart from ``kvmm.check`` — and must satisfy the invariants listed in btree.py: keys
+strictly increasing inside a page and between the parent's separators, all leaves at
+one depth, no page overfull, no empty non-root page, a root branch with two children
+or more, and the database record's depth and page and entry counts equal to what the
+walk found. ``kvmm.check.check_env`` must agree (no problem found).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from itertools import pairwise
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kvmm
+from kvmm import format as fmt
+from kvmm.check import check_env
+
+PAGE_SIZES = [4096, 16384, 65536]
+
+
+class Shape:
+    """What a walk of one database's tree found."""
+
+    def __init__(self):
+        self.leaf_depths: set[int] = set()
+        self.entries: list[tuple[bytes, int]] = []  # (key, flag) in tree order
+        self.leaf_pages = 0
+        self.branch_pages = 0
+        self.overflow_pages = 0
+
+
+def walk(env, db=None) -> tuple[Shape, tuple]:
+    """Walk the newest snapshot's tree of ``db``; assert each page's invariants.
+    Returns the shape found and the database's record."""
+    shape = Shape()
+    with env.begin(db=db) as txn:
+        ps = txn.page_size
+        cap = fmt.page_capacity(ps)
+        state = txn._state(db)
+        record = state.record()
+        if state.root:
+            _walk(txn, state.root, state.root_txnid, None, None, 1, True, shape, cap, ps)
+    return shape, record
+
+
+def _walk(txn, pgno, txnid, low, high, level, is_root, shape, cap, ps):
+    node = txn.load(pgno, txnid)
+    assert node.pgno == pgno
+    assert node.measure() <= cap, f"page {pgno} overfull"
+    body = node.keys if node.is_leaf else node.keys[1:]
+    assert all(a < b for a, b in pairwise(body)), f"page {pgno}: keys not increasing"
+    if body:
+        assert low is None or body[0] >= low, f"page {pgno}: key below its separator"
+        assert high is None or body[-1] < high, f"page {pgno}: key not below next separator"
+    if node.is_leaf:
+        assert node.keys or is_root, f"page {pgno}: empty non-root leaf"
+        shape.leaf_pages += 1
+        shape.leaf_depths.add(level)
+        flags = node.flags or [0] * len(node.keys)
+        for key, stored, flag in zip(node.keys, node.vals, flags):
+            assert fmt.LEAF_ENTRY_COST + len(key) + len(stored) <= fmt.max_entry_size(ps)
+            if flag & fmt.F_OVERFLOW:
+                _, _, length = fmt.decode_overflow_ref(stored)
+                shape.overflow_pages += fmt.overflow_pages(length, ps)
+            shape.entries.append((key, flag))
+        return
+    assert node.keys[0] == b"", f"branch {pgno}: key 0 not empty"
+    assert len(node.kids) >= (2 if is_root else 1), f"branch {pgno}: too few children"
+    shape.branch_pages += 1
+    for i, (kid, ktxn) in enumerate(zip(node.kids, node.ktxn)):
+        lo = low if i == 0 else node.keys[i]
+        hi = node.keys[i + 1] if i + 1 < len(node.keys) else high
+        _walk(txn, kid, ktxn, lo, hi, level + 1, False, shape, cap, ps)
+
+
+def assert_tree_matches(env, model: dict) -> Shape:
+    """The tree's invariants hold, its record's figures are right, and it holds
+    exactly ``model``."""
+    shape, record = walk(env)
+    _root, _root_txnid, depth, _flags, entries, branches, leaves, overflows = record
+    assert len(shape.leaf_depths) <= 1, f"leaves at depths {shape.leaf_depths}"
+    assert depth == (max(shape.leaf_depths) if shape.leaf_depths else 0)
+    assert (entries, branches, leaves, overflows) == (
+        len(shape.entries),
+        shape.branch_pages,
+        shape.leaf_pages,
+        shape.overflow_pages,
+    )
+    assert [k for k, _ in shape.entries] == sorted(model)
+    with env.begin() as txn:
+        assert dict(txn.cursor()) == model
+        stat = txn.stat()
+    assert stat["entries"] == len(model) and stat["depth"] == depth
+    assert check_env(env) == []
+    return shape
+
+
+def inline_limit(key: bytes, page_size: int) -> int:
+    """The longest value kept in the leaf beside ``key``; one byte more overflows."""
+    return fmt.max_entry_size(page_size) - fmt.LEAF_ENTRY_COST - len(key)
+
+
+# --- random edits against a dict ----------------------------------------------------------
+
+MAX_KEY = fmt.MAX_KEY_SIZE
+
+
+def make_key(i: int, long_keys: bool) -> bytes:
+    head = b"%06d" % i
+    if long_keys:
+        return head.ljust(MAX_KEY, b"k")  # every key of the maximum size
+    return head + b"k" * (i * 37 % 60)
+
+
+value_sizes = st.sampled_from(["empty", "small", "at_limit", "over_limit", "large"])
+
+
+def make_value(key: bytes, size: str, page_size: int, tag: int) -> bytes:
+    limit = inline_limit(key, page_size)
+    n = {
+        "empty": 0,
+        "small": 1 + tag % 90,
+        "at_limit": limit,
+        "over_limit": limit + 1,
+        "large": 3 * page_size + tag % 500,
+    }[size]
+    return bytes([tag % 251]) * n
+
+
+ops = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from(["put", "put", "delete"]), st.integers(0, 150), value_sizes),
+        min_size=1,
+        max_size=40,
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=80)
+@given(batches=ops, long_keys=st.booleans())
+def test_random_puts_and_deletes_keep_every_tree_invariant_and_match_a_dict(batches, long_keys):
+    model: dict[bytes, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp, kvmm.open(tmp) as env:
+        for b, batch in enumerate(batches):
+            with env.begin(write=True) as txn:
+                for j, (op, i, size) in enumerate(batch):
+                    key = make_key(i, long_keys)
+                    if op == "put":
+                        value = make_value(key, size, 4096, b * 41 + j)
+                        assert txn.put(key, value)
+                        model[key] = value
+                    else:
+                        assert txn.delete(key) == (key in model)
+                        model.pop(key, None)
+            assert_tree_matches(env, model)
+
+
+def test_a_value_at_the_inline_limit_stays_in_the_leaf_and_one_byte_more_overflows(tmp_path):
+    key = b"k" * MAX_KEY
+    limit = inline_limit(key, 4096)
+    assert limit == (4096 - 32) // 2 - 6 - 511
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            txn.put(key, b"a" * limit)
+        assert env.stat()["overflow_pages"] == 0
+        with env.begin(write=True) as txn:
+            txn.put(key, b"b" * (limit + 1))
+        assert env.stat()["overflow_pages"] == 1
+        shape = assert_tree_matches(env, {key: b"b" * (limit + 1)})
+        assert shape.entries == [(key, fmt.F_OVERFLOW)]
+        with env.begin(write=True) as txn:
+            txn.put(key, b"c" * limit)
+        assert env.stat()["overflow_pages"] == 0
+        assert assert_tree_matches(env, {key: b"c" * limit}).entries == [(key, 0)]
+
+
+def test_an_overfull_leaf_splits_into_two_pages_that_fit(tmp_path):
+    """Entries of half a page (the largest kept inline) with small ones between: the
+    split point must leave both halves within a page. Sizes 2032, 49, 2032, 63 on a
+    4 KiB page (capacity 4064): only a split after the second entry fits both sides."""
+    half = fmt.max_entry_size(4096) - fmt.LEAF_ENTRY_COST - 1  # with a 1-byte key
+    model = {b"a": b"x" * half, b"b": b"y" * 42, b"c": b"z" * half, b"d": b"w" * 56}
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            for key in (b"b", b"c", b"d", b"a"):
+                txn.put(key, model[key])
+        shape = assert_tree_matches(env, model)
+        assert shape.leaf_pages == 2 and shape.overflow_pages == 0
+
+
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+def test_max_size_keys_with_values_at_the_inline_limit_build_a_deep_valid_tree(tmp_path, page_size):
+    """Entries of exactly half a page: every leaf holds two at most, so the tree gets
+    deep quickly; each split must still leave pages that fit."""
+    model = {}
+    rng = random.Random(page_size)
+    order = list(range(60))
+    rng.shuffle(order)
+    with kvmm.open(str(tmp_path / "db"), page_size=page_size) as env:
+        for start in range(0, 60, 20):
+            with env.begin(write=True) as txn:
+                for i in order[start : start + 20]:
+                    key = make_key(i, True)
+                    model[key] = b"v" * inline_limit(key, page_size)
+                    txn.put(key, model[key])
+            shape = assert_tree_matches(env, model)
+        assert shape.overflow_pages == 0
+        assert env.stat()["depth"] >= 2
+        rng.shuffle(order)
+        for start in range(0, 60, 15):
+            with env.begin(write=True) as txn:
+                for i in order[start : start + 15]:
+                    assert txn.delete(make_key(i, True))
+                    del model[make_key(i, True)]
+            assert_tree_matches(env, model)
+        assert env.stat()["depth"] == 0
+
+
+# --- filling pages ------------------------------------------------------------------------
+
+FILL_KEYS = 10_000
+FILL_VALUE = b"v" * 20
+
+
+def _fill_leaf_pages(tmp_path, name, keys, append) -> int:
+    with kvmm.open(str(tmp_path / name)) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                assert txn.put(key, FILL_VALUE, append=append)
+        assert_tree_matches(env, dict.fromkeys(keys, FILL_VALUE))
+        return env.stat()["leaf_pages"]
+
+
+def test_append_fills_leaf_pages_almost_fully_and_random_order_needs_clearly_more(tmp_path):
+    keys = [b"key%07d" % i for i in range(FILL_KEYS)]
+    entry = fmt.LEAF_ENTRY_COST + len(keys[0]) + len(FILL_VALUE)
+    per_page = fmt.page_capacity(4096) // entry
+    minimum = -(-FILL_KEYS // per_page)
+    appended = _fill_leaf_pages(tmp_path, "append", keys, True)
+    shuffled = keys[:]
+    random.Random(1).shuffle(shuffled)
+    random_order = _fill_leaf_pages(tmp_path, "random", shuffled, False)
+    assert minimum <= appended <= minimum + 1, (minimum, appended)
+    # A random-order fill leaves pages about 70% full (ln 2 on average).
+    assert random_order > 1.25 * appended, (appended, random_order)
+
+
+def test_append_of_a_key_not_past_the_last_is_refused_and_changes_nothing(tmp_path):
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            assert txn.put(b"b", b"1", append=True)
+            assert txn.put(b"c", b"2", append=True)
+            assert not txn.put(b"a", b"3", append=True)
+            assert not txn.put(b"c", b"4", append=True)
+        assert_tree_matches(env, {b"b": b"1", b"c": b"2"})
+
+
+# --- emptying -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+def test_deleting_every_key_returns_to_an_empty_tree_with_no_pages(tmp_path, page_size):
+    rng = random.Random(page_size)
+    # Maximum-size keys keep branches narrow, so every page size gets a deep tree;
+    # entries of a sixteenth of a page (or more) keep leaves at a handful of entries.
+    value_len = max(0, page_size // 16 - fmt.LEAF_ENTRY_COST - MAX_KEY)
+    model = {make_key(i, True): bytes([i % 256]) * value_len for i in range(2500)}
+    model[b"big"] = b"B" * (2 * page_size)  # an overflow run to free as well
+    with kvmm.open(str(tmp_path / "db"), page_size=page_size) as env:
+        with env.begin(write=True) as txn:
+            for key in rng.sample(list(model), len(model)):
+                txn.put(key, model[key])
+        assert_tree_matches(env, model)
+        assert env.stat()["depth"] >= 3
+        doomed = rng.sample(list(model), len(model))
+        for start in range(0, len(doomed), 900):
+            with env.begin(write=True) as txn:
+                for key in doomed[start : start + 900]:
+                    assert txn.delete(key)
+                    del model[key]
+            assert_tree_matches(env, model)
+        assert model == {}
+        stat = env.stat()
+        assert stat["psize"] == page_size
+        assert (
+            stat["depth"],
+            stat["entries"],
+            stat["branch_pages"],
+            stat["leaf_pages"],
+            stat["overflow_pages"],
+        ) == (0, 0, 0, 0, 0)
+        with env.begin() as txn:
+            assert txn.meta.main[:2] == (0, 0)  # no root page
+            assert not txn.cursor().first()
+        # The emptied tree grows again from nothing.
+        with env.begin(write=True) as txn:
+            txn.put(b"again", b"1")
+        assert_tree_matches(env, {b"again": b"1"})
+        assert env.stat()["depth"] == 1
+
+
+def test_deleting_keys_in_order_from_the_left_keeps_the_tree_valid(tmp_path):
+    """Deleting from one edge empties the leftmost leaves one after another: each
+    must be merged away or refilled from its sibling."""
+    keys = [b"%05d" % i for i in range(3000)]
+    model = dict.fromkeys(keys, b"x" * 60)
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, model[key], append=True)
+        for start in range(0, 3000, 500):
+            with env.begin(write=True) as txn:
+                for key in keys[start : start + 500]:
+                    assert txn.delete(key)
+                    del model[key]
+            assert_tree_matches(env, model)
+        assert env.stat()["leaf_pages"] == 0

@@ -1,0 +1,368 @@
+"""The environment (kvmm/env.py): the page size kept in the file, the choice between
+the two metas, where a commit writes its meta, the file's growth and shrinking, the
+``max_size`` cap, and ``sync()`` (SPEC sections 2, 3, 8 and 9).
+
+Metas are read straight from the data file with ``kvmm.format.decode_meta`` and
+damaged or rewritten in place to stand for a torn write or a power loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from itertools import pairwise
+
+import pytest
+
+import kvmm
+import kvmm.env
+import kvmm.txn
+from kvmm import format as fmt
+from kvmm.check import check_env
+
+MIB = 1 << 20
+
+
+def data_path(path) -> str:
+    return os.path.join(str(path), "data.kvmm")
+
+
+def read_metas(path, page_size=4096) -> list:
+    """Both metas as decoded from the file (None for one that does not decode)."""
+    with open(data_path(path), "rb") as f:
+        head = f.read(fmt.NUM_METAS * page_size)
+    out = []
+    for slot in range(fmt.NUM_METAS):
+        try:
+            out.append(fmt.decode_meta(head[slot * page_size : (slot + 1) * page_size]))
+        except kvmm.Error:
+            out.append(None)
+    return out
+
+
+def newest_slot(path, page_size=4096) -> int:
+    metas = read_metas(path, page_size)
+    return max(range(fmt.NUM_METAS), key=lambda s: metas[s].txnid)
+
+
+def write_at(path, offset: int, data: bytes) -> None:
+    with open(data_path(path), "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def rewrite_meta(path, slot: int, page_size=4096, **changes) -> None:
+    """Re-encode the meta in ``slot`` with some fields changed (a valid checksum)."""
+    meta = read_metas(path, page_size)[slot]
+    for name, value in changes.items():
+        setattr(meta, name, value)
+    write_at(path, slot * page_size, fmt.encode_meta(meta))
+
+
+def put(env, records: dict) -> None:
+    with env.begin(write=True) as txn:
+        for k, v in records.items():
+            txn.put(k, v)
+
+
+def contents(env) -> dict:
+    with env.begin() as txn:
+        return dict(txn.cursor())
+
+
+def sha(path) -> str:
+    with open(data_path(path), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# --- the page size ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page_size", [16384, 65536])
+def test_page_size_is_read_back_from_the_file_whatever_page_size_is_passed(tmp_path, page_size):
+    path = tmp_path / "db"
+    with kvmm.open(str(path), page_size=page_size) as env:
+        put(env, {b"k%d" % i: b"v" * 100 for i in range(500)})
+    with kvmm.open(str(path), page_size=4096) as env:
+        assert env.stat()["psize"] == page_size
+        assert len(contents(env)) == 500
+        put(env, {b"more": b"x" * (page_size // 2)})  # writes pages of the file's size
+        assert check_env(env) == []
+    assert os.path.getsize(data_path(path)) % page_size == 0
+    assert read_metas(path, page_size)[newest_slot(path, page_size)].page_size == page_size
+
+
+# --- choosing a meta ----------------------------------------------------------------------
+
+
+def _three_commits(path, **options) -> tuple[dict, dict]:
+    """Three commits; returns the contents after the second and after the third."""
+    with kvmm.open(str(path), **options) as env:
+        put(env, {b"a": b"1"})
+        put(env, {b"b": b"2"})
+        second = contents(env)
+        put(env, {b"c": b"3", b"a": b"changed"})
+        third = contents(env)
+    return second, third
+
+
+def test_a_commit_writes_its_meta_into_the_other_slot_so_the_previous_commit_survives(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path)) as env:
+        seen = []
+        for i in range(6):
+            put(env, {b"k": b"%d" % i})
+            metas = read_metas(path)
+            seen.append((newest_slot(path), sorted(m.txnid for m in metas)))
+        # Each commit replaces the older meta: the two slots hold the two newest.
+        for i, (slot, txnids) in enumerate(seen):
+            assert txnids == [i, i + 1]
+            assert slot != seen[i - 1][0] if i else True
+
+
+@pytest.mark.parametrize("page_size", [4096, 16384])
+def test_a_damaged_newest_meta_falls_back_to_the_other_and_check_reports_it(tmp_path, page_size):
+    path = tmp_path / "db"
+    second, _third = _three_commits(path, page_size=page_size)
+    slot = newest_slot(path, page_size)
+    assert slot == 0  # commits 1 and 3 go to meta 0, commit 2 to meta 1
+    write_at(path, 40, b"\xff")  # a byte of meta 0's txnid and next fields
+    with kvmm.open(str(path)) as env:  # default page_size: found from meta 1
+        assert env.stat()["psize"] == page_size
+        assert contents(env) == second
+        problems = check_env(env)
+    assert any(p.startswith("meta 0") for p in problems), problems
+
+
+def test_a_damaged_older_meta_changes_nothing_read_and_check_reports_it(tmp_path):
+    path = tmp_path / "db"
+    _second, third = _three_commits(path)
+    write_at(path, 4096 + 40, b"\xff")  # meta 1: the second commit's
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == third
+        problems = check_env(env)
+    assert any(p.startswith("meta 1") for p in problems), problems
+
+
+def test_with_both_metas_damaged_open_raises_corrupted_error_and_leaves_the_file(tmp_path):
+    path = tmp_path / "db"
+    _three_commits(path)
+    write_at(path, 40, b"\xff")
+    write_at(path, 4096 + 40, b"\xff")
+    before = sha(path)
+    with pytest.raises(kvmm.CorruptedError):
+        kvmm.open(str(path))
+    assert sha(path) == before
+
+
+def other_boot() -> bytes:
+    return bytes(b ^ 0xFF for b in kvmm.env.BOOT_ID)
+
+
+def test_a_weak_meta_from_another_boot_is_skipped_for_the_steady_one(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path), sync=False) as env:
+        put(env, {b"a": b"1"})
+        env.sync()
+        steady = contents(env)
+        put(env, {b"b": b"2"})
+        weak = contents(env)
+    metas = read_metas(path)
+    slot = newest_slot(path)
+    assert not metas[slot].steady and metas[1 - slot].steady
+    # Same boot: the weak meta's pages are still in the page cache; it is used.
+    with kvmm.open(str(path), sync=False) as env:
+        assert contents(env) == weak
+    # The machine restarted since (another boot id): its pages may never have reached
+    # the disk, so the steady meta is used.
+    rewrite_meta(path, slot, boot_id=other_boot())
+    with kvmm.open(str(path), sync=False) as env:
+        assert contents(env) == steady
+        assert check_env(env) == []
+        # The next commit goes on from the steady meta, and is read back.
+        put(env, {b"c": b"3"})
+        assert contents(env) == {**steady, b"c": b"3"}
+
+
+def test_a_steady_meta_from_another_boot_is_used(tmp_path):
+    path = tmp_path / "db"
+    _second, third = _three_commits(path)
+    slot = newest_slot(path)
+    assert read_metas(path)[slot].steady
+    rewrite_meta(path, slot, boot_id=other_boot())
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == third
+
+
+def test_with_sync_false_weak_commits_never_overwrite_the_newest_steady_meta(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path), sync=False) as env:
+        put(env, {b"a": b"1"})
+        env.sync()
+        steady_slot = newest_slot(path)
+        steady = read_metas(path)[steady_slot]
+        for i in range(5):
+            put(env, {b"k%d" % i: b"v"})
+            metas = read_metas(path)
+            assert metas[steady_slot].txnid == steady.txnid and metas[steady_slot].steady
+            assert metas[1 - steady_slot].txnid == steady.txnid + i + 1
+            assert not metas[1 - steady_slot].steady
+
+
+def test_env_sync_makes_a_sync_false_commit_steady(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path), sync=False) as env:
+        put(env, {b"a": b"1"})
+        put(env, {b"b": b"2"})
+        slot = newest_slot(path)
+        weak = read_metas(path)[slot]
+        assert not weak.steady
+        env.sync()
+        metas = read_metas(path)
+        assert metas[slot].txnid == weak.txnid and metas[slot].steady
+        # Being steady now, it survives a restart.
+        rewrite_meta(path, slot, boot_id=other_boot())
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == {b"a": b"1", b"b": b"2"}
+
+
+def test_a_tree_page_whose_count_overruns_the_page_is_a_corrupted_error_on_read(tmp_path):
+    """Damage that passes the checksum (a collision or a bad writer) must still be a
+    CorruptedError (SPEC 8), never struct.error."""
+    path = tmp_path / "db"
+    with kvmm.open(str(path)) as env:
+        put(env, {b"a": b"1", b"b": b"2"})
+        with env.begin() as txn:
+            root = txn.meta.main[0]
+    with open(data_path(path), "rb") as f:
+        f.seek(root * 4096)
+        page = bytearray(f.read(4096))
+    struct.pack_into("<H", page, 6, 1000)  # count: 1000 entries, 6000 bytes of lengths
+    struct.pack_into("<I", page, 0, fmt._crc32(bytes(page[4:])))
+    write_at(path, root * 4096, bytes(page))
+    with kvmm.open(str(path)) as env:
+        with env.begin() as txn, pytest.raises(kvmm.CorruptedError):
+            txn.get(b"a")
+        assert any(f"page {root}" in p for p in check_env(env))
+
+
+def test_a_file_of_another_format_version_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "db"
+    _three_commits(path)
+    for slot in range(fmt.NUM_METAS):
+        meta = fmt.encode_meta(read_metas(path)[slot])
+        body = bytearray(meta[: -fmt.META_CRC.size])
+        struct.pack_into("<I", body, len(fmt.MAGIC), fmt.VERSION + 1)
+        write_at(path, slot * 4096, bytes(body) + fmt.META_CRC.pack(fmt._crc32(body)))
+    before = sha(path)
+    with pytest.raises(kvmm.VersionMismatchError):
+        kvmm.open(str(path))
+    assert sha(path) == before
+
+
+# --- growth and shrinking -----------------------------------------------------------------
+
+
+class Growth:
+    """Fill an environment with 300 commits of 50 KB each, recording every change of
+    the data file's size (with the commit that made it) and every new map."""
+
+    COMMITS = 300
+
+    def __init__(self, path, monkeypatch):
+        monkeypatch.setattr(kvmm.txn, "_STRICT", False)  # checked once, at the end
+        self.resizes: list[tuple[int, int]] = []  # (commit, new size)
+        self.sizes: list[int] = []  # the file's size after each commit
+        self.maps: list = []
+        with kvmm.open(str(path), sync=False) as env:
+            resize = env._datafile.truncate
+            commit = 0
+
+            def truncate(size):
+                self.resizes.append((commit, size))
+                resize(size)
+
+            monkeypatch.setattr(env._datafile, "truncate", truncate)
+            for commit in range(self.COMMITS):
+                put(env, {b"%05d" % (commit * 20 + j): b"v" * 2500 for j in range(20)})
+                with env.begin() as txn:
+                    assert txn.get(b"%05d" % (commit * 20)) == b"v" * 2500
+                self.sizes.append(os.path.getsize(data_path(path)))
+                if not self.maps or env._map.mm is not self.maps[-1]:
+                    self.maps.append(env._map.mm)
+            assert check_env(env) == []
+        assert self.sizes[-1] >= self.COMMITS * 20 * 2500
+
+
+def test_the_file_grows_geometrically_so_many_commits_remap_few_times(tmp_path, monkeypatch):
+    growth = Growth(tmp_path / "db", monkeypatch)
+    sizes = sorted(set(growth.sizes))
+    assert sizes == list(dict.fromkeys(growth.sizes))  # it only grew
+    # Each growth adds half the file (GROW_MIN at least): O(log size) steps, here
+    # 1, 2, 3, 4.5, 6.75, 10, 15 MiB and one more at most.
+    for a, b in pairwise(sizes):
+        step = min(max(a // 2, kvmm.env.GROW_MIN), kvmm.env.GROW_MAX)
+        assert b >= a + step, (a, b, sizes)
+    assert len(sizes) <= 9, sizes
+    assert len(growth.maps) <= 10, len(growth.maps)
+
+
+def test_a_commit_that_grows_the_file_does_not_cut_it_back(tmp_path, monkeypatch):
+    """Growth and giving space back must not fight: the slack a growth step adds is
+    not "free space at the end" to be truncated by the same commit."""
+    growth = Growth(tmp_path / "db", monkeypatch)
+    per_commit: dict[int, list[int]] = {}
+    for commit, size in growth.resizes:
+        per_commit.setdefault(commit, []).append(size)
+    both = {c: s for c, s in per_commit.items() if len(s) > 1}
+    assert both == {}, both
+
+
+def test_the_file_shrinks_within_two_commits_after_most_data_is_deleted(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path)) as env:
+        put(env, {b"k%05d" % i: bytes([i % 256]) * 6000 for i in range(3000)})
+        peak = os.path.getsize(data_path(path))
+        assert peak >= 3000 * 6000
+        with env.begin(write=True) as txn:
+            for i in range(300, 3000):
+                txn.delete(b"k%05d" % i)
+        put(env, {b"x": b"1"})
+        put(env, {b"y": b"2"})
+        size = os.path.getsize(data_path(path))
+        assert size < peak / 3, (peak, size)
+        assert size >= (env.info()["last_pgno"] + 1) * 4096
+        assert check_env(env) == []
+        kept = contents(env)
+    assert len(kept) == 302
+    assert all(kept[b"k%05d" % i] == bytes([i % 256]) * 6000 for i in range(300))
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == kept
+
+
+def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usable(tmp_path):
+    path = tmp_path / "db"
+    limit = 3 * MIB
+    with kvmm.open(str(path), max_size=limit) as env:
+        put(env, {b"k%04d" % i: b"v" * 1000 for i in range(1000)})
+        before = contents(env)
+        before_info = env.info()
+        with pytest.raises(kvmm.MapFullError), env.begin(write=True) as txn:
+            txn.put(b"a", b"1")
+            txn.put(b"huge", b"x" * (4 * MIB))
+        assert contents(env) == before
+        assert env.info()["last_txnid"] == before_info["last_txnid"]
+        assert os.path.getsize(data_path(path)) <= limit
+        assert check_env(env) == []
+        put(env, {b"small": b"ok"})  # still usable
+        assert contents(env) == {**before, b"small": b"ok"}
+        # Room made by deleting is usable up to the cap.
+        with env.begin(write=True) as txn:
+            for i in range(1000):
+                txn.delete(b"k%04d" % i)
+        put(env, {b"big": b"y" * MIB})
+        assert os.path.getsize(data_path(path)) <= limit
+        assert check_env(env) == []
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == {b"small": b"ok", b"big": b"y" * MIB}
