@@ -192,8 +192,8 @@ class Side:
         """The `db=` argument for database `d`: None for the main database."""
         return None if d == 0 else self.handles[d]
 
-    def begin(self) -> None:
-        self.txn = self.env.begin(write=True)
+    def begin(self, buffers: bool = False) -> None:
+        self.txn = self.env.begin(write=True, buffers=buffers)
         self.cursors = [self.txn.cursor(db=self.db(d)) for d in DB_INDEXES]
 
     def contents(self, d: int, txn) -> list:
@@ -219,9 +219,9 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def begin(self) -> None:
-        self.ref.begin()
-        self.sub.begin()
+    def begin(self, buffers: bool = False) -> None:
+        self.ref.begin(buffers)
+        self.sub.begin(buffers)
         self.cursor_models = [CursorModel() for _ in DB_INDEXES]
 
     def check(self, what: str, fn, expected=NO_EXPECTATION, compare: bool = True):
@@ -480,12 +480,13 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # -- read transactions beside the write transaction ---------------------------------
 
-    @rule()
-    def begin_reader(self):
+    @rule(buffers=st.booleans())
+    def begin_reader(self, buffers):
         """A read transaction that stays open while the writer commits (at most two)."""
         if len(self.readers) < 2:
             snapshot = [dict(m) for m in self.committed]
-            self.readers.append((self.ref.env.begin(), self.sub.env.begin(), snapshot))
+            txns = [side.env.begin(buffers=buffers) for side in (self.ref, self.sub)]
+            self.readers.append((*txns, snapshot))
 
     @rule(i=st.integers(0, 1))
     def check_reader(self, i):
@@ -780,12 +781,16 @@ class DifferentialMachine(RuleBasedStateMachine):
     # -- transaction and environment lifetime -------------------------------------------
 
     @rule(
-        how=st.sampled_from(["commit"] * 4 + ["abort", "reopen after commit", "reopen after abort"])
+        how=st.sampled_from(
+            ["commit"] * 4 + ["abort", "reopen after commit", "reopen after abort"]
+        ),
+        buffers=st.booleans(),
     )
-    def finish_transaction(self, how):
+    def finish_transaction(self, how, buffers):
         """End the write transaction (commit, abort, or either and reopen both
         environments), check that a new read transaction sees exactly the committed
-        records, and begin the next write transaction with fresh cursors.
+        records, and begin the next write transaction with fresh cursors (with
+        buffers=True, reads answer memoryviews; they are compared as bytes at once).
 
         One rule with weighted choices, so that transactions grow long enough to split
         and merge pages before they end, and most of them are kept.
@@ -803,7 +808,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                 side.close()
                 side.open()
         self.verify_committed()
-        self.begin()
+        self.begin(buffers)
 
 
 DifferentialMachine.TestCase.settings = settings(
