@@ -26,8 +26,8 @@ from itertools import accumulate
 
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
 
-__all__ = ["Node", "DbState", "descend", "insert", "replace_at", "remove_at", "first_path",
-           "last_path"]
+__all__ = ["Node", "DbState", "descend", "insert", "replace_at", "remove_at", "remove_range",
+           "first_path", "last_path"]
 
 
 class Node:
@@ -202,15 +202,23 @@ def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
 
 def remove_at(txn, db: DbState, path: list) -> None:
     """Remove the entry ``path`` points at, rebalancing the tree."""
+    remove_range(txn, db, path, path[-1][1] + 1)
+
+
+def remove_range(txn, db: DbState, path: list, end: int) -> None:
+    """Remove the leaf entries from the one ``path`` points at up to ``end`` (not
+    included), rebalancing the tree. The caller frees their overflow runs."""
     db.changed = True
-    db.entries -= 1
     touch_path(txn, db, path)
     leaf, i = path[-1]
-    leaf.size -= LEAF_ENTRY_COST + len(leaf.keys[i]) + len(leaf.vals[i])
-    del leaf.keys[i]
-    del leaf.vals[i]
+    n = end - i
+    db.entries -= n
+    leaf.size -= (LEAF_ENTRY_COST * n + sum(map(len, leaf.keys[i:end]))
+                  + sum(map(len, leaf.vals[i:end])))
+    del leaf.keys[i:end]
+    del leaf.vals[i:end]
     if leaf.flags is not None:
-        del leaf.flags[i]
+        del leaf.flags[i:end]
     if leaf.size < txn.capacity // 4 or not leaf.keys:
         _rebalance_up(txn, db, path, False, True)
 

@@ -10,6 +10,7 @@ It checks, against the snapshot of the newest usable meta:
 - keys strictly increasing inside a page and within the bounds set by the parent's
   separators; all leaves at the same depth; no page overfull;
 - each database record's depth and page and entry counts;
+- the entries of dupsort databases: well-formed (key, value) pairs (kvmm.dupsort);
 - overflow runs: header, length, checksum;
 - the free records: well formed, written by a txnid not newer than the meta;
 - the reader table: no snapshot newer than the newest commit.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from . import format as fmt
 from .errors import Error
+from .dupsort import check_pair
 from .freelist import WEAK_BORN, key_txnid
 
 
@@ -71,7 +73,8 @@ class Checker:
         a bit of ``keep`` (all of them when ``keep`` is None), for callers that look
         inside values: the main tree's named-db records, the free tree's records."""
         root, root_txnid, depth, _flags, entries, branches, leaves, overflows = record
-        counts = {"entries": 0, "branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0}
+        counts = {"entries": 0, "branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0,
+                  "dupsort": _flags & fmt.DB_DUPSORT}
         out: list = []
         depths: set = set()
         if root:
@@ -118,6 +121,12 @@ class Checker:
             if high is not None and body[-1] >= high:
                 self.problem(f"{where}: key not below the next separator")
         if node.kids is None:
+            if counts.get("dupsort"):
+                for k, stored in zip(keys, node.vals):
+                    why = check_pair(k) or (stored and "dupsort entry with a stored value")
+                    if why:
+                        self.problem(f"{where}: {why}")
+                        break
             counts["leaf_pages"] += 1
             counts["entries"] += len(keys)
             depths.add(level)

@@ -75,9 +75,10 @@ def _copy_compact(env, path: str, txn, progress) -> None:
         names: list = []
         _copy_db(txn, None, dst, None, progress, names)
         for name in names:
-            src_db = env.open_db(name, txn=txn, create=False)
+            dup = bool(txn._find_db_record(name)[3] & fmt.DB_DUPSORT)
+            src_db = env.open_db(name, txn=txn, create=False, dupsort=dup)
             wtxn = dst.begin(write=True)
-            dst_db = dst.open_db(name, txn=wtxn)
+            dst_db = dst.open_db(name, txn=wtxn, dupsort=dup)
             wtxn.commit()
             _copy_db(txn, src_db, dst, dst_db, progress, [])
         dst.sync(True)
@@ -90,7 +91,11 @@ def _copy_compact(env, path: str, txn, progress) -> None:
 
 
 def _entries(txn, db, names):
-    """Yield (key, value) of plain entries; collect named-database keys in ``names``."""
+    """Yield (key, value) of plain entries (pairs, of a dupsort database); collect
+    named-database keys in ``names``."""
+    if db is not None and db.flags & fmt.DB_DUPSORT:
+        yield from txn.cursor(db)
+        return
     cur = txn.cursor(db)
     if not cur.first():
         return

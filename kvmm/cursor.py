@@ -78,8 +78,8 @@ class Cursor:
     Use as py-lmdb's Cursor; also iterable (``for key, value in cursor``).
     """
 
-    __slots__ = ("_txn", "_db", "_state", "_path", "_positioned", "_gen", "_key",
-                 "__weakref__")
+    __slots__ = ("_txn", "_db", "_state", "_path", "_positioned", "_eof", "_on_entry",
+                 "_gen", "_key", "__weakref__")
 
     def __init__(self, db, txn):
         txn._live()
@@ -88,6 +88,8 @@ class Cursor:
         self._state = txn._state(db)
         self._path = None
         self._positioned = False
+        self._eof = False
+        self._on_entry = False
         self._gen = txn._gen
         self._key = b""
         txn._cursors.add(self)
@@ -101,12 +103,21 @@ class Cursor:
         return txn
 
     def _sync(self) -> bool:
-        """Bring the path up to date after writes; True if the cursor is positioned
-        on an entry (a write may have deleted it: ``_exact`` then says so)."""
-        return self._resync() and self._positioned
+        """Bring the path up to date after writes and re-read the entry, as py-lmdb's
+        key()/value() do (MDB_GET_CURRENT): the cursor then stands on its key, or
+        after that key's deletion on the entry that followed it — even if its last
+        move had failed, unless that move ran off the end. True if it stands on an
+        entry."""
+        txn = self._check()
+        if self._gen != txn._gen:
+            self._resync()
+            self._positioned = self._on_entry
+        return self._positioned
 
     def _resync(self) -> bool:
-        """Find the path again after writes; True if the cursor's key still exists."""
+        """Find the path again after writes, leaving ``_positioned`` as it was (as
+        py-lmdb's own flag is); True if the cursor's key still exists. Sets
+        ``_on_entry``: whether the path now stands on an entry."""
         txn = self._check()
         if self._gen == txn._gen:
             return self._path is not None
@@ -114,18 +125,21 @@ class Cursor:
         self._state = txn._state(self._db)
         path = descend(txn.load, self._state, self._key) if self._path is not None else None
         self._path = path
+        self._on_entry = False
         if path is None:
             self._positioned = False
             return False
         leaf, i = path[-1]
         exact = i < len(leaf.keys) and leaf.keys[i] == self._key
-        if not exact:
-            self._positioned = False
+        if i < len(leaf.keys) or path_next(txn.load, path):
+            self._on_entry = True
         return exact
 
-    def _settle(self, ok: bool) -> bool:
-        """Record the outcome of a move: the current key, or unpositioned."""
+    def _settle(self, ok: bool, eof: bool = False) -> bool:
+        """Record the outcome of a move: the current key, or unpositioned (``eof``:
+        because the move ran off the end)."""
         self._positioned = ok
+        self._eof = eof and not ok
         if ok:
             leaf, i = self._path[-1]
             self._key = leaf.keys[i]
@@ -177,14 +191,15 @@ class Cursor:
             exact = self._resync()
             if self._path is None:
                 return self._settle(False)
-            if not exact:
+            if not exact and not self._eof:
                 # The entry went away: the cursor already stands on its successor.
-                if not self._at_end():
-                    return self._settle(True)
-                return self._settle(path_next(txn.load, self._path) and not self._at_end())
+                return self._settle(self._on_entry, eof=not self._on_entry)
+        path = self._path
         if self._at_end():
-            return self._settle(path_next(txn.load, self._path) and not self._at_end())
-        return self._settle(path_next(txn.load, self._path))
+            ok = path_next(txn.load, path) and not self._at_end()
+        else:
+            ok = path_next(txn.load, path)
+        return self._settle(ok, eof=not ok)
 
     def prev(self) -> bool:
         """Move to the previous entry (the last if unpositioned). O(1) amortised."""
@@ -197,28 +212,41 @@ class Cursor:
                 return self._settle(False)
         return self._settle(path_prev(txn.load, self._path))
 
+    def _seek_key(self, key):
+        """``key`` as bytes for a seek, or None for one too long to exist. As in
+        py-lmdb, a refused key leaves the cursor unpositioned."""
+        try:
+            return _key_bytes(key)
+        except BadValsizeError:
+            self._positioned = False
+            if key:
+                return None
+            raise
+
     def set_key(self, key) -> bool:
         """Move to ``key`` exactly; False (unpositioned) when absent. O(log n)."""
-        key = _key_bytes(key)
-        txn = self._check()
-        self._gen = txn._gen
-        self._state = txn._state(self._db)
-        self._path = path = descend(txn.load, self._state, key)
-        if path is None:
-            return self._settle(False)
-        leaf, i = path[-1]
-        ok = i < len(leaf.keys) and leaf.keys[i] == key
-        self._settle(ok)
-        if not ok:
-            self._key = key
-        return ok
+        key = self._seek_key(key)
+        if key is None:
+            return False
+        found = self._seek(key)
+        if found and self._path[-1][0].keys[self._path[-1][1]] == key:
+            return True
+        # A miss leaves the cursor at the insertion point, as LMDB's.
+        self._positioned = False
+        return False
 
     def set_range(self, key) -> bool:
         """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
         if not key:
             return self.first()  # as py-lmdb: an empty key means "from the start"
-        key = _key_bytes(key)
+        key = self._seek_key(key)
+        return False if key is None else self._seek(key)
+
+    def _seek(self, key: bytes) -> bool:
+        """Move to the first entry whose tree key is >= ``key`` (not validated). A
+        miss leaves the cursor at the insertion point, as LMDB's."""
         txn = self._check()
+        self._key = key
         self._gen = txn._gen
         self._state = txn._state(self._db)
         self._path = path = descend(txn.load, self._state, key)
@@ -226,7 +254,7 @@ class Cursor:
             return self._settle(False)
         if self._at_end():
             ok = path_next(txn.load, path) and not self._at_end()
-            return self._settle(ok)
+            return self._settle(ok, eof=not ok)
         return self._settle(True)
 
     # --- reading --------------------------------------------------------------------
@@ -421,7 +449,8 @@ class Cursor:
     def delete(self, dupdata=False) -> bool:
         """Delete the current entry and move to the next; False when unpositioned."""
         txn = self._check()
-        if not self._sync():
+        self._resync()
+        if not self._positioned:
             return False
         leaf, i = self._path[-1]
         key = leaf.keys[i]

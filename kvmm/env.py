@@ -526,11 +526,10 @@ class Environment:
         if isinstance(key, str):
             raise TypeError("database names are bytes")
         key = bytes(key)
-        if dupsort:
-            raise NotImplementedError("dupsort databases are not supported yet")
         if reverse_key or integerkey or integerdup or dupfixed:
-            raise NotImplementedError("only plain and named databases are supported")
-        flags = 0
+            raise NotImplementedError("reverse_key, integerkey, integerdup and dupfixed "
+                                      "databases are not supported")
+        flags = fmt.DB_DUPSORT if dupsort else 0
         db = self._dbs.get(key)
         if db is not None:
             if db.flags != flags:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left, bisect_right
 
+from . import dupsort
 from . import format as fmt
 from .btree import DbState, Node, descend, insert, remove_at, replace_at
 from .cursor import Cursor, _key_bytes
@@ -209,6 +210,8 @@ class Transaction:
             self._live()
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
+        if state.flags:
+            return dupsort.get(self, state, key, default)
         pgno = state.root
         if not pgno:
             return default
@@ -253,7 +256,10 @@ class Transaction:
     def cursor(self, db=None) -> Cursor:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
-        return Cursor(db if db is not None else self._default_db, self)
+        db = db if db is not None else self._default_db
+        if db.flags & fmt.DB_DUPSORT:
+            return dupsort.DupCursor(db, self)
+        return Cursor(db, self)
 
     def stat(self, db=None) -> dict:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
@@ -306,6 +312,8 @@ class Transaction:
         state = self._dbs.get(db if db is not None else self._default_db)
         if state is None or not self.write or self._done:
             state = self._writable(db)
+        if state.flags:
+            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if value.__class__ is not bytes:
@@ -359,7 +367,11 @@ class Transaction:
         return True
 
     def replace(self, key, value, db=None):
-        """Store ``value`` under ``key``; return the previous value or None."""
+        """Store ``value`` under ``key``; return the previous value or None. In a
+        dupsort database every value of ``key`` is replaced; the first is returned."""
+        if self._writable(db).flags:
+            return dupsort.replace(self, db if db is not None else self._default_db, key,
+                                   value)
         old = self.get(key, db=db)
         if old is not None and self._buffers:
             old = bytes(old)
@@ -367,7 +379,10 @@ class Transaction:
         return old
 
     def pop(self, key, db=None):
-        """Delete ``key``; return its value, or None when absent."""
+        """Delete ``key``; return its value, or None when absent. In a dupsort
+        database only the first value is deleted and returned."""
+        if self._writable(db).flags:
+            return dupsort.pop(self, db if db is not None else self._default_db, key)
         old = self.get(key, db=db)
         if old is None:
             return None
@@ -377,8 +392,11 @@ class Transaction:
         return old
 
     def delete(self, key, value=b"", db=None) -> bool:
-        """Delete ``key``; False when absent. O(log n)."""
+        """Delete ``key`` (in a dupsort database: the pair (key, value), or every
+        value of ``key`` when ``value`` is empty); False when absent. O(log n)."""
         state = self._writable(db)
+        if state.flags:
+            return dupsort.delete(self, state, key, value)
         key = _key_bytes(key)
         path = descend(self.load, state, key)
         if path is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import dupsort
 from .. import format as fmt
 from ..env import DATA_NAME, LOCK_NAME, LOCK_SUFFIX, Environment
 from ..errors import IncompatibleError, NotFoundError
@@ -98,13 +99,18 @@ def named_dbs(txn) -> list[bytes]:
 
 def plain_entries(txn, db):
     """Yield ``(key, value)`` of ``db`` in key order, leaving out the named-database
-    records of the main database (they are databases, not data).
+    records of the main database (they are databases, not data). A dupsort database
+    yields each of its (key, value) pairs.
 
     It walks the leaves rather than stepping a cursor: O(1) per entry, and a leaf
     without flagged entries (no overflow value, no named database) is yielded whole.
     """
     value_of = txn._value
     subdb = fmt.F_SUBDB
+    if db.flags & fmt.DB_DUPSORT:
+        for leaf in tree_leaves(txn, txn._state(db).record()):
+            yield from map(dupsort.split, leaf.keys)
+        return
     for leaf in tree_leaves(txn, txn._state(db).record()):
         if leaf.flags is None:
             yield from zip(leaf.keys, leaf.vals)
@@ -120,7 +126,9 @@ def open_named(env, txn, name: bytes | None):
     if name is None:
         return env.open_db(None)
     try:
-        return env.open_db(name, txn=txn, create=False)
+        record = txn._find_db_record(name)
+        dup = record is not None and bool(record[3] & fmt.DB_DUPSORT)
+        return env.open_db(name, txn=txn, create=False, dupsort=dup)
     except (NotFoundError, IncompatibleError):
         raise CliError(f"{env.path()}: no database named {show(name)}") from None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from ..format import DB_DUPSORT
 from . import dumpfmt
 from .common import CliError, binary_stdout, named_dbs, open_env, open_named, plain_entries
 from .progress import Progress
@@ -71,7 +72,8 @@ def run(args) -> int:
         for name, db in _databases(env, txn, args):
             try:
                 head = dumpfmt.header(
-                    name, args.printable, mapsize, info["max_readers"], txn.page_size
+                    name, args.printable, mapsize, info["max_readers"], txn.page_size,
+                    dupsort=bool(db.flags & DB_DUPSORT),
                 )
             except ValueError as e:
                 raise CliError(str(e)) from None

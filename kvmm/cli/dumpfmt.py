@@ -30,10 +30,10 @@ import binascii
 import re
 
 VERSION = 3
-#: Header keywords that name database flags; kvmm supports none of them yet.
+#: Header keywords that name sorted duplicates (``mdb_dump`` writes both).
+DUPSORT_KEYWORDS = ("duplicates", "dupsort")
+#: Header keywords that name database flags kvmm does not support.
 FLAG_KEYWORDS = (
-    "duplicates",
-    "dupsort",
     "reversekey",
     "integerkey",
     "dupfixed",
@@ -84,7 +84,8 @@ hexlify = binascii.hexlify
 
 
 def header(
-    name: bytes | None, printable: bool, mapsize: int, maxreaders: int, pagesize: int
+    name: bytes | None, printable: bool, mapsize: int, maxreaders: int, pagesize: int,
+    dupsort: bool = False,
 ) -> bytes:
     """The header of one block, up to and including ``HEADER=END``."""
     lines = [b"VERSION=%d" % VERSION, b"format=print" if printable else b"format=bytevalue"]
@@ -99,6 +100,7 @@ def header(
         b"type=btree",
         b"mapsize=%d" % mapsize,
         b"maxreaders=%d" % maxreaders,
+        *([b"duplicates=1", b"dupsort=1"] if dupsort else []),
         b"db_pagesize=%d" % pagesize,
         b"HEADER=END",
         b"",

@@ -5,8 +5,9 @@
   else ``-s NAME``, else the main database.
 - ``-N`` keeps the value of keys that exist already; ``-T`` reads plain-text lines, a
   key line then a value line, escaped as the ``print`` format, with no header.
-- Unknown header keywords are ignored with a warning; flags kvmm lacks (``dupsort``
-  and the others) stop the restore, since their data would not mean the same.
+- Unknown header keywords are ignored with a warning; ``duplicates``/``dupsort`` make
+  a dupsort database; the flags kvmm lacks (``reversekey``, ``integerkey`` and the
+  others) stop the restore, since their data would not mean the same.
 - It commits every :data:`BATCH` records, so memory stays flat however long the input;
   a bad line stops it with ``line N: <what is wrong>``: the batches before it stay
   committed (and synced), the batch holding the bad line is not.
@@ -72,12 +73,13 @@ class InputError(CliError):
 class Header:
     """What one block's header says."""
 
-    __slots__ = ("name", "page_size", "printable")
+    __slots__ = ("name", "page_size", "printable", "dupsort")
 
     def __init__(self):
         self.name: bytes | None = None
         self.printable = False
         self.page_size: int | None = None
+        self.dupsort = False
 
 
 def _strip(line: bytes) -> bytes:
@@ -136,11 +138,11 @@ class DumpReader:
                     f"line {self.lineno}: db_pagesize={size} is not a kvmm page size; "
                     "a new database gets the default"
                 )
+        elif keyword in dumpfmt.DUPSORT_KEYWORDS:
+            head.dupsort = self._number(keyword, value) != 0
         elif keyword in dumpfmt.FLAG_KEYWORDS:
-            kind = "dupsort" if keyword == "duplicates" else keyword
-            yet = " yet" if kind == "dupsort" else ""
             raise InputError(
-                self.lineno, f"{keyword}={shown}: {kind} databases are not supported by kvmm{yet}"
+                self.lineno, f"{keyword}={shown}: {keyword} databases are not supported by kvmm"
             )
         elif keyword != "mapaddr":
             self._warn(f"line {self.lineno}: unrecognized keyword ignored: {keyword}")
@@ -217,7 +219,12 @@ def run(args) -> int:
         if args.text:
             load(default, reader.text_records())
         while head is not None:
-            load(head.name if head.name is not None else default, reader.records(head.printable))
+            name = head.name if head.name is not None else default
+            if head.dupsort and name is None:
+                raise InputError(
+                    reader.lineno, "a dupsort main database is not supported by kvmm: "
+                    "restore it into a named one with -s NAME")
+            load(name, reader.records(head.printable), head.dupsort)
             head = reader.header()
     return 0
 
@@ -232,10 +239,10 @@ class _Loader:
         self.progress = progress
         self.stream = stream
 
-    def __call__(self, name: bytes | None, records) -> None:
+    def __call__(self, name: bytes | None, records, dupsort: bool = False) -> None:
         env, reader, overwrite = self.env, self.reader, self.overwrite
         try:
-            db = env.open_db(name)
+            db = env.open_db(name, dupsort=dupsort) if name is not None else env.open_db(None)
         except Error as e:
             what = "the main database" if name is None else f"database {show(name)}"
             raise InputError(reader.lineno, f"{what}: {e}") from None

@@ -1,0 +1,481 @@
+"""Sorted duplicates (``dupsort=True``): a key holding a sorted set of values.
+
+A dupsort database is a B+tree like any other, whose tree keys are *pairs*: the key,
+escaped so that it sorts as itself and ends unambiguously, followed by the value; the
+tree's stored values are empty. Sorting pairs sorts by key, then by value — LMDB's
+order — and every operation on a key with a million values is a B+tree operation,
+O(log n), with no special pages. (LMDB nests a sub-tree per key instead; this design
+repeats the key per value, which costs space for long keys, and buys one code path.)
+
+Pair encoding (declared here, and checked by ``kvmm.check``)::
+
+    pair = key with every 0x00 written as 0x00 0xFF, then 0x00 0x00, then the value
+
+Every pair of ``key`` lies in ``[floor(key), ceiling(key))`` where ``floor`` is the
+escaped key and its terminator and ``ceiling`` the escaped key then 0x00 0x01: an
+escaped key never holds 0x00 0x00, and a longer key with the same prefix continues
+with 0x00 0xFF or a byte above 0x00.
+
+Values are 1 to MAX_KEY_SIZE bytes, as in LMDB, where they are the keys of the
+nested tree.
+"""
+
+from __future__ import annotations
+
+from .btree import descend, insert, remove_range
+from .cursor import Cursor, _key_bytes, path_next
+from .errors import BadValsizeError, CorruptedError
+from .format import MAX_KEY_SIZE
+
+TERMINATOR = b"\x00\x00"
+_ESCAPED_NUL = b"\x00\xff"
+_AFTER = b"\x00\x01"
+
+
+def floor(key: bytes) -> bytes:
+    """The smallest pair of ``key`` (its escaped key and terminator)."""
+    return key.replace(b"\x00", _ESCAPED_NUL) + TERMINATOR
+
+
+def ceiling(key: bytes) -> bytes:
+    """A tree key above every pair of ``key`` and below every pair of the next key."""
+    return key.replace(b"\x00", _ESCAPED_NUL) + _AFTER
+
+
+def pair(key: bytes, value: bytes) -> bytes:
+    return key.replace(b"\x00", _ESCAPED_NUL) + TERMINATOR + value
+
+
+def split(raw: bytes) -> tuple[bytes, bytes]:
+    """(key, value) of a pair; CorruptedError for bytes that are not one."""
+    t = raw.find(TERMINATOR)
+    if t <= 0:
+        raise CorruptedError("dupsort entry without a key terminator")
+    return raw[:t].replace(_ESCAPED_NUL, b"\x00"), raw[t + 2 :]
+
+
+def check_pair(raw: bytes) -> str | None:
+    """What is wrong with a stored pair, or None."""
+    t = raw.find(TERMINATOR)
+    if t <= 0:
+        return "dupsort entry without a key terminator"
+    escaped = raw[:t]
+    if escaped.replace(_ESCAPED_NUL, b"").find(b"\x00") >= 0:
+        return "dupsort entry with a badly escaped key"
+    key = escaped.replace(_ESCAPED_NUL, b"\x00")
+    if len(key) > MAX_KEY_SIZE or len(raw) - t - 2 > MAX_KEY_SIZE:
+        return "dupsort entry with a key or value too long"
+    return None
+
+
+def _value_bytes(value) -> bytes:
+    from .txn import _value_bytes as as_bytes
+
+    value = as_bytes(value)
+    if not value or len(value) > MAX_KEY_SIZE:
+        raise BadValsizeError(
+            f"value of {len(value)} bytes: dupsort values are 1 to {MAX_KEY_SIZE} bytes")
+    return value
+
+
+def _first_at(txn, state, raw: bytes):
+    """The path to the first entry >= ``raw``, and that entry; (None, None) past the
+    end."""
+    path = descend(txn.load, state, raw)
+    if path is None:
+        return None, None
+    leaf, i = path[-1]
+    if i >= len(leaf.keys):
+        if not path_next(txn.load, path):
+            return None, None
+        leaf, i = path[-1]
+    return path, leaf.keys[i]
+
+
+# --- transaction operations -----------------------------------------------------------
+
+
+def get(txn, state, key: bytes, default):
+    """The first value of ``key``. O(log n)."""
+    low = floor(key)
+    _, raw = _first_at(txn, state, low)
+    if raw is None or not raw.startswith(low):
+        return default
+    value = raw[len(low) :]
+    return memoryview(value) if txn._buffers else value
+
+
+def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) -> bool:
+    """Add ``value`` to the values of ``key``. False when ``overwrite`` is off and the
+    key has values, when ``dupdata`` is off and the pair exists, or when ``append`` is
+    on and the pair does not sort last. O(log n)."""
+    key = _key_bytes(key)
+    value = _value_bytes(value)
+    low = floor(key)
+    _, first = _first_at(txn, state, low)
+    has_values = first is not None and first.startswith(low)
+    if has_values:
+        if not overwrite:
+            return False
+    raw = low + value
+    path = descend(txn.load, state, raw)
+    if path is not None:
+        leaf, i = path[-1]
+        if i < len(leaf.keys) and leaf.keys[i] == raw:
+            return bool(dupdata) and not append
+        if append and (i < len(leaf.keys) or any(
+                pi != len(p.keys) - 1 for p, pi in path[:-1])):
+            return False
+    txn._gen += 1
+    txn._tail = None
+    insert(txn, state, path, raw, b"", 0, append)
+    return True
+
+
+def delete(txn, state, key, value) -> bool:
+    """Delete the pair (key, value), or every value of ``key`` when ``value`` is
+    empty. O(log n) per leaf of values."""
+    key = _key_bytes(key)
+    if value:
+        raw = pair(key, _value_bytes(value))
+        path = descend(txn.load, state, raw)
+        if path is None:
+            return False
+        leaf, i = path[-1]
+        if i >= len(leaf.keys) or leaf.keys[i] != raw:
+            return False
+        txn._gen += 1
+        remove_range(txn, state, path, i + 1)
+        return True
+    return delete_all(txn, state, key)
+
+
+def delete_all(txn, state, key: bytes) -> bool:
+    """Delete every value of ``key``, a leaf's worth at a time."""
+    low, high = floor(key), ceiling(key)
+    found = False
+    while True:
+        path, raw = _first_at(txn, state, low)
+        if raw is None or not raw.startswith(low):
+            return found
+        leaf, i = path[-1]
+        end = i
+        keys = leaf.keys
+        while end < len(keys) and keys[end] < high:
+            end += 1
+        txn._gen += 1
+        remove_range(txn, state, path, end)
+        found = True
+
+
+def pop(txn, db, key):
+    cur = DupCursor(db, txn)
+    try:
+        return cur.pop(key)
+    finally:
+        cur.close()
+
+
+def replace(txn, db, key, value):
+    cur = DupCursor(db, txn)
+    try:
+        return cur.replace(key, value)
+    finally:
+        cur.close()
+
+
+# --- cursor ---------------------------------------------------------------------------
+
+
+class DupCursor(Cursor):
+    """A cursor on a dupsort database: positioned on one (key, value) pair."""
+
+    __slots__ = ()
+
+    def _raw(self) -> bytes:
+        leaf, i = self._path[-1]
+        return leaf.keys[i]
+
+    def _view(self, b: bytes):
+        return memoryview(b) if self._txn._buffers else b
+
+    def key(self):
+        if not self._sync():
+            return b""
+        return self._view(split(self._raw())[0])
+
+    def value(self):
+        if not self._sync():
+            return b""
+        return self._view(split(self._raw())[1])
+
+    def item(self) -> tuple:
+        if not self._sync():
+            return b"", b""
+        k, v = split(self._raw())
+        return self._view(k), self._view(v)
+
+    # --- positioning ----------------------------------------------------------------
+
+    def set_key(self, key) -> bool:
+        """Move to the first value of ``key``; False when absent."""
+        key = self._seek_key(key)
+        if key is None:
+            return False
+        low = floor(key)
+        ok = self._seek(low) and self._raw().startswith(low)
+        self._positioned = ok
+        return ok
+
+    def set_range(self, key) -> bool:
+        """Move to the first value of the first key >= ``key``."""
+        if not key:
+            return self.first()
+        key = self._seek_key(key)
+        return False if key is None else self._seek(floor(key))
+
+    def _seek_pair(self, key, value):
+        """pair(key, value) for a seek, or None when no such pair can exist (an
+        empty or too long value: dupsort values are 1 to 511 bytes)."""
+        key = self._seek_key(key)
+        try:
+            value = _value_bytes(value)
+        except BadValsizeError:
+            self._positioned = False
+            return None
+        return None if key is None else pair(key, value)
+
+    def set_key_dup(self, key, value) -> bool:
+        """Move to the pair (key, value) exactly."""
+        raw = self._seek_pair(key, value)
+        ok = raw is not None and self._seek(raw) and self._raw() == raw
+        self._positioned = ok
+        return ok
+
+    def set_range_dup(self, key, value) -> bool:
+        """Move to the first value >= ``value`` of ``key``; False when none."""
+        raw = self._seek_pair(key, value)
+        ok = raw is not None and self._seek(raw) and self._raw().startswith(
+            floor(split(raw)[0]))
+        self._positioned = ok
+        return ok
+
+    def first_dup(self) -> bool:
+        """Move to the first value of the current key."""
+        key = self._anchor()
+        return key is not None and self._seek(floor(key))
+
+    def last_dup(self) -> bool:
+        """Move to the last value of the current key."""
+        key = self._anchor()
+        if key is None:
+            return False
+        if self._seek(ceiling(key)):
+            return self.prev()
+        return self.last()
+
+    def _step_within(self, forward: bool) -> bool:
+        """next/prev, but only to a value of the same key; else stay, unpositioned."""
+        key = self._anchor()
+        if key is None:
+            return False
+        saved = [step[:] for step in self._path]
+        low = floor(key)
+        if (self.next() if forward else self.prev()) and self._raw().startswith(low):
+            return True
+        self._restore(saved)
+        return False
+
+    def _restore(self, saved: list) -> None:
+        """Put the cursor back where a failed move found it, unpositioned (LMDB's
+        cursor does not move when a dup move fails)."""
+        self._path = saved
+        leaf, i = saved[-1]
+        self._key = leaf.keys[i] if i < len(leaf.keys) else self._key
+        self._positioned = False
+        self._eof = False
+
+    def next_dup(self) -> bool:
+        """Move to the next value of the current key; False after its last."""
+        return self._step_within(True)
+
+    def prev_dup(self) -> bool:
+        """Move to the previous value of the current key; False before its first."""
+        return self._step_within(False)
+
+    def _anchor(self):
+        """The key of the pair the cursor's path points at, positioned or not (after
+        a miss LMDB's cursor still stands at the insertion point); None when the
+        path points past the end."""
+        if not self._sync() and self._path is None:
+            return None
+        leaf, i = self._path[-1]
+        return split(leaf.keys[i])[0] if 0 <= i < len(leaf.keys) else None
+
+    def next_nodup(self) -> bool:
+        """Move to the first value of the next key."""
+        if self._path is None:
+            return self.first()
+        key = self._anchor()
+        if key is None:
+            return False
+        saved = [step[:] for step in self._path]
+        if self._seek(ceiling(key)):
+            return True
+        self._restore(saved)
+        return False
+
+    def prev_nodup(self) -> bool:
+        """Move to the last value of the previous key."""
+        if self._path is None:
+            return self.last()
+        key = self._anchor()
+        if key is None:
+            return self.last()
+        saved = [step[:] for step in self._path]
+        self._seek(floor(key))
+        if self.prev():
+            return True
+        self._restore(saved)
+        return False
+
+    def count(self) -> int:
+        """How many values the current key has. O(log n + values / leaf)."""
+        key = self._anchor()
+        if key is None:
+            return 0
+        txn = self._txn
+        path, raw = _first_at(txn, self._state, floor(key))
+        high = ceiling(key)
+        n = 0
+        while True:
+            leaf, i = path[-1]
+            keys = leaf.keys
+            j = i
+            while j < len(keys) and keys[j] < high:
+                j += 1
+            n += j - i
+            if j < len(keys):
+                return n
+            path[-1][1] = len(keys) - 1
+            if not path_next(txn.load, path):
+                return n
+
+    def get(self, key, default=None):
+        if self.set_key(key):
+            return self.value()
+        return default
+
+    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False):
+        """[(key, value)]: the first value of each present key, or every value with
+        ``dupdata``."""
+        out = []
+        for key in keys:
+            if self.set_key(key):
+                if dupdata:
+                    out.extend(self.iternext_dup(keys=True, values=True))
+                else:
+                    out.append(self.item())
+        return out
+
+    # --- iteration ------------------------------------------------------------------
+
+    def _decoded(self, raws, keys: bool, values: bool):
+        view = self._view
+        for raw in raws:
+            k, v = split(raw)
+            if keys and values:
+                yield view(k), view(v)
+            else:
+                yield view(k) if keys else view(v)
+
+    def iternext(self, keys=True, values=True):
+        if not self._sync():
+            self.first()
+        if self._txn.write:
+            return self._iter_moves(self.next, keys, values)
+        return self._decoded(self._walk(True, False, True), keys, values)
+
+    def iterprev(self, keys=True, values=True):
+        if not self._sync():
+            self.last()
+        if self._txn.write:
+            return self._iter_moves(self.prev, keys, values)
+        return self._decoded(self._walk(True, False, False), keys, values)
+
+    __iter__ = iternext
+
+    def _iter_moves(self, move, keys: bool, values: bool):
+        while self._sync():
+            k, v = split(self._raw())
+            if keys and values:
+                yield self._view(k), self._view(v)
+            else:
+                yield self._view(k) if keys else self._view(v)
+            if not move():
+                return
+
+    def iternext_dup(self, keys=False, values=True):
+        """The current key's values from the current one on."""
+        return self._iter_moves(self.next_dup, keys, values)
+
+    def iterprev_dup(self, keys=False, values=True):
+        return self._iter_moves(self.prev_dup, keys, values)
+
+    def iternext_nodup(self, keys=True, values=False):
+        """Each key once (with its first value), from the current one on."""
+        if not self._sync():
+            self.first()
+        return self._iter_moves(self.next_nodup, keys, values)
+
+    def iterprev_nodup(self, keys=True, values=False):
+        """Each key once (with its last value), from the current one back."""
+        if not self._sync():
+            self.last()
+        return self._iter_moves(self.prev_nodup, keys, values)
+
+    # --- writing --------------------------------------------------------------------
+
+    def put(self, key, value, dupdata=True, overwrite=True, append=False) -> bool:
+        txn = self._check()
+        ok = txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append,
+                     db=self._db)
+        if not self.set_key_dup(key, value):
+            self.set_key(key)
+        return ok
+
+    def delete(self, dupdata=False) -> bool:
+        """Delete the current pair (every value of its key with ``dupdata``) and move
+        to the pair that followed."""
+        txn = self._check()
+        self._resync()
+        if not self._positioned:
+            return False
+        raw = self._raw()
+        if dupdata:
+            key = split(raw)[0]
+            delete_all(txn, self._state, key)
+            raw = ceiling(key)
+        else:
+            txn._gen += 1
+            remove_range(txn, self._state, self._path, self._path[-1][1] + 1)
+        if not self._seek(raw):
+            self._positioned = False
+        return True
+
+    def replace(self, key, value):
+        """Replace every value of ``key`` by ``value``; return the first old one."""
+        old = None
+        if self.set_key(key):
+            old = bytes(self.value())
+            self.delete(dupdata=True)
+        self.put(key, value)
+        return old
+
+    def pop(self, key):
+        """Delete the first value of ``key`` and return it; None when absent."""
+        if not self.set_key(key):
+            return None
+        old = bytes(self.value())
+        self.delete()
+        return old
