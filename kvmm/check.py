@@ -35,6 +35,7 @@ class Checker:
         self.meta = txn.meta
         self.ps = env._page_size
         self.problems: list[str] = []
+        self.notes: list[str] = []  # findings that lose nothing (a torn spare meta)
         self.seen: dict[int, str] = {}  # pgno -> what uses it
         self.progress = progress
 
@@ -168,13 +169,18 @@ class Checker:
     def run(self) -> list[str]:
         env, meta = self.env, self.meta
         mm = self.txn._mm
-        for slot, m in enumerate(env._metas(mm)):
+        metas = env._metas(mm)
+        for slot, m in enumerate(metas):
             if m is None:
-                self.problem(f"meta {slot}: unreadable (bad checksum, magic or version)")
-        size = env._datafile.size()
-        if size < meta.next_pgno * self.ps:
-            self.problem(f"file is {size} bytes, meta needs {meta.next_pgno * self.ps}")
-            return self.problems
+                what = f"meta {slot}: unreadable (bad checksum, magic or version)"
+                if metas[1 - slot] is not None and metas[1 - slot].steady:
+                    # A crash tears only the meta a commit was writing, which the other,
+                    # steady one outlives: nothing is lost, and the next read-write
+                    # open (or commit) writes the slot anew.
+                    self.notes.append(what + "; the other meta is used (a torn write "
+                                      "or damage: the next read-write open mends it)")
+                else:
+                    self.problem(what)
         main = self.tree("main", meta.main, keep=fmt.F_SUBDB)
         for key, stored, flag in main:
             if flag & fmt.F_SUBDB:
@@ -213,19 +219,24 @@ class Checker:
         return self.problems
 
 
-def check_env(env, progress=None) -> list[str]:
-    """Check the newest snapshot of an open environment; return the problems found."""
+def check_env(env, progress=None, notes: list | None = None) -> list[str]:
+    """Check the newest snapshot of an open environment; return the problems found.
+    Findings that lose nothing (a torn spare meta) go to ``notes`` when given."""
     try:
         txn = env.begin()
     except Error as e:
         return [str(e)]
     try:
-        return Checker(env, txn, progress).run()
+        checker = Checker(env, txn, progress)
+        problems = checker.run()
+        if notes is not None:
+            notes.extend(checker.notes)
+        return problems
     finally:
         txn.abort()
 
 
-def check(path, progress=None, **open_options) -> list[str]:
+def check(path, progress=None, notes: list | None = None, **open_options) -> list[str]:
     """Open ``path`` read-only and check it; return the problems (empty when clean)."""
     from .env import open as open_env
 
@@ -234,6 +245,6 @@ def check(path, progress=None, **open_options) -> list[str]:
     except Error as e:
         return [str(e)]
     try:
-        return check_env(env, progress)
+        return check_env(env, progress, notes)
     finally:
         env.close()

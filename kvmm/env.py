@@ -26,6 +26,7 @@ from .errors import (
     BadTxnError,
     CorruptedError,
     DbsFullError,
+    DiskError,
     Error,
     IncompatibleError,
     InvalidError,
@@ -46,8 +47,9 @@ LOCK_SUFFIX = "-lock"
 # a growing database remaps O(log size) times.
 GROW_MIN = 1 << 20
 GROW_MAX = 1 << 30
-# Free space at the end is given back when it passes a quarter of the file and
-# SHRINK_MIN; what stays is a slack of an eighth of the used size.
+# Free space at the end is given back when it passes half the file (more than a
+# growth step leaves) and SHRINK_MIN; what stays is a slack of an eighth of the used
+# size.
 SHRINK_MIN = 4 << 20
 # With sync=False, a commit becomes steady (synced) once the bytes written since the
 # last steady commit pass AUTOSYNC_MIN and an eighth of the file: pages of the steady
@@ -146,7 +148,7 @@ class Environment:
         try:
             # A file that is not kvmm's is refused before a lock file is made for it.
             if self._datafile.size():
-                self._open_file(page_size)
+                self._open_file(page_size, may_create=False)
             if lock:
                 self._lock = LockFile(lock_path, max_readers, mode, create)
             self._page_size = self._open_file(page_size)
@@ -160,6 +162,7 @@ class Environment:
         self._cache: dict[int, Node] = {}
         self._cache_limit = max(64, cache_size // self._page_size)
         self._meta_key = None
+        self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._meta_seen = None
         self._meta_pick = None
         self._main_db = _Database(self, None, 0)
@@ -171,28 +174,37 @@ class Environment:
         self._pid = os.getpid()
         self._closed = False
         _open_envs.add(self)
+        if not readonly:
+            self._mend_metas()
 
     # --- opening --------------------------------------------------------------------
 
-    def _open_file(self, page_size: int) -> int:
+    def _open_file(self, page_size: int, may_create: bool = True) -> int:
         """Create the two metas of a new file, or read the page size of an existing
-        one. Returns the page size. Refuses files that are not kvmm's."""
+        one. Returns the page size. Refuses files that are not kvmm's.
+
+        A file whose creation a crash cut short (see ``_unborn``) is created anew:
+        it holds no commit. Without ``may_create`` (no lock file yet) such a file is
+        only recognised.
+        """
         df = self._datafile
-        size = df.size()
-        if size == 0 and not self._readonly:
+        if not self._readonly and self._unborn():
+            if not may_create:
+                return page_size
             self._lock_writer()
             try:
-                if df.size() == 0:
+                if self._unborn():
                     empty = (0, 0, 0, 0, 0, 0, 0, 0)
                     meta = fmt.Meta(page_size, 0, fmt.NUM_METAS, fmt.META_STEADY,
                                     self._boot_id, empty, empty)
                     page = fmt.encode_meta(meta).ljust(page_size, b"\0")
+                    df.truncate(0)
                     df.write(0, [page, page])
                     df.sync()
                     return page_size
             finally:
                 self._unlock_writer()
-            size = df.size()
+        size = df.size()
         head = df.pread(fmt.MAX_PAGE_SIZE, 0)
         first_error = None
         try:
@@ -213,6 +225,37 @@ class Environment:
                 pass
             psize *= 2
         raise type(first_error)(f"{self._data_path}: {first_error}")
+
+    def _unborn(self) -> bool:
+        """Whether the data file holds no commit because its creation never finished:
+        it is empty, or at most two of the largest pages, starts with kvmm's magic or
+        zeros, names no commit in meta 0 and holds no valid meta but the creating one
+        cut short. O(1)."""
+        df = self._datafile
+        size = df.size()
+        if size == 0:
+            return True
+        if size > fmt.NUM_METAS * fmt.MAX_PAGE_SIZE:
+            return False
+        head = df.pread(size, 0)
+        if head[: len(fmt.MAGIC)] not in (fmt.MAGIC, bytes(len(fmt.MAGIC))):
+            return False
+        at = fmt.META_TXNID_OFFSET
+        if any(head[at : at + 8]):
+            return False  # meta 0 names a commit: a damaged database, not an unborn one
+        try:
+            meta = fmt.decode_meta(head)
+            return meta.txnid == 0 and size < fmt.NUM_METAS * meta.page_size
+        except Error:
+            pass
+        psize = fmt.MIN_PAGE_SIZE
+        while psize <= fmt.MAX_PAGE_SIZE and size >= 2 * psize:
+            try:
+                fmt.decode_meta(head[psize:])
+                return False
+            except Error:
+                psize *= 2
+        return True
 
     # --- metas ----------------------------------------------------------------------
 
@@ -255,10 +298,72 @@ class Environment:
         at = fmt.META_TXNID_OFFSET
         key = (mm[at : at + 8], mm[ps + at : ps + at + 8])  # each meta's txnid
         if key != self._meta_key:
-            self._meta_seen = self._metas(mm)
-            self._meta_pick = self._pick(self._meta_seen)
-            self._meta_key = key
+            metas = self._metas(mm)
+            if self._meta_undo is not None:
+                # A failed commit's meta is in the slot: what counts is what it held.
+                slot, old = self._meta_undo
+                metas = list(metas)
+                try:
+                    metas[slot] = fmt.decode_meta(old)
+                except Error:
+                    metas[slot] = None
+                metas = tuple(metas)
+            self._meta_seen = metas
+            self._meta_pick = self._pick(metas)
+            self._meta_key = None if self._meta_undo is not None else key
         return self._meta_pick
+
+    def _put_meta(self, mm, slot: int, meta, sync: bool) -> None:
+        """Write ``meta`` into ``slot`` (and sync). If that fails, the caller hears
+        that its commit failed, so the meta must not show: the slot's old bytes are
+        written back. On a disk that still fails, this environment ignores the slot
+        and the next writer writes them back first."""
+        ps = self._page_size
+        old = mm[slot * ps : (slot + 1) * ps]
+        try:
+            self._datafile.write(slot * ps, [fmt.encode_meta(meta)])
+            if sync:
+                self._datafile.sync()
+        except BaseException:
+            self._meta_key = None
+            self._meta_undo = (slot, old)
+            self._undo_meta()
+            raise
+
+    def _undo_meta(self) -> None:
+        """Write back the meta slot a failed commit wrote (see ``_write_meta``);
+        DiskError while the disk still fails."""
+        slot, old = self._meta_undo
+        try:
+            self._datafile.write(slot * self._page_size, [old])
+            self._datafile.sync()
+        except DiskError:
+            return
+        self._meta_undo = None
+        self._meta_key = None
+
+    def _mend_metas(self) -> None:
+        """Rewrite a meta slot that a crash tore, from the other, steady, meta.
+
+        A commit writes its meta into the slot that does not hold the newest steady
+        meta, so an interrupted meta write can only tear that slot; the database
+        already opens at the other. Copying it back makes the file whole again (and
+        ``kvmm check`` clean) before any writer relies on having two metas.
+        """
+        ps = self._page_size
+        if None not in self._metas(self._map.cover(fmt.NUM_METAS * ps)):
+            return
+        self._lock_writer()
+        try:
+            metas = self._metas(self._map.cover(fmt.NUM_METAS * ps))
+            good = [m for m in metas if m is not None]
+            if len(good) == 1 and good[0].steady:
+                slot = metas.index(None)
+                self._datafile.write(slot * ps, [fmt.encode_meta(good[0])])
+                self._datafile.sync()
+                self._meta_key = None
+        finally:
+            self._unlock_writer()
 
     def _wrote_meta(self, slot: int, meta) -> None:
         """Update the cached metas after this process wrote ``meta`` into ``slot``."""
@@ -328,6 +433,12 @@ class Environment:
             raise BadTxnError("this thread already has a write transaction open")
         self._lock_writer()
         self._writer_owner = threading.get_ident()
+        if self._meta_undo is not None:
+            self._undo_meta()
+            if self._meta_undo is not None:
+                self._end_write(txn)
+                raise DiskError(f"{self._data_path}: the disk still fails; the meta of "
+                                "a failed commit could not be written back")
 
     def _end_write(self, txn) -> None:
         self._writer_owner = None
@@ -363,7 +474,7 @@ class Environment:
             raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
         ps = self._page_size
         off = pgno * ps
-        page = mm[off : off + ps]
+        page = mm[off : off + ps]  # short (and refused) past the end of the map
         kind, count, _ = fmt.check_header(page, pgno, txnid)
         try:
             if kind == fmt.LEAF:
@@ -483,7 +594,7 @@ class Environment:
         self._unsynced += written * ps
 
     def _write_meta(self, meta, txn) -> None:
-        """Steps 5-7 of the commit: sync the pages (a steady commit), write the meta
+        """Steps 6-8 of the commit: sync the pages (a steady commit), write the meta
         into the slot that does not hold the newest steady meta, sync it.
 
         A torn meta write fails its checksum and the other slot, untouched, is used.
@@ -493,19 +604,29 @@ class Environment:
         steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 8)
         df = self._datafile
         if steady:
-            df.sync()  # 5. the pages are durable before any meta names them
+            df.sync()  # 6. the pages are durable before any meta names them
             meta.flags |= fmt.META_STEADY
             self._unsynced = 0
-        page = fmt.encode_meta(meta)
-        df.write(target * self._page_size, [page])  # 6. the commit point
+        # 7. The commit point; 8. durable (and a steady meta safe before weak ones
+        #    are written into the other slot).
+        self._put_meta(mm, target, meta, steady and (self._metasync or not self._sync))
         self._wrote_meta(target, meta)
-        if steady and (self._metasync or not self._sync):
-            df.sync()  # 7. durable (and the steady meta safe before weak ones follow)
+        try:
+            self._shrink(df.size(), meta)
+        except DiskError:
+            pass  # giving space back is optional; the commit stands
+
+    def _shrink(self, size: int, meta) -> None:
+        """Give free space at the file's end back, once it passes half the file.
+
+        Only pages that were reusable were cut from ``next_pgno``: no snapshot a
+        reader holds, nor the steady commit a power loss falls back to, reaches
+        them, so the file may end before the older meta's ``next_pgno``.
+        """
         ps = self._page_size
         end = meta.next_pgno * ps
-        size = df.size()
-        if size - end > max(SHRINK_MIN, size // 4):
-            df.truncate(end + min(end // 8 // ps * ps, GROW_MAX))
+        if size - end > max(SHRINK_MIN, size // 2):
+            self._datafile.truncate(end + min(end // 8 // ps * ps, GROW_MAX))
 
     def _strict_check(self) -> None:
         from .check import check_env
@@ -643,9 +764,10 @@ class Environment:
             meta, _, steady, target = self._current(mm)
             if not meta.steady:
                 # The newest meta sits in the weak slot, `target`: rewrite it steady.
-                meta.flags |= fmt.META_STEADY
-                self._datafile.write(target * self._page_size, [fmt.encode_meta(meta)])
-                self._datafile.sync()
+                steady_meta = fmt.Meta(meta.page_size, meta.txnid, meta.next_pgno,
+                                       meta.flags | fmt.META_STEADY, meta.boot_id,
+                                       meta.main, meta.free, meta.inline_free)
+                self._put_meta(mm, target, steady_meta, True)
                 self._unsynced = 0
                 self._meta_key = None
         finally:

@@ -68,6 +68,7 @@ class Transaction:
         self._slot = None
         self._dbs: dict = {}
         self._tail = None  # (db state, rightmost path, _gen) for in-order inserts
+        self._created: list = []  # named databases this transaction created
         self.page_size = env._page_size
         self.capacity = fmt.page_capacity(self.page_size)
         self._max_entry = fmt.max_entry_size(self.page_size)
@@ -98,7 +99,11 @@ class Transaction:
         self.free_db = DbState(meta.free)
         self._dbs[env._main_db] = self.main_db
         oldest = env._oldest_reader()
-        reader_bound = meta.txnid if oldest is None else min(meta.txnid, oldest)
+        # Without metasync the last meta is durable only at the next sync: until
+        # then the commit before it is what a power loss falls back to, so the
+        # pages the last commit freed wait one more commit (as in LMDB).
+        durable = meta.txnid if env._metasync else meta.txnid - 1
+        reader_bound = durable if oldest is None else min(durable, oldest)
         self.freelist = FreeList(self, reader_bound, steady_txnid, meta.inline_free)
 
     # --- pages ----------------------------------------------------------------------
@@ -193,6 +198,7 @@ class Transaction:
         insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
                False)
         self._gen += 1
+        self._created.append(db)
 
     # --- reading --------------------------------------------------------------------
 
@@ -456,16 +462,26 @@ class Transaction:
             if self._dirty or self._ovf_dirty or fl.freed or fl.freed_weak:
                 self._commit()
         except BaseException:
-            self._end()
+            self.abort()
             raise
+        self._created = []
         self._end()
 
     def _commit(self) -> None:
-        """The commit recipe. Step 5 (or 7 with metasync) makes it durable; every
-        step before 6 writes only pages no snapshot can reach, so a crash before the
-        meta is written leaves the previous commit whole."""
+        """The commit recipe. Step 7 writes the meta, the commit point; step 6 (sync
+        before it) or 8 (metasync) makes it durable. Every step before 7 writes only
+        pages no snapshot can reach, so a crash before the meta is written leaves the
+        previous commit whole."""
         env = self.env
-        # 1. Save changed named-database records into the main tree.
+        freelist = self.freelist
+        # 1. When much of the file is free, gather every reusable page and move the
+        #    few tree pages that pin the file's tail (they are then freed).
+        reclaim = env._want_reclaim(self)
+        if reclaim:
+            freelist.load_all()
+            reusable = len(freelist.reuse)
+            relocate_tail(self)
+        # 2. Save changed named-database records (moved ones too) into the main tree.
         main = self.main_db
         for db, state in self._dbs.items():
             if db is not env._main_db and state.changed:
@@ -474,37 +490,33 @@ class Transaction:
                 if i >= len(leaf.keys) or leaf.keys[i] != db.name:
                     raise NotFoundError(f"named database {db.name!r} vanished")
                 replace_at(self, main, path, fmt.encode_db_record(state.record()), F_SUBDB)
-        # 2. Take back free pages at the end of the file, then record the free list.
-        freelist = self.freelist
-        reclaim = env._want_reclaim(self)
-        if reclaim:
-            freelist.load_all()
-            reusable = len(freelist.reuse)
+        # 3. Give back free pages at the end of the file, then record the free list.
         trimmed = freelist.trim_tail()
-        if reclaim:
-            relocate_tail(self)
         freelist.save()
         if reclaim:
             env._reclaimed(self, trimmed, reusable)
-        # 3. Make room: grow the file if the new pages pass its end (MapFullError here
+        # 4. Make room: grow the file if the new pages pass its end (MapFullError here
         #    changes nothing).
         end = self.next_pgno * self.page_size
         env._grow(end)
-        # 4. Write every dirty page and overflow run.
+        # 5. Write every dirty page and overflow run.
         env._write_pages(self)
-        # 5-7. Sync the pages, write the meta into the slot not holding the newest
+        # 6-8. Sync the pages, write the meta into the slot not holding the newest
         #      steady meta, sync the meta (see Environment._write_meta).
         meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, env._boot_id,
                         main.record(), self.free_db.record(), freelist.inline)
         env._write_meta(meta, self)
-        # 8. Share the new pages with later readers of this process.
+        # 9. Share the new pages with later readers of this process.
         env._publish(self._dirty.values())
         if _STRICT:
             env._strict_check()
 
     def abort(self) -> None:
-        """Discard every change; end the transaction."""
+        """Discard every change; end the transaction. Handles of named databases it
+        created become invalid, as in LMDB."""
         if not self._done:
+            for db in self._created:
+                self.env._forget_db(db)
             self._end()
 
     def _end(self) -> None:

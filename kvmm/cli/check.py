@@ -2,7 +2,9 @@
 
 It prints every problem on its own line on stdout (each names its page), and exits 0
 when the file is clean, 1 when it is not — a file too damaged to open counts as a
-problem too. It opens the data file read-only and never changes a byte of it.
+problem too. Findings that lose nothing (a spare meta torn by a crash, which the next
+read-write open mends) are printed as ``note:`` lines and do not fail the check. It
+opens the data file read-only and never changes a byte of it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    notes: list[str] = []
     try:
         env = open_env(args.path)
     except Error as e:
@@ -39,9 +42,11 @@ def run(args) -> int:
             info = env.info()
             pages = info["last_pgno"] + 1
             with Progress("check", pages, "page", unit_scale=True) as progress:
-                problems = check_env(env, progress)
+                problems = check_env(env, progress, notes)
         finally:
             env.close()
+    for note in notes:
+        print(f"note: {note}")
     for problem in problems:
         print(problem)
     if problems:
