@@ -46,9 +46,7 @@ changed, and each slot's owner while it lives.
 from __future__ import annotations
 
 import struct
-import sys
 import zlib
-from array import array
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -131,8 +129,6 @@ def slot_offset(slot: int) -> int:
 # --- helpers ------------------------------------------------------------------------
 
 _crc32 = zlib.crc32
-_BIG_ENDIAN = sys.byteorder == "big"
-assert array("H").itemsize == 2 and array("I").itemsize == 4 and array("Q").itemsize == 8
 
 
 def page_capacity(page_size: int) -> int:
@@ -271,14 +267,6 @@ def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) ->
     return pkind, count, extra
 
 
-def _le(typecode: str, values) -> bytes:
-    """Pack ints as little-endian array items: one C loop, no format string."""
-    arr = array(typecode, values)
-    if _BIG_ENDIAN:
-        arr.byteswap()
-    return arr.tobytes()
-
-
 def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,
                 page_size: int) -> bytes:
     """Serialise a leaf. ``vals`` holds stored values (bytes, or packed references);
@@ -288,21 +276,17 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
         words = map(len, vals)
     else:
         words = [len(v) | f for v, f in zip(vals, flags)]
-    body = b"".join((_le("H", map(len, keys)), _le("I", words), b"".join(keys),
-                     b"".join(vals)))
-    return _finish(LEAF, n, pgno, txnid, 0, body, page_size)
+    head = _fmt(f"<{n}H{n}I").pack(*map(len, keys), *words)
+    return _finish(LEAF, n, pgno, txnid, 0, b"".join((head, *keys, *vals)), page_size)
 
 
 def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: list,
                   page_size: int) -> bytes:
     n = len(keys)
-    klens = array("H", map(len, keys))
-    klens[0] = 0
-    if _BIG_ENDIAN:
-        klens.byteswap()
-    body = b"".join((_le("Q", kids), _le("Q", kid_txnids), klens.tobytes(),
-                     b"".join(keys[1:])))
-    return _finish(BRANCH, n, pgno, txnid, 0, body, page_size)
+    klens = list(map(len, keys))
+    klens[0] = 0  # key 0 is stored empty
+    head = _fmt(f"<{n}Q{n}Q{n}H").pack(*kids, *kid_txnids, *klens)
+    return _finish(BRANCH, n, pgno, txnid, 0, b"".join((head, *keys)), page_size)
 
 
 def _finish(kind: int, count: int, pgno: int, txnid: int, extra: int, body: bytes,
