@@ -286,7 +286,7 @@ def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: lis
     klens = list(map(len, keys))
     klens[0] = 0  # key 0 is stored empty
     head = _fmt(f"<{n}Q{n}Q{n}H").pack(*kids, *kid_txnids, *klens)
-    return _finish(BRANCH, n, pgno, txnid, 0, b"".join((head, *keys)), page_size)
+    return _finish(BRANCH, n, pgno, txnid, 0, b"".join((head, *keys[1:])), page_size)
 
 
 def _finish(kind: int, count: int, pgno: int, txnid: int, extra: int, body: bytes,
