@@ -128,21 +128,28 @@ class CursorModel:
     - A put that was refused (``overwrite=False`` on an existing key, ``append=True``
       out of order), a database emptied by ``drop(db, delete=False)``, and any cursor
       call that raised.
+    - ``next()`` from the record where ``last()`` (or ``prev()`` on a fresh cursor, or
+      a put with ``append=True``) left the cursor, once records were added after it:
+      LMDB's end-of-data flag (C_EOF) then makes ``next()`` fail when the new records
+      went to another page, and succeed when they went to the same one. ``eof`` tracks
+      that flag.
     """
 
     state: str = FRESH
     key: bytes | None = None
     clean: bool = True
+    eof: bool = False
 
-    def place(self, key: bytes | None) -> None:
+    def place(self, key: bytes | None, eof: bool = False) -> None:
         """Stand on `key`, or unpositioned when it is None."""
         if key is None:
             self.state, self.key = UNPOS, None
         else:
             self.state, self.key = AT, key
+        self.eof = eof
 
     def lose(self) -> None:
-        self.state, self.key = UNKNOWN, None
+        self.state, self.key, self.eof = UNKNOWN, None, False
 
     @property
     def known(self) -> bool:
@@ -567,18 +574,20 @@ class DifferentialMachine(RuleBasedStateMachine):
         cm = self.cursor_models[d]
         ordered = self.sorted_keys(d)
         what = f"cursor.{move}() in db {d} from {cm.state}"
+        eof = False
         if move == "first" or (move == "next" and cm.state == FRESH):
             target = ordered[0] if ordered else None
         elif move == "last" or (move == "prev" and cm.state == FRESH):
             target = ordered[-1] if ordered else None
-        elif cm.state == AT:
+            eof = True
+        elif cm.state == AT and not (move == "next" and cm.eof and cm.key != ordered[-1]):
             j = ordered.index(cm.key) + (1 if move == "next" else -1)
             target = ordered[j] if 0 <= j < len(ordered) else None
         else:
             cm.lose()
             self.check(what, lambda s: getattr(s.cursors[d], move)(), compare=False)
             return
-        cm.place(target)
+        cm.place(target, eof)
         cm.clean = True
         self.check_with_item(what, d, lambda s, c: getattr(c, move)(), target is not None)
 
@@ -637,7 +646,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         successor = self.successor(d, cm.key)
         del self.model[d][cm.key]
         self.mutated()
-        cm.place(successor)
+        cm.place(successor, cm.eof)
         self.check_with_item(what, d, lambda s, c: c.delete(), True)
 
     @rule(d=dbs, key=keys, value=values, overwrite=st.booleans(), append=st.booleans())
@@ -654,7 +663,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                 ("ok", False),
             )
             return
-        cm.place(key)
+        cm.place(key, eof=append)
         self.check_with_item(
             what, d, lambda s, c: c.put(key, value, overwrite=overwrite, append=append), True
         )
@@ -706,7 +715,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         if batch:
             self.mutated()
             if written[-1]:
-                cm.place(batch[-1][0])
+                cm.place(batch[-1][0], eof=append)
             else:
                 cm.lose()
         self.check_with_item(
@@ -749,16 +758,25 @@ class DifferentialMachine(RuleBasedStateMachine):
             it = getattr(s.cursors[d], name)(keys=want_keys, values=want_values)
             return _plain(list(itertools.islice(it, n)))
 
-        if not cm.known:
+        ordered = self.sorted_keys(d)
+        if not cm.known or (
+            cm.state == AT and not backwards and n > 1 and cm.eof and cm.key != ordered[-1]
+        ):
+            cm.lose()
             self.check(what, run, compare=False)
             return
-        ordered = self.sorted_keys(d)
         if backwards:
             ordered.reverse()
         if cm.state == AT:
             ordered = ordered[ordered.index(cm.key) :]
         taken = ordered[:n]
-        cm.place(taken[-1] if len(taken) == n else None)
+        if n > 1:
+            eof = False
+        elif cm.state == AT:
+            eof = cm.eof
+        else:
+            eof = backwards  # iterprev() began with last()
+        cm.place(taken[-1] if len(taken) == n else None, eof)
         cm.clean = True
         records = [(k, self.nv(d, k, self.model[d][k])) for k in taken]
         if shape == (True, True):
