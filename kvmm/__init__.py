@@ -12,8 +12,7 @@ A drop-in for the common part of py-lmdb's API, in pure Python::
 
 from .cursor import Cursor
 from .env import Environment, _Database, open
-from .errors import *  # noqa: F403 - py-lmdb's error names are the public API
-from .errors import __all__ as _error_names
+from .errors import *  # py-lmdb's error names are the public API
 from .txn import Transaction
 
 __version__ = "0.1.0"
@@ -25,5 +24,42 @@ def version(subpatch: bool = False) -> tuple:
     return parts + (0,) if subpatch else parts
 
 
-__all__ = ["open", "Environment", "Transaction", "Cursor", "_Database", "version",
-           "__version__", *_error_names]
+__all__ = [
+    "BadChecksumError",
+    "BadDbiError",
+    "BadRslotError",
+    "BadTxnError",
+    "BadValsizeError",
+    "CorruptedError",
+    "CryptoFailError",
+    "Cursor",
+    "CursorFullError",
+    "DbsFullError",
+    "DiskError",
+    "EnvEncryptionError",
+    "Environment",
+    "Error",
+    "IncompatibleError",
+    "InvalidError",
+    "InvalidParameterError",
+    "KeyExistsError",
+    "LockError",
+    "MapFullError",
+    "MapResizedError",
+    "MemoryError",
+    "NotFoundError",
+    "PageFullError",
+    "PageNotFoundError",
+    "PanicError",
+    "ProblemError",
+    "ReadersFullError",
+    "ReadonlyError",
+    "TlsFullError",
+    "Transaction",
+    "TxnFullError",
+    "VersionMismatchError",
+    "_Database",
+    "__version__",
+    "open",
+    "version",
+]

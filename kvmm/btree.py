@@ -26,8 +26,17 @@ from itertools import accumulate
 
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
 
-__all__ = ["Node", "DbState", "descend", "insert", "replace_at", "remove_at", "remove_range",
-           "first_path", "last_path"]
+__all__ = [
+    "DbState",
+    "Node",
+    "descend",
+    "first_path",
+    "insert",
+    "last_path",
+    "remove_at",
+    "remove_range",
+    "replace_at",
+]
 
 
 class Node:
@@ -38,7 +47,7 @@ class Node:
     on dirty nodes only.
     """
 
-    __slots__ = ("pgno", "txnid", "keys", "vals", "flags", "kids", "ktxn", "size")
+    __slots__ = ("flags", "keys", "kids", "ktxn", "pgno", "size", "txnid", "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno
@@ -89,8 +98,17 @@ class Node:
 class DbState:
     """A database record as a transaction sees and edits it."""
 
-    __slots__ = ("root", "root_txnid", "depth", "flags", "entries", "branch_pages",
-                 "leaf_pages", "overflow_pages", "changed")
+    __slots__ = (
+        "branch_pages",
+        "changed",
+        "depth",
+        "entries",
+        "flags",
+        "leaf_pages",
+        "overflow_pages",
+        "root",
+        "root_txnid",
+    )
 
     def __init__(self, record: tuple):
         (self.root, self.root_txnid, self.depth, self.flags, self.entries,

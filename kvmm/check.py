@@ -21,8 +21,8 @@ It never writes to the data file.
 from __future__ import annotations
 
 from . import format as fmt
-from .errors import Error
 from .dupsort import check_pair
+from .errors import Error
 from .freelist import WEAK_BORN, key_txnid
 
 

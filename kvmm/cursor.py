@@ -48,7 +48,7 @@ def path_prev(load, path: list) -> bool:
             return True
     level = len(path) - 2
     while level >= 0:
-        node, i = path[level]
+        i = path[level][1]
         if i > 0:
             path[level][1] = i - 1
             for lv in range(level + 1, len(path)):
@@ -78,8 +78,18 @@ class Cursor:
     Use as py-lmdb's Cursor; also iterable (``for key, value in cursor``).
     """
 
-    __slots__ = ("_txn", "_db", "_state", "_path", "_positioned", "_eof", "_on_entry",
-                 "_gen", "_key", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_db",
+        "_eof",
+        "_gen",
+        "_key",
+        "_on_entry",
+        "_path",
+        "_positioned",
+        "_state",
+        "_txn",
+    )
 
     def __init__(self, db, txn):
         txn._live()
@@ -318,19 +328,16 @@ class Cursor:
 
     def iternext(self, keys=True, values=True):
         """Iterate forwards from the current entry (from the first if unpositioned)."""
-        txn = self._check()
-        if not self._positioned or self._gen != txn._gen and not self._sync():
-            if self._path is None or not self._positioned:
-                if not self.first():
-                    return
+        self._check()
+        if not self._positioned and not self.first():
+            return
         yield from self._walk(keys, values, True)
 
     def iterprev(self, keys=True, values=True):
         """Iterate backwards from the current entry (from the last if unpositioned)."""
-        txn = self._check()
-        if not self._positioned or self._gen != txn._gen and not self._sync():
-            if not self.last():
-                return
+        self._check()
+        if not self._positioned and not self.last():
+            return
         yield from self._walk(keys, values, False)
 
     __iter__ = iternext

@@ -113,10 +113,8 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
     value = _value_bytes(value)
     low = floor(key)
     _, first = _first_at(txn, state, low)
-    has_values = first is not None and first.startswith(low)
-    if has_values:
-        if not overwrite:
-            return False
+    if not overwrite and first is not None and first.startswith(low):
+        return False
     raw = low + value
     path = descend(txn.load, state, raw)
     if path is not None:
@@ -345,7 +343,7 @@ class DupCursor(Cursor):
         if key is None:
             return 0
         txn = self._txn
-        path, raw = _first_at(txn, self._state, floor(key))
+        path, _ = _first_at(txn, self._state, floor(key))
         high = ceiling(key)
         n = 0
         while True:

@@ -89,7 +89,7 @@ BOOT_ID = _read_boot_id()
 class _Database:
     """A handle on the main database (name None) or a named one, as py-lmdb's."""
 
-    __slots__ = ("env", "name", "flags", "_dropped", "__weakref__")
+    __slots__ = ("__weakref__", "_dropped", "env", "flags", "name")
 
     def __init__(self, env, name, flags):
         self.env = env
@@ -761,7 +761,7 @@ class Environment:
         try:
             mm = self._map.cover(fmt.NUM_METAS * self._page_size)
             self._meta_key = None
-            meta, _, steady, target = self._current(mm)
+            meta, _, _, target = self._current(mm)
             if not meta.steady:
                 # The newest meta sits in the weak slot, `target`: rewrite it steady.
                 steady_meta = fmt.Meta(meta.page_size, meta.txnid, meta.next_pgno,
@@ -806,10 +806,10 @@ class Environment:
     def __del__(self):
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
 
 
-def open(path, **kwargs) -> Environment:  # noqa: A001 - py-lmdb's name
+def open(path, **kwargs) -> Environment:  # py-lmdb's name, shadowing the builtin
     """Open (by default create) the environment at ``path``; see SPEC section 3."""
     return Environment(path, **kwargs)

@@ -8,36 +8,36 @@ class here has the same name as its py-lmdb counterpart, and all derive from
 from __future__ import annotations
 
 __all__ = [
-    "Error",
-    "KeyExistsError",
-    "NotFoundError",
-    "PageNotFoundError",
-    "CorruptedError",
-    "PanicError",
-    "VersionMismatchError",
-    "InvalidError",
-    "MapFullError",
-    "DbsFullError",
-    "ReadersFullError",
-    "TlsFullError",
-    "TxnFullError",
-    "CursorFullError",
-    "PageFullError",
-    "MapResizedError",
-    "IncompatibleError",
-    "BadRslotError",
+    "BadChecksumError",
     "BadDbiError",
+    "BadRslotError",
     "BadTxnError",
     "BadValsizeError",
-    "ReadonlyError",
-    "InvalidParameterError",
-    "LockError",
-    "MemoryError",
-    "DiskError",
-    "BadChecksumError",
+    "CorruptedError",
     "CryptoFailError",
+    "CursorFullError",
+    "DbsFullError",
+    "DiskError",
     "EnvEncryptionError",
+    "Error",
+    "IncompatibleError",
+    "InvalidError",
+    "InvalidParameterError",
+    "KeyExistsError",
+    "LockError",
+    "MapFullError",
+    "MapResizedError",
+    "MemoryError",
+    "NotFoundError",
+    "PageFullError",
+    "PageNotFoundError",
+    "PanicError",
     "ProblemError",
+    "ReadersFullError",
+    "ReadonlyError",
+    "TlsFullError",
+    "TxnFullError",
+    "VersionMismatchError",
 ]
 
 
@@ -137,7 +137,7 @@ class LockError(Error):
     """The lock file could not be locked or is not usable."""
 
 
-class MemoryError(Error):  # noqa: A001 - py-lmdb's name
+class MemoryError(Error):  # py-lmdb's name, shadowing the builtin
     """Memory could not be allocated."""
 
 

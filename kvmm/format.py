@@ -160,8 +160,16 @@ def valid_page_size(page_size: int) -> bool:
 class Meta:
     """One decoded meta page: the root of one committed snapshot."""
 
-    __slots__ = ("page_size", "txnid", "next_pgno", "flags", "boot_id", "main", "free",
-                 "inline_free")
+    __slots__ = (
+        "boot_id",
+        "flags",
+        "free",
+        "inline_free",
+        "main",
+        "next_pgno",
+        "page_size",
+        "txnid",
+    )
 
     def __init__(self, page_size, txnid, next_pgno, flags, boot_id, main, free,
                  inline_free=()):

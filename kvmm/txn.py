@@ -549,7 +549,7 @@ class Transaction:
         try:
             if not self._done:
                 self.abort()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
 
 

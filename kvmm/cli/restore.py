@@ -73,7 +73,7 @@ class InputError(CliError):
 class Header:
     """What one block's header says."""
 
-    __slots__ = ("name", "page_size", "printable", "dupsort")
+    __slots__ = ("dupsort", "name", "page_size", "printable")
 
     def __init__(self):
         self.name: bytes | None = None
