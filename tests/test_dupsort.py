@@ -62,9 +62,7 @@ def cursor_op(draw):
             "set_range_dup": (k, v), "getmulti": ([k, draw(key_st)],), "put": (k, v),
             "pop": (k,), "replace": (k, v)}.get(name, ())
     kwargs = {}
-    if name == "delete":
-        kwargs = {"dupdata": draw(st.booleans())}
-    elif name == "getmulti":
+    if name == "delete" or name == "getmulti":
         kwargs = {"dupdata": draw(st.booleans())}
     return ("cur", name, args, kwargs)
 
