@@ -12,6 +12,7 @@ A drop-in for the common part of py-lmdb's API, in pure Python::
 
 from .cursor import Cursor
 from .env import Environment, _Database, open
+from . import errors as _errors
 from .errors import *  # py-lmdb's error names are the public API
 from .txn import Transaction
 
@@ -24,42 +25,6 @@ def version(subpatch: bool = False) -> tuple:
     return parts + (0,) if subpatch else parts
 
 
-__all__ = [
-    "BadChecksumError",
-    "BadDbiError",
-    "BadRslotError",
-    "BadTxnError",
-    "BadValsizeError",
-    "CorruptedError",
-    "CryptoFailError",
-    "Cursor",
-    "CursorFullError",
-    "DbsFullError",
-    "DiskError",
-    "EnvEncryptionError",
-    "Environment",
-    "Error",
-    "IncompatibleError",
-    "InvalidError",
-    "InvalidParameterError",
-    "KeyExistsError",
-    "LockError",
-    "MapFullError",
-    "MapResizedError",
-    "MemoryError",
-    "NotFoundError",
-    "PageFullError",
-    "PageNotFoundError",
-    "PanicError",
-    "ProblemError",
-    "ReadersFullError",
-    "ReadonlyError",
-    "TlsFullError",
-    "Transaction",
-    "TxnFullError",
-    "VersionMismatchError",
-    "_Database",
-    "__version__",
-    "open",
-    "version",
-]
+__all__ = ["open", "Environment", "Transaction", "Cursor", "_Database", "version",
+           "__version__"]
+__all__.extend(_errors.__all__)
