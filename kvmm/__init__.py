@@ -10,9 +10,9 @@ A drop-in for the common part of py-lmdb's API, in pure Python::
         assert txn.get(b"key") == b"value"
 """
 
+from . import errors as _errors
 from .cursor import Cursor
 from .env import Environment, _Database, open
-from . import errors as _errors
 from .errors import *  # py-lmdb's error names are the public API
 from .txn import Transaction
 
