@@ -47,7 +47,8 @@ class Node:
     on dirty nodes only.
     """
 
-    __slots__ = ("flags", "keys", "kids", "ktxn", "pgno", "size", "txnid", "vals")
+    __slots__ = ("flags", "keys", "kids", "ktxn", "patched", "pgno", "size", "src", "txnid",
+                 "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno
@@ -58,6 +59,12 @@ class Node:
         self.kids = kids
         self.ktxn = ktxn
         self.size = -1
+        # A dirty copy remembers its committed source page and which entries changed
+        # in place (a child pointer, a value of the same length), so the commit can
+        # patch the source's bytes instead of encoding the page anew. ``patched`` is
+        # None once anything else changed.
+        self.src = 0
+        self.patched = None
 
     @property
     def is_leaf(self) -> bool:
@@ -83,6 +90,8 @@ class Node:
             n = Node(pgno, txnid, self.keys[:], kids=self.kids[:], ktxn=self.ktxn[:])
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
+        n.src = self.pgno
+        n.patched = set()
         return n
 
     def entry_size(self, i: int) -> int:
@@ -176,6 +185,8 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode, pidx = parent
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
+                if pnode.patched is not None:
+                    pnode.patched.add(pidx)
         parent = step
 
 
@@ -191,6 +202,7 @@ def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag:
     else:
         touch_path(txn, db, path)
     leaf, i = path[-1]
+    leaf.patched = None
     leaf.keys.insert(i, key)
     leaf.vals.insert(i, stored)
     if flag or leaf.flags is not None:
@@ -207,7 +219,13 @@ def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
     db.changed = True
     touch_path(txn, db, path)
     leaf, i = path[-1]
-    leaf.size += len(stored) - len(leaf.vals[i])
+    old = leaf.vals[i]
+    if leaf.patched is not None:
+        if len(stored) == len(old) and flag == (0 if leaf.flags is None else leaf.flags[i]):
+            leaf.patched.add(i)
+        else:
+            leaf.patched = None
+    leaf.size += len(stored) - len(old)
     leaf.vals[i] = stored
     if flag or leaf.flags is not None:
         if leaf.flags is None:
@@ -229,6 +247,7 @@ def remove_range(txn, db: DbState, path: list, end: int) -> None:
     db.changed = True
     touch_path(txn, db, path)
     leaf, i = path[-1]
+    leaf.patched = None
     n = end - i
     db.entries -= n
     leaf.size -= (LEAF_ENTRY_COST * n + sum(map(len, leaf.keys[i:end]))
@@ -321,6 +340,7 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     """Move the upper part of overfull ``node`` to a new right sibling; return the
     separator and the sibling."""
     m = _split_point(node, tail)
+    node.patched = None
     right = txn.new_node(db, leaf=node.kids is None)
     right.keys = node.keys[m:]
     del node.keys[m:]
@@ -344,6 +364,7 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
 
 
 def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
+    parent.patched = None
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
@@ -351,6 +372,7 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
 
 
 def _branch_remove(parent: Node, i: int) -> None:
+    parent.patched = None
     parent.size -= BRANCH_ENTRY_COST + len(parent.keys[i])
     del parent.keys[i]
     del parent.kids[i]
@@ -363,6 +385,8 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
         child = txn.touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
+        if parent.patched is not None:
+            parent.patched.add(i)
     return child
 
 
@@ -376,6 +400,7 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
     ri = li + 1
     sep = parent.keys[ri]
     leaf = node.kids is None
+    left.patched = right.patched = parent.patched = None  # entries move between them
     merged = left.size + right.size + (0 if leaf else len(sep))
     if merged <= txn.capacity:
         if leaf:

@@ -57,6 +57,9 @@ SHRINK_MIN = 4 << 20
 # with it the file grows by at most about an eighth, for one sync per that much data.
 AUTOSYNC_MIN = 4 << 20
 DEFAULT_CACHE_SIZE = 128 << 20
+# Commits between two attempts to give the tail back that found nothing to give.
+RECLAIM_RETRY = 64
+_STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
 
@@ -170,6 +173,7 @@ class Environment:
         self._unsynced = 0
         self._txns: weakref.WeakSet = weakref.WeakSet()  # live ones, ended after fork()
         self._reclaim_floor = 0  # free pages after the last fruitless reclaim
+        self._reclaim_retry = 0  # the txnid from which to try again anyway
         self._reclaim_tries = 0
         self._pid = os.getpid()
         self._closed = False
@@ -522,25 +526,38 @@ class Environment:
 
     def _want_reclaim(self, txn) -> bool:
         """Whether this commit should gather every reusable free page, to give the
-        file's tail back: when an eighth of the file or more is free, and more than
-        after the last attempt that could give nothing back."""
+        file's tail back: when an eighth of the file or more is free, and either more
+        pages are free than after the last attempt that gave nothing back, or
+        RECLAIM_RETRY commits have passed since (readers may have let go)."""
         free = txn.free_db.entries + len(txn.meta.inline_free) // 2
-        return (free >= 64 and free * 8 >= txn.next_pgno
-                and free * 2 > self._reclaim_floor * 3)
+        if free < 64 or free * 8 < txn.next_pgno:
+            return False
+        return free * 2 > self._reclaim_floor * 3 or txn.txnid >= self._reclaim_retry
+
+    @staticmethod
+    def _worth_moving(txn, reusable: int) -> bool:
+        """Move pages that pin the tail only when most free pages are reusable: while
+        readers (or, with sync=False, the last steady commit) pin them, moving would
+        not free the tail yet."""
+        return reusable * 2 >= txn.free_db.entries + len(txn.meta.inline_free) // 2
 
     def _reclaimed(self, txn, trimmed: int, reusable: int) -> None:
-        """After an attempt. A tail still in use is often the free tree itself, which
-        the attempt moved down, so one more attempt follows; attempts stop (until
-        the free pages grow by half) only after two in a row found most free pages
-        reusable and still could give nothing back. While readers pin most free
-        pages, an attempt costs only what is reusable, and is tried again."""
-        if trimmed or reusable * 2 < txn.free_db.entries + len(txn.meta.inline_free) // 2:
+        """After an attempt. While free pages are pinned, try again soon (an attempt
+        then costs only what is reusable). A tail still in use is often the free tree
+        itself, which the attempt moved down, so one more attempt follows; after two
+        that gave nothing back, attempts wait (see ``_want_reclaim``)."""
+        if trimmed:
             self._reclaim_tries = 0
+            return
+        if not self._worth_moving(txn, reusable):
+            self._reclaim_retry = txn.txnid + RECLAIM_RETRY // 8
+            self._reclaim_floor = txn.free_db.entries + len(txn.freelist.inline) // 2
             return
         self._reclaim_tries += 1
         if self._reclaim_tries >= 2:
             self._reclaim_tries = 0
             self._reclaim_floor = txn.free_db.entries + len(txn.freelist.inline) // 2
+            self._reclaim_retry = txn.txnid + RECLAIM_RETRY
 
     def _grow(self, end: int) -> None:
         if self._max_size is not None and end > self._max_size:
@@ -562,12 +579,22 @@ class Environment:
         one call."""
         ps = self._page_size
         tid = txn.txnid
+        mm = txn._mm
         blobs = []
         for pgno, node in txn._dirty.items():
-            if node.kids is None:
-                page = fmt.encode_leaf(pgno, tid, node.keys, node.vals, node.flags, ps)
+            if node.patched is not None and node.src:
+                # Changed in place only: patch the committed source page's bytes
+                # (not reused before this commit ends: it was freed by it).
+                src = mm[node.src * ps : (node.src + 1) * ps]
+                if node.kids is None:
+                    page = fmt.patch_leaf(src, pgno, tid, node.keys, node.vals, node.patched)
+                else:
+                    page = fmt.patch_branch(src, pgno, tid, node.kids, node.ktxn,
+                                            node.patched)
+                if _STRICT:
+                    assert page == self._encode(node, pgno, tid), f"page {pgno} patched wrong"
             else:
-                page = fmt.encode_branch(pgno, tid, node.keys, node.kids, node.ktxn, ps)
+                page = self._encode(node, pgno, tid)
             blobs.append((pgno, 1, [page]))
         for pgno, value in txn._ovf_dirty.items():
             head, value = fmt.encode_overflow(pgno, tid, value)
@@ -592,6 +619,12 @@ class Environment:
         if chunks:
             write(run_start * ps, chunks)
         self._unsynced += written * ps
+
+    def _encode(self, node, pgno: int, txnid: int) -> bytes:
+        ps = self._page_size
+        if node.kids is None:
+            return fmt.encode_leaf(pgno, txnid, node.keys, node.vals, node.flags, ps)
+        return fmt.encode_branch(pgno, txnid, node.keys, node.kids, node.ktxn, ps)
 
     def _write_meta(self, meta, txn) -> None:
         """Steps 6-8 of the commit: sync the pages (a steady commit), write the meta

@@ -203,8 +203,8 @@ class FreeList:
         in the free database.
 
         Consumed records are deleted first. Spilling writes the pending inline pages
-        under their own txnids, and the pages freed plus the reusable pages left over
-        under this commit's txnid. Writing the free database itself frees and
+        under their own tags, and the pages freed plus the reusable pages left over
+        under this commit's txnid (the left-over ones with the WEAK_BORN tag). Writing the free database itself frees and
         allocates pages, so repeat until a round changes nothing.
         """
         txn = self.txn
@@ -247,9 +247,10 @@ class FreeList:
         last = None
         for rounds in range(1000):
             self.extend_only = rounds >= _SAVE_ROUNDS
-            normal = sorted(self.freed)
-            normal += self.reuse
-            now = (normal, sorted(self.freed_weak))
+            # Reusable pages left over are reusable by the next writer too: recorded
+            # with the WEAK_BORN tag they wait for no sync (no steady commit reaches
+            # them), only for readers, as pages freed now do.
+            now = (sorted(self.freed), sorted(self.freed_weak + list(self.reuse)))
             if now == last:
                 break
             last = now

@@ -105,6 +105,11 @@ class Transaction:
         durable = meta.txnid if env._metasync else meta.txnid - 1
         reader_bound = durable if oldest is None else min(durable, oldest)
         self.freelist = FreeList(self, reader_bound, steady_txnid, meta.inline_free)
+        # When much of the file is free, take every reusable page up front, so that
+        # pages are allocated lowest first and the file's tail empties.
+        self._reclaim = env._want_reclaim(self)
+        if self._reclaim:
+            self.freelist.load_all()
 
     # --- pages ----------------------------------------------------------------------
 
@@ -474,13 +479,13 @@ class Transaction:
         previous commit whole."""
         env = self.env
         freelist = self.freelist
-        # 1. When much of the file is free, gather every reusable page and move the
-        #    few tree pages that pin the file's tail (they are then freed).
-        reclaim = env._want_reclaim(self)
+        # 1. When much of the file is free (all reusable pages were gathered at the
+        #    start), move the few tree pages that pin the file's tail.
+        reclaim = self._reclaim
         if reclaim:
-            freelist.load_all()
             reusable = len(freelist.reuse)
-            relocate_tail(self)
+            if env._worth_moving(self, reusable):
+                relocate_tail(self)
         # 2. Save changed named-database records (moved ones too) into the main tree.
         main = self.main_db
         for db, state in self._dbs.items():
