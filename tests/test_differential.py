@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 import lmdb
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
@@ -841,3 +842,76 @@ DifferentialMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestDifferential = DifferentialMachine.TestCase
+
+
+# -- cases the machine found, kept as plain tests ---------------------------------------
+
+
+def _bulk_key(i: int, size: int) -> bytes:
+    return (BULK_KEYS[i] * 128)[:size]
+
+
+def _delete_a_run_of_long_keys(env):
+    """62 records with 200-byte keys after two small ones; all but 11 deleted."""
+    keys = [_bulk_key(i, 200) for i in range(0, 7 * 62, 7)]
+    with env.begin(write=True) as txn:
+        txn.put(b"a", b"r" * 48)
+        txn.put(b"b", b"r" * 48)
+        for key in keys:
+            txn.put(key, b"\x00" * 1000)
+        for key in sorted(keys)[11:]:
+            txn.delete(key)
+        inside = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        last = txn.cursor().last()
+    with env.begin() as txn:
+        return inside, last, [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+
+
+def _drop_then_cursor_in_a_later_transaction(env):
+    """drop(db, delete=False), then a cursor merely opened on it in a later commit."""
+    db = env.open_db(b"a")
+    with env.begin(write=True) as txn:
+        for i in range(32):
+            txn.put(b"%04d" % i, b"x" * 5000, db=db)
+    with env.begin(write=True) as txn:
+        txn.drop(db, delete=False)
+        txn.put(b"main", b"")
+        txn.put(b"k", b"", db=db)
+    with env.begin(write=True) as txn:
+        txn.cursor(db=db)
+        txn.put(b"main2", b"")
+    with env.begin() as txn:
+        return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
+
+
+def _split_with_long_keys_then_delete(env):
+    """48 records with 480-byte keys, every fourth deleted, in one transaction."""
+    keys = [_bulk_key(i, 480) for i in range(49)]
+    with env.begin(write=True) as txn:
+        for key in keys:
+            txn.put(key, b"\x00" * 1000)
+        for key in keys[0:52:4]:
+            txn.delete(key)
+    with env.begin() as txn:
+        return [bytes(k) for k in txn.cursor().iternext(values=False)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _delete_a_run_of_long_keys,
+        _drop_then_cursor_in_a_later_transaction,
+        _split_with_long_keys_then_delete,
+    ],
+    ids=lambda case: case.__name__.lstrip("_"),
+)
+def test_found_case_gives_py_lmdbs_answers(tmp_path, case):
+    """Each case once broke kvmm's tree or free list; its answers must be py-lmdb's
+    (and, with KVMM_STRICT, every commit passes the checker)."""
+    reference = _open_lmdb(str(tmp_path / "reference"))
+    subject = _open_subject(str(tmp_path / "subject"))
+    try:
+        assert case(subject) == case(reference)
+    finally:
+        reference.close()
+        subject.close()
