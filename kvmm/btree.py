@@ -10,8 +10,9 @@ Invariants (``kvmm.check`` verifies each of them on disk):
 - Keys inside a node are strictly increasing.
 - In a branch, child ``i`` holds keys ``K(i) <= k < K(i+1)``; ``K(0)`` is stored empty
   and bounded by the branch's own lower bound.
-- All leaves are at the same depth; a non-root leaf holds at least one entry and a
-  non-root branch at least one child; a root branch holds at least two children.
+- All leaves are at the same depth; a non-root leaf holds at least one entry and
+  every branch at least two children (so an emptied leaf always has a sibling to
+  merge with; a tail split therefore leaves a branch's last two children together).
 - No node's size exceeds the page capacity; a leaf entry never exceeds half of it
   (larger values go to overflow pages), so an overfull node always splits into two
   that fit.
@@ -319,7 +320,7 @@ def _fix_root(txn, db: DbState, root: Node) -> None:
 def _split_point(node: Node, tail: bool) -> int:
     n = len(node.keys)
     if tail:
-        return n - 1
+        return n - 1 if node.kids is None else n - 2
     half = node.size // 2
     if node.kids is None:
         sizes = [LEAF_ENTRY_COST + len(k) + len(v) for k, v in zip(node.keys, node.vals)]

@@ -141,8 +141,8 @@ class Checker:
                     out.append((k, stored, flag))
             return
         counts["branch_pages"] += 1
-        if is_root and len(keys) < 2:
-            self.problem(f"{where}: root branch with a single child")
+        if len(keys) < 2:
+            self.problem(f"{where}: branch with a single child")
         for i, (kid, ktxn) in enumerate(zip(node.kids, node.ktxn)):
             lo = low if i == 0 else keys[i]
             hi = keys[i + 1] if i + 1 < len(keys) else high
