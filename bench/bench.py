@@ -71,6 +71,8 @@ LMDB_MAP_SIZE = 1 << 36
 ORDERED = "ordered"  # keeps keys in order: cursors, scans
 PROCESSES = "processes"  # several processes may use the store at once
 DURABLE = "durable"  # can make a commit survive an OS crash (fsync)
+DUPSORT = "dupsort"  # keys holding sorted sets of values (LMDB's dupsort databases)
+DUP_VALUES = 100  # values per key in the dupsort workloads
 
 ALL_STORES = ("kvmm", "lmdb", "sqlite3", "semidbm", "dbm.dumb")
 DEFAULT_STORES = ("kvmm", "lmdb", "sqlite3", "semidbm")
@@ -123,6 +125,11 @@ class Data:
         self.txn_items = self.random_items[:txn_ops]
         self.sync_items = self.random_items[:sync_ops]
         self.sample = sorted(rng.sample(range(n), min(n, 100)))  # checked after writes
+        # dupsort: n pairs, n / DUP_VALUES keys with DUP_VALUES 8-byte values each.
+        dup_keys = self.keys[: max(1, n // DUP_VALUES)]
+        self.dup_items = shuffled(
+            ((k, KEY.pack(0, j)[8:]) for k in dup_keys for j in range(DUP_VALUES)), rng)
+        self.dup_keys = shuffled(dup_keys, rng)
 
 
 def shuffled(items: Iterable, rng: Random) -> list:
@@ -172,10 +179,16 @@ class LmdbStore(Store):
 
     name = "lmdb"
     module_name = "lmdb"
+    features = Store.features | {DUPSORT}
 
     def __init__(self, path: str, sync: bool) -> None:
         super().__init__(path, sync)
-        self.env = self.module.open(path, sync=sync, max_readers=126, **self.open_options())
+        self.env = self.module.open(path, sync=sync, max_readers=126, max_dbs=2,
+                                    **self.open_options())
+
+    def dup_db(self) -> Any:
+        """The dupsort database of the dup_* workloads."""
+        return self.env.open_db(b"dups", dupsort=True)
 
     def open_options(self) -> dict[str, Any]:
         return {"map_size": LMDB_MAP_SIZE}
@@ -495,6 +508,50 @@ def delete(store: Store, data: Data) -> int:
     return data.n
 
 
+def dup_fill(store: Store, data: Data) -> int:
+    """dupsort: every (key, value) pair, in random order, in one write transaction."""
+    db = store.dup_db()
+    with store.write() as txn:
+        put = txn.put
+        for key, value in data.dup_items:
+            put(key, value, db=db)
+    return len(data.dup_items)
+
+
+def dup_get(store: Store, data: Data) -> Measured:
+    """dupsort: set_key_dup on every pair in random order; op = one lookup. The fill
+    before it is not timed."""
+    dup_fill(store, data)
+    db = store.dup_db()
+    started = time.perf_counter()
+    found = 0
+    with store.read() as txn:
+        seek = txn.cursor(db=db).set_key_dup
+        for key, value in data.dup_items:
+            found += seek(key, value)
+    seconds = time.perf_counter() - started
+    expect(found, len(data.dup_items), "pairs found")
+    return Measured(ops=found, seconds=seconds)
+
+
+def dup_scan(store: Store, data: Data) -> Measured:
+    """dupsort: set_key then iternext_dup over each key's values, keys in random order;
+    op = one value read. The fill before it is not timed."""
+    dup_fill(store, data)
+    db = store.dup_db()
+    started = time.perf_counter()
+    count = 0
+    with store.read() as txn:
+        cursor = txn.cursor(db=db)
+        for key in data.dup_keys:
+            cursor.set_key(key)
+            for _ in cursor.iternext_dup():
+                count += 1
+    seconds = time.perf_counter() - started
+    expect(count, len(data.dup_items), "values scanned")
+    return Measured(ops=count, seconds=seconds)
+
+
 def put_txn(items: list[tuple[bytes, bytes]], store: Store) -> int:
     """One put per write transaction; op = one committed transaction."""
     for key, value in items:
@@ -687,6 +744,9 @@ WORKLOADS = (
     Workload("put_txn_nosync", put_txn_nosync),
     Workload("put_txn_sync", put_txn_sync, on="new_sync", needs=frozenset({DURABLE})),
     Workload("readers_2p", readers_2p, on="filled", needs=frozenset({PROCESSES})),
+    Workload("dup_fill", dup_fill, needs=frozenset({DUPSORT})),
+    Workload("dup_get", dup_get, needs=frozenset({DUPSORT})),
+    Workload("dup_scan", dup_scan, needs=frozenset({DUPSORT})),
 )
 WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
 

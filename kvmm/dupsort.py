@@ -23,7 +23,7 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, path_next
+from .cursor import Cursor, _key_bytes, path_next, path_prev
 from .errors import BadValsizeError, CorruptedError
 from .format import MAX_KEY_SIZE
 
@@ -69,9 +69,10 @@ def check_pair(raw: bytes) -> str | None:
 
 
 def _value_bytes(value) -> bytes:
-    from .txn import _value_bytes as as_bytes
-
-    value = as_bytes(value)
+    if value.__class__ is not bytes:
+        if isinstance(value, str):
+            raise TypeError("values must be bytes-like, not str")
+        value = bytes(memoryview(value))
     if not value or len(value) > MAX_KEY_SIZE:
         raise BadValsizeError(
             f"value of {len(value)} bytes: dupsort values are 1 to {MAX_KEY_SIZE} bytes")
@@ -415,7 +416,29 @@ class DupCursor(Cursor):
 
     def iternext_dup(self, keys=False, values=True):
         """The current key's values from the current one on."""
+        if self._txn is not None and not self._txn.write and self._sync():
+            return self._walk_dups(keys, values)
         return self._iter_moves(self.next_dup, keys, values)
+
+    def _walk_dups(self, keys: bool, values: bool):
+        """iternext_dup of a read transaction: the leaves walked directly; the cursor
+        ends on the key's last value, unpositioned, as a failed next_dup leaves it."""
+        raw = self._raw()
+        t = raw.find(TERMINATOR) + 2
+        low = raw[:t]
+        key = self._view(split(raw)[0])
+        view = self._view
+        for raw in self._walk(True, False, True):
+            if not raw.startswith(low):
+                path_prev(self._txn.load, self._path)
+                self._settle(True)
+                self._positioned = False
+                return
+            if keys and values:
+                yield key, view(raw[t:])
+            else:
+                yield key if keys else view(raw[t:])
+        self._positioned = False
 
     def iterprev_dup(self, keys=False, values=True):
         return self._iter_moves(self.prev_dup, keys, values)
