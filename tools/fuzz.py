@@ -15,8 +15,10 @@ key forwards and backwards, ``get()`` of each, opens and reads the named databas
 the checker, and commits a write. Each step may end in a ``kvmm.Error`` (any subclass);
 anything else is a finding: another exception (IndexError, struct.error,
 RecursionError...), a signal (SIGBUS, SIGSEGV), or a hang (``--timeout``). The worker is
-restarted after a crash or hang. Hypothesis shrinks each finding to a small case; the
-damaged file is saved in ``--out`` and the run goes on with a new seed.
+restarted after a crash or hang. Hypothesis shrinks the first finding of each kind
+(exception and place, or the function a hang loops in) to a small case; the damaged
+file is saved in ``--out`` and the run goes on with a new seed, only counting that kind
+from then on.
 
     python tools/fuzz.py --seconds 300 --out /tmp/kvmm-fuzz
 
@@ -318,6 +320,21 @@ class Worker:
 
 # --- the driver ----------------------------------------------------------------------
 
+_PLUMBING = {"load", "_read_node", "check_header", "_fail", "read", "descend"}
+
+
+def bad_kind(outcome: str) -> str:
+    """What sorts findings: the exception and where it was raised, or for a hang the
+    innermost kvmm function on the stack that is not page-loading plumbing."""
+    if " at " not in outcome:
+        return outcome
+    where = outcome.rsplit(" at ", 1)[1]
+    if not outcome.startswith("bad hang"):
+        return outcome.split(": ")[0] + " at " + where
+    chain = where.split("<-")
+    return "hang in " + next((n for n in chain if n not in _PLUMBING), chain[0])
+
+
 
 def fuzz(seconds: float, seed: int, out: str, timeout: float, per_run: int) -> dict:
     from hypothesis import HealthCheck, Phase, given, settings
@@ -328,7 +345,7 @@ def fuzz(seconds: float, seed: int, out: str, timeout: float, per_run: int) -> d
              build_seed(os.path.join(out, "seed-freetree.kvmm"), True)]
     target = os.path.join(out, "case.kvmm")
     work = Worker(timeout, os.path.join(out, "hang-stack.txt"))
-    stats = {"cases": 0, "outcomes": {}, "findings": [], "kinds": {}}
+    stats = {"cases": 0, "outcomes": {}, "findings": [], "kinds": {}, "shrunk": set()}
     deadline = time.monotonic() + seconds
 
     class Finding(Exception):
@@ -343,15 +360,17 @@ def fuzz(seconds: float, seed: int, out: str, timeout: float, per_run: int) -> d
             f.write(data)
         outcome = work.run(target)
         stats["cases"] += 1
-        key = outcome.split(" at ")[0] if outcome.startswith("bad") else outcome
-        stats["outcomes"][key] = stats["outcomes"].get(key, 0) + 1
+        stats["outcomes"][outcome] = stats["outcomes"].get(outcome, 0) + 1
         if outcome.startswith("bad"):
-            stats["bad"] = (outcome, data)
-            if outcome not in stats["kinds"]:  # the first file of each kind, unshrunk
+            kind = bad_kind(outcome)
+            if kind not in stats["kinds"]:  # the first file of each kind, unshrunk
                 saved = os.path.join(out, f"kind-{len(stats['kinds'])}.kvmm")
-                stats["kinds"][outcome] = saved
+                stats["kinds"][kind] = saved
                 with open(saved, "wb") as fh:
                     fh.write(data)
+            if kind in stats["shrunk"]:
+                return  # known: counted, and hypothesis goes on looking for others
+            stats["bad"] = (outcome, data, case)
             raise Finding(outcome)
 
     run = 0
@@ -366,12 +385,15 @@ def fuzz(seconds: float, seed: int, out: str, timeout: float, per_run: int) -> d
             try:
                 hseed(seed * 1_000_003 + run)(test)()
             except Exception:  # noqa: BLE001 - a Finding, or hypothesis' Flaky about one
-                outcome, data = stats["bad"]
+                outcome, data, case = stats["bad"]
                 saved = os.path.join(out, f"finding-{len(stats['findings'])}.kvmm")
                 with open(saved, "wb") as fh:
                     fh.write(data)
-                stats["findings"].append(f"{outcome} (file: {saved})")
-                print(f"finding: {outcome} (file: {saved})", flush=True)
+                which = ("seed-inline", "seed-freetree")[case[0]]
+                stats["findings"].append(f"{outcome} (file: {saved}; {which} with "
+                                         f"{list(case[1])}, checksums fixed: {case[2]})")
+                stats["shrunk"].add(bad_kind(outcome))
+                print(f"finding: {stats['findings'][-1]}", flush=True)
     finally:
         work.stop()
     return stats
@@ -394,12 +416,12 @@ def main(argv=None) -> int:
     print(f"fuzz: {stats['cases']} cases in {args.seconds:g} s, files in {out}")
     for outcome, n in sorted(stats["outcomes"].items(), key=lambda kv: -kv[1]):
         print(f"  {n:7d}  {outcome}")
-    print(f"findings (shrunk by hypothesis): {len(stats['findings'])}")
+    print(f"findings (one per kind, shrunk by hypothesis): {len(stats['findings'])}")
     for text in stats["findings"]:
         print(f"  {text}")
     print(f"kinds of bad outcome (first file of each): {len(stats['kinds'])}")
-    for outcome, saved in stats["kinds"].items():
-        print(f"  {outcome} (file: {saved})")
+    for kind, saved in stats["kinds"].items():
+        print(f"  {kind} (file: {saved})")
     return 1 if stats["findings"] else 0
 
 
