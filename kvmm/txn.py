@@ -17,11 +17,9 @@ from .btree import DbState, Node, descend, insert, remove_at, replace_at
 from .cursor import Cursor, _key_bytes
 from .errors import (
     BadDbiError,
-    BadTxnError,
     CorruptedError,
     Error,
     IncompatibleError,
-    MapFullError,
     NotFoundError,
     ReadonlyError,
 )
@@ -342,10 +340,11 @@ class Transaction:
         if path is not None:
             leaf, i = path[-1]
             if i == len(leaf.keys):
-                if append or all(pi == len(p.keys) - 1 for p, pi in path[:-1]):
-                    if append and any(pi != len(p.keys) - 1 for p, pi in path[:-1]):
-                        return False
+                # Past the end of a leaf: past the last key when the leaf is rightmost.
+                if all(pi == len(p.keys) - 1 for p, pi in path[:-1]):
                     return self._insert(state, path, key, value, True)
+                if append:
+                    return False
             elif append:
                 return False
             elif leaf.keys[i] == key:
@@ -556,11 +555,3 @@ class Transaction:
                 self.abort()
         except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
-
-
-def check_db_flags(db, record) -> None:
-    if record is not None and (record[3] & fmt.DB_DUPSORT) != (db.flags & fmt.DB_DUPSORT):
-        raise IncompatibleError(f"database {db.name!r} was created with other flags")
-
-
-_unused = (BadTxnError, MapFullError)
