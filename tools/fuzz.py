@@ -21,6 +21,7 @@ file is saved in ``--out`` and the run goes on with a new seed, only counting th
 from then on.
 
     python tools/fuzz.py --seconds 300 --out /tmp/kvmm-fuzz
+    python tools/fuzz.py --replay /tmp/kvmm-fuzz/finding-*.kvmm
 
 Prints the number of cases, how they ended (clean read, kvmm.Error by class), the
 findings, and each kind of bad outcome met (with its first, unshrunk file); exits 1
@@ -33,6 +34,7 @@ import argparse
 import faulthandler
 import os
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -406,11 +408,28 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="where seeds and findings go")
     p.add_argument("--timeout", type=float, default=3, help="seconds before a hang")
     p.add_argument("--per-run", type=int, default=500, help="cases per hypothesis run")
+    p.add_argument("--replay", nargs="+", metavar="FILE",
+                   help="run saved files (findings) through the worker and print how each "
+                        "ends, instead of fuzzing")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args.out, args.timeout)
         return 0
+    if args.replay:
+        out = args.out or tempfile.mkdtemp(prefix="kvmm-fuzz-")
+        work = Worker(args.timeout, os.path.join(out, "hang-stack.txt"))
+        bad = 0
+        try:
+            for path in args.replay:
+                case = os.path.join(out, "case.kvmm")  # the worker writes: keep the file
+                shutil.copyfile(path, case)
+                outcome = work.run(case)
+                bad += outcome.startswith("bad")
+                print(f"{path}: {outcome}")
+        finally:
+            work.stop()
+        return 1 if bad else 0
     out = args.out or tempfile.mkdtemp(prefix="kvmm-fuzz-")
     stats = fuzz(args.seconds, args.seed, out, args.timeout, args.per_run)
     print(f"fuzz: {stats['cases']} cases in {args.seconds:g} s, files in {out}")
