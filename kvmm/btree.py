@@ -25,6 +25,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from itertools import accumulate
 
+from .errors import CorruptedError
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
 
 __all__ = [
@@ -140,12 +141,24 @@ def descend(load, db: DbState, key: bytes) -> list | None:
         return None
     node = load(db.root, db.root_txnid)
     path = []
+    depth = db.depth
     while node.kids is not None:
+        if len(path) >= depth:
+            _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         path.append([node, i])
         node = load(node.kids[i], node.ktxn[i])
+    if len(path) + 1 != depth:
+        _bad_depth(db)
     path.append([node, bisect_left(node.keys, key)])
     return path
+
+
+def _bad_depth(db: DbState):
+    """A tree whose pages do not stack up to its record's depth: a branch pointing
+    back up (a loop) or a leaf at the wrong level. Checked on every descent, so a
+    damaged file never hangs a read."""
+    raise CorruptedError(f"tree of root page {db.root}: pages do not match depth {db.depth}")
 
 
 def first_path(load, db: DbState, last: bool = False) -> list | None:
@@ -154,10 +167,15 @@ def first_path(load, db: DbState, last: bool = False) -> list | None:
         return None
     node = load(db.root, db.root_txnid)
     path = []
+    depth = db.depth
     while node.kids is not None:
+        if len(path) >= depth:
+            _bad_depth(db)
         i = len(node.kids) - 1 if last else 0
         path.append([node, i])
         node = load(node.kids[i], node.ktxn[i])
+    if len(path) + 1 != depth:
+        _bad_depth(db)
     path.append([node, len(node.keys) - 1 if last else 0])
     return path
 

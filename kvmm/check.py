@@ -46,11 +46,11 @@ class Checker:
         """Mark pages pgno..pgno+n-1 as used by ``what``; report double use."""
         ok = True
         limit = self.meta.next_pgno
+        if not fmt.NUM_METAS <= pgno or pgno + n > limit:
+            pages = f"page {pgno}" if n == 1 else f"pages {pgno}..{pgno + n - 1}"
+            self.problem(f"{pages}: used by {what} but outside pages 2..{limit - 1}")
+            return False
         for p in range(pgno, pgno + n):
-            if not fmt.NUM_METAS <= p < limit:
-                self.problem(f"page {p}: used by {what} but outside pages 2..{limit - 1}")
-                ok = False
-                continue
             if p in self.seen:
                 self.problem(f"page {p}: used twice, by {self.seen[p]} and by {what}")
                 ok = False
@@ -206,7 +206,10 @@ class Checker:
                 self.problem(f"inline free page {inline[i + 1]}: from txn newer than "
                              f"{meta.txnid}")
             self.use(inline[i + 1], 1, f"inline free list ({inline[i]})")
-        missing = [p for p in range(fmt.NUM_METAS, meta.next_pgno) if p not in self.seen]
+        # Pages past the file's end are free ones given back (a reader's or the
+        # steady snapshot's ``next_pgno`` may reach past it); a used one fails its read.
+        in_file = min(meta.next_pgno, env._datafile.size() // self.ps)
+        missing = [p for p in range(fmt.NUM_METAS, in_file) if p not in self.seen]
         if missing:
             shown = ", ".join(map(str, missing[:10]))
             more = "" if len(missing) <= 10 else f" and {len(missing) - 10} more"

@@ -16,8 +16,16 @@ Invariants:
 from __future__ import annotations
 
 from .btree import descend, first_path
-from .errors import BadValsizeError, Error
+from .errors import BadValsizeError, CorruptedError, Error
 from .format import MAX_KEY_SIZE
+
+
+def _at_level(node, level: int, path: list):
+    """``node``, checked to be a leaf exactly when ``level`` is the path's last."""
+    if (node.kids is None) != (level == len(path) - 1):
+        raise CorruptedError(f"page {node.pgno}: a {'leaf' if node.kids is None else 'branch'}"
+                             f" at the wrong level of its tree")
+    return node
 
 
 def path_next(load, path: list) -> bool:
@@ -33,7 +41,7 @@ def path_next(load, path: list) -> bool:
             path[level][1] = i + 1
             for lv in range(level + 1, len(path)):
                 pn, pi = path[lv - 1]
-                path[lv] = [load(pn.kids[pi], pn.ktxn[pi]), 0]
+                path[lv] = [_at_level(load(pn.kids[pi], pn.ktxn[pi]), lv, path), 0]
             return True
         level -= 1
     return False
@@ -53,7 +61,7 @@ def path_prev(load, path: list) -> bool:
             path[level][1] = i - 1
             for lv in range(level + 1, len(path)):
                 pn, pi = path[lv - 1]
-                child = load(pn.kids[pi], pn.ktxn[pi])
+                child = _at_level(load(pn.kids[pi], pn.ktxn[pi]), lv, path)
                 path[lv] = [child, len(child.keys) - 1]
             return True
         level -= 1

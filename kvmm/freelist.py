@@ -35,7 +35,15 @@ from bisect import bisect_left, bisect_right
 from sortedcontainers import SortedList
 
 from .btree import descend, insert, remove_at, replace_at
-from .format import FREE_KEY, decode_pgnos, encode_pgnos, inline_free_max, max_entry_size
+from .errors import CorruptedError
+from .format import (
+    FREE_KEY,
+    NUM_METAS,
+    decode_pgnos,
+    encode_pgnos,
+    inline_free_max,
+    max_entry_size,
+)
 
 # Records of the free database: key = FREE_KEY (txnid) + 4-byte sequence number whose
 # top bit is the WEAK_BORN tag; in the inline list the tag is the txnid's top bit.
@@ -64,6 +72,14 @@ def chunk_size(page_size: int) -> int:
     return (max_entry_size(page_size) - 6 - FREE_KEY.size - _SEQ_BYTES) // 8
 
 
+def _checked(pgnos, next_pgno: int):
+    """Free page numbers about to be reused, refused unless they lie among the file's
+    pages (a damaged free list must not send a write anywhere else)."""
+    if pgnos and (min(pgnos) < NUM_METAS or max(pgnos) >= next_pgno):
+        raise CorruptedError(f"free list names pages outside 2..{next_pgno - 1}")
+    return pgnos
+
+
 class FreeList:
     """A write transaction's free pages: those it may reuse and those it freed."""
 
@@ -80,7 +96,7 @@ class FreeList:
         w = bisect_left(tags, WEAK_BORN)
         a = bisect_right(tags, min(reader_bound, steady), 0, w)
         b = bisect_right(tags, WEAK_BORN | reader_bound, w, n)
-        self.reuse = SortedList(pgnos[:a] + pgnos[w:b])  # free pages to take, lowest first
+        self.reuse = SortedList(_checked(pgnos[:a] + pgnos[w:b], txn.next_pgno))
         self.pending = (tags[a:w] + tags[b:], pgnos[a:w] + pgnos[b:])  # tags, pgnos
         self.inline: tuple = ()  # the inline free list for the new meta (set by save)
         self.freed: list[int] = []  # committed pages this transaction stopped using
@@ -161,7 +177,7 @@ class FreeList:
                 self.exhausted = True
                 return False
         self.consumed.append(key)
-        self.reuse.update(decode_pgnos(leaf.vals[i]))
+        self.reuse.update(_checked(decode_pgnos(leaf.vals[i]), txn.next_pgno))
         self.next_key = key + b"\0"
         return True
 

@@ -13,7 +13,7 @@ from bisect import bisect_left, bisect_right
 
 from . import dupsort
 from . import format as fmt
-from .btree import DbState, Node, descend, insert, remove_at, replace_at
+from .btree import DbState, Node, _bad_depth, descend, insert, remove_at, replace_at
 from .cursor import Cursor, _key_bytes
 from .errors import (
     BadDbiError,
@@ -115,7 +115,11 @@ class Transaction:
         """The node of page ``pgno`` written by ``txnid`` (write transactions; a read
         transaction's ``load`` is the environment's cache loader)."""
         if txnid == self.txnid:
-            return self._dirty[pgno]
+            node = self._dirty.get(pgno)
+            if node is None:
+                raise CorruptedError(f"page {pgno}: referenced as written by txn {txnid}, "
+                                     "the transaction in progress (a damaged meta's txnid?)")
+            return node
         return self._clean_load(pgno, txnid)
 
     def touch(self, node: Node, db: DbState) -> Node:
@@ -231,7 +235,11 @@ class Transaction:
         node = cache.get(pgno)
         if node is None or node.txnid != txnid:
             node = self.load(pgno, txnid)
+        depth = state.depth
         while node.kids is not None:
+            depth -= 1
+            if depth <= 0:
+                _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
             pgno = node.kids[i]
             txnid = node.ktxn[i]

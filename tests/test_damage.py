@@ -24,6 +24,8 @@ import json
 import multiprocessing
 import os
 import random
+import signal
+from pathlib import Path
 
 import _workers
 import pytest
@@ -320,3 +322,112 @@ def test_file_that_is_not_kvmm_raises_invalid_error_and_is_left_unchanged(tmp_pa
     for name, body in contents.items():
         with open(tmp_path / f"{name}.kvmm", "rb") as f:
             assert f.read() == body, f"{name}: the file was changed"
+
+
+# --- damage found by tools/fuzz.py: each once hung, or escaped as a non-kvmm error -------
+
+
+def _fuzz_base(tmp_path):
+    """A database of depth 3 with an overflow value; its newest meta and that meta's slot."""
+    import kvmm.format as fmt
+
+    path = str(tmp_path / "fz")
+    env = kvmm.open(path)
+    with env.begin(write=True) as txn:
+        for i in range(3000):
+            txn.put(b"%06d" % i, b"v" * 60)
+        txn.put(b"big", b"B" * 20000)
+    env.close()
+    data = os.path.join(path, "data.kvmm")
+    with open(data, "rb") as f:
+        raw = f.read()
+    metas = []
+    for slot in (0, 1):
+        try:
+            metas.append((fmt.decode_meta(raw[slot * 4096 : (slot + 1) * 4096]), slot))
+        except kvmm.Error:
+            pass
+    meta, slot = max(metas, key=lambda m: m[0].txnid)
+    return path, data, meta, slot
+
+
+def _rewrite_meta(data, slot, meta, **changes):
+    import kvmm.format as fmt
+
+    fields = {name: getattr(meta, name) for name in fmt.Meta.__slots__}
+    fields.update(changes)
+    with open(data, "r+b") as f:
+        f.seek(slot * 4096)
+        f.write(fmt.encode_meta(fmt.Meta(**fields)))
+
+
+def _within(seconds, fn):
+    """Run ``fn``; a hang fails the test instead of stalling the suite."""
+    def alarm(*_):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _reads_fail_cleanly(path):
+    from kvmm.check import check
+
+    def read():
+        with kvmm.open(path) as env:
+            with env.begin() as txn:
+                list(txn.cursor())
+                txn.get(b"001234")
+            with env.begin(write=True) as txn:
+                txn.put(b"new", b"x")
+
+    with pytest.raises(kvmm.Error):
+        _within(20, read)
+    assert _within(20, lambda: check(path)) != []
+
+
+def test_a_branch_pointing_at_itself_raises_corrupted_error_without_hanging(tmp_path):
+    import kvmm.format as fmt
+
+    path, data, meta, _ = _fuzz_base(tmp_path)
+    root, root_txnid = meta.main[0], meta.main[1]
+    with open(data, "r+b") as f:
+        f.seek(root * 4096)
+        page = f.read(4096)
+        _, n, _ = fmt.check_header(page, root, root_txnid)
+        keys, kids, ktxn = fmt.decode_branch(page, root, n)
+        kids[0], ktxn[0] = root, root_txnid  # a loop
+        f.seek(root * 4096)
+        f.write(fmt.encode_branch(root, root_txnid, keys, kids, ktxn, 4096))
+    _reads_fail_cleanly(path)
+
+
+def test_a_meta_txnid_below_its_roots_raises_corrupted_error(tmp_path):
+    path, data, meta, slot = _fuzz_base(tmp_path)
+    _rewrite_meta(data, slot, meta, txnid=meta.main[1] - 1)
+    with kvmm.open(path) as env, pytest.raises(kvmm.CorruptedError), env.begin(write=True) as txn:
+        for i in range(0, 3000, 7):
+            txn.put(b"%06d" % i, b"w" * 60)
+
+
+def test_a_free_page_number_past_the_file_is_refused_before_any_write(tmp_path):
+    path, data, meta, slot = _fuzz_base(tmp_path)
+    _rewrite_meta(data, slot, meta, inline_free=(0, 1 << 40))
+    before = Path(data).read_bytes()
+    with kvmm.open(path) as env, pytest.raises(kvmm.CorruptedError), env.begin(write=True) as txn:
+        txn.put(b"000001", b"w" * 60)
+    assert Path(data).read_bytes()[8192:] == before[8192:]
+
+
+def test_check_of_absurd_sizes_in_a_meta_reports_without_hanging(tmp_path):
+    from kvmm.check import check
+
+    path, data, meta, slot = _fuzz_base(tmp_path)
+    _rewrite_meta(data, slot, meta, next_pgno=meta.next_pgno + (1 << 32))
+    problems = _within(20, lambda: check(path))  # not a list of 2^32 page numbers
+    assert any("neither used nor free" in p for p in problems), problems
