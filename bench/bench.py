@@ -128,7 +128,8 @@ class Data:
         # dupsort: n pairs, n / DUP_VALUES keys with DUP_VALUES 8-byte values each.
         dup_keys = self.keys[: max(1, n // DUP_VALUES)]
         self.dup_items = shuffled(
-            ((k, KEY.pack(0, j)[8:]) for k in dup_keys for j in range(DUP_VALUES)), rng)
+            ((k, KEY.pack(0, j)[8:]) for k in dup_keys for j in range(DUP_VALUES)), rng
+        )
         self.dup_keys = shuffled(dup_keys, rng)
 
 
@@ -183,8 +184,9 @@ class LmdbStore(Store):
 
     def __init__(self, path: str, sync: bool) -> None:
         super().__init__(path, sync)
-        self.env = self.module.open(path, sync=sync, max_readers=126, max_dbs=2,
-                                    **self.open_options())
+        self.env = self.module.open(
+            path, sync=sync, max_readers=126, max_dbs=2, **self.open_options()
+        )
 
     def dup_db(self) -> Any:
         """The dupsort database of the dup_* workloads."""
