@@ -83,6 +83,7 @@ OVERFLOW_REF_SIZE = OVERFLOW_REF.size
 LEAF_ENTRY_COST = 2 + 4  # key length + value word, beside the key and value bytes
 BRANCH_ENTRY_COST = 8 + 8 + 2  # child pgno + child txnid + key length
 MAX_KEY_SIZE = 511
+MAX_FILE_SIZE = 1 << 50  # a meta naming more pages than this is damaged
 
 # A database record: root pgno, root txnid, depth, flags, entries, branch pages,
 # leaf pages, overflow pages. A root pgno of 0 means an empty tree (page 0 is a meta).
@@ -232,8 +233,10 @@ def decode_meta(buf) -> Meta:
         )
     page_size = fields[2]
     (count,) = META_COUNT.unpack_from(buf, META.size)
-    if not valid_page_size(page_size) or count > inline_free_max(page_size):
-        raise CorruptedError("meta page fails its checks (page size, free-list length)")
+    if (not valid_page_size(page_size) or count > inline_free_max(page_size)
+            or not NUM_METAS <= fields[4] <= MAX_FILE_SIZE // page_size):
+        raise CorruptedError("meta page fails its checks (page size, free-list length, "
+                             "page count)")
     end = META.size + META_COUNT.size + 16 * count
     if len(buf) < end + META_CRC.size:
         raise CorruptedError("meta page is cut short")

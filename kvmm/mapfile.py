@@ -77,8 +77,9 @@ class DataFile:
         """Set the file's size (grow sparse, or give space back)."""
         try:
             os.ftruncate(self.fd, size)
-        except OSError as e:
-            raise DiskError(f"resizing {self.path}: {e.strerror or e}") from e
+        except (OSError, OverflowError) as e:
+            raise DiskError(f"resizing {self.path} to {size} bytes: "
+                            f"{getattr(e, 'strerror', None) or e}") from e
 
     def close(self) -> None:
         if self.fd >= 0:
