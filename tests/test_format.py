@@ -50,7 +50,7 @@ def _fields(meta: fmt.Meta) -> dict:
 @given(
     page_size=st.sampled_from(PAGE_SIZES),
     txnid=u64,
-    next_pgno=u64,
+    next_pgno=st.integers(fmt.NUM_METAS, fmt.MAX_FILE_SIZE // 65536),
     flags=u32,
     boot_id=st.binary(min_size=16, max_size=16),
     main=db_records,
@@ -67,6 +67,13 @@ def test_meta_encode_decode_round_trips_every_field_and_the_inline_free_list(
     assert len(encoded) <= page_size
     # Decoded from a whole meta page, as the environment reads it.
     assert _fields(fmt.decode_meta(encoded.ljust(page_size, b"\0"))) == _fields(meta)
+
+
+@pytest.mark.parametrize("next_pgno", [0, 1, fmt.MAX_FILE_SIZE // 4096 + 1, 1 << 63])
+def test_a_meta_naming_a_page_count_no_file_holds_is_corrupted(next_pgno):
+    encoded = fmt.encode_meta(_meta(next_pgno=next_pgno))
+    with pytest.raises(kvmm.CorruptedError):
+        fmt.decode_meta(encoded.ljust(4096, b"\0"))
 
 
 def test_inline_free_list_longer_than_inline_free_max_is_refused_by_encode_meta():
