@@ -25,6 +25,13 @@ def version(subpatch: bool = False) -> tuple:
     return parts + (0,) if subpatch else parts
 
 
-__all__ = ["open", "Environment", "Transaction", "Cursor", "_Database", "version",
-           "__version__"]
+__all__ = [
+    "Cursor",
+    "Environment",
+    "Transaction",
+    "_Database",
+    "__version__",
+    "open",
+    "version",
+]
 __all__.extend(_errors.__all__)

@@ -161,22 +161,18 @@ def _bad_depth(db: DbState):
     raise CorruptedError(f"tree of root page {db.root}: pages do not match depth {db.depth}")
 
 
+# A key above every tree key: plain keys, free-list keys and dupsort pairs (at most
+# an escaped 511-byte key and a 511-byte value) are all shorter.
+_ABOVE_ALL = b"\xff" * 2048
+
+
 def first_path(load, db: DbState, last: bool = False) -> list | None:
     """The path to the first (or last) entry of the tree; None when empty."""
-    if not db.root:
-        return None
-    node = load(db.root, db.root_txnid)
-    path = []
-    depth = db.depth
-    while node.kids is not None:
-        if len(path) >= depth:
-            _bad_depth(db)
-        i = len(node.kids) - 1 if last else 0
-        path.append([node, i])
-        node = load(node.kids[i], node.ktxn[i])
-    if len(path) + 1 != depth:
-        _bad_depth(db)
-    path.append([node, len(node.keys) - 1 if last else 0])
+    if not last:
+        return descend(load, db, b"")
+    path = descend(load, db, _ABOVE_ALL)
+    if path is not None:
+        path[-1][1] -= 1  # past the last entry: step back onto it
     return path
 
 
