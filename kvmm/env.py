@@ -370,15 +370,23 @@ class Environment:
             self._unlock_writer()
 
     def _wrote_meta(self, slot: int, meta) -> None:
-        """Update the cached metas after this process wrote ``meta`` into ``slot``."""
+        """Update the cached metas after this process wrote ``meta`` into ``slot``:
+        the newest meta now, the newest steady one if it is steady (else the steady
+        one stays where it was, and so does the slot the next commit writes)."""
+        key = self._meta_key
+        if key is None or None in self._meta_seen:
+            self._meta_key = None  # decode both again at the next look
+            return
         metas = list(self._meta_seen)
         metas[slot] = meta
-        if None in metas:
-            self._meta_key = None
-            return
+        _, _, steady_txnid, target = self._meta_pick
+        if meta.steady:
+            steady_txnid, target = meta.txnid, 1 - slot
         self._meta_seen = tuple(metas)
-        self._meta_pick = self._pick(self._meta_seen)
-        self._meta_key = tuple(m.txnid.to_bytes(8, "little") for m in metas)
+        self._meta_pick = (meta, meta.txnid, steady_txnid, target)
+        key = list(key)
+        key[slot] = meta.txnid.to_bytes(8, "little")
+        self._meta_key = tuple(key)
 
     # --- transactions ---------------------------------------------------------------
 
