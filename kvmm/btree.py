@@ -46,7 +46,9 @@ class Node:
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
     ``size`` is the node's encoded size without the page header; it is kept up to date
-    on dirty nodes only.
+    on dirty nodes only. A node decoded from a committed page holds tuples (never
+    changed; tuples of bytes are left alone by the cyclic GC); a dirty copy holds
+    lists.
     """
 
     __slots__ = ("flags", "keys", "kids", "ktxn", "patched", "pgno", "size", "src", "txnid",
@@ -86,10 +88,11 @@ class Node:
     def copy(self, pgno: int, txnid: int) -> Node:
         """A dirty copy of this node under a new pgno. O(n)."""
         if self.kids is None:
-            flags = None if self.flags is None else self.flags[:]
-            n = Node(pgno, txnid, self.keys[:], self.vals[:], flags)
+            flags = None if self.flags is None else list(self.flags)
+            n = Node(pgno, txnid, list(self.keys), list(self.vals), flags)
         else:
-            n = Node(pgno, txnid, self.keys[:], kids=self.kids[:], ktxn=self.ktxn[:])
+            n = Node(pgno, txnid, list(self.keys), kids=list(self.kids),
+                     ktxn=list(self.ktxn))
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
         n.src = self.pgno

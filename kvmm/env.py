@@ -491,10 +491,11 @@ class Environment:
         try:
             if kind == fmt.LEAF:
                 keys, vals, flags = fmt.decode_leaf(page, pgno, count)
-                node = Node(pgno, txnid, keys, vals, flags)
+                node = Node(pgno, txnid, tuple(keys), tuple(vals),
+                            None if flags is None else tuple(flags))
             elif kind == fmt.BRANCH:
                 keys, kids, ktxn = fmt.decode_branch(page, pgno, count)
-                node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
+                node = Node(pgno, txnid, tuple(keys), kids=tuple(kids), ktxn=tuple(ktxn))
             else:
                 raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
         except (ValueError, IndexError, OverflowError) as e:
