@@ -23,7 +23,7 @@ from __future__ import annotations
 from . import format as fmt
 from .dupsort import check_pair
 from .errors import Error
-from .freelist import WEAK_BORN, key_txnid
+from .freelist import key_txnid
 
 
 class Checker:
@@ -191,7 +191,7 @@ class Checker:
                     continue
                 self.tree(f"database {key!r}", record, keep=0)
         for key, stored, _ in self.tree("free", meta.free, is_free=True):
-            if len(key) != fmt.FREE_KEY.size + 4 or len(stored) % 8:
+            if len(key) != fmt.FREE_KEY.size or len(stored) % 8:
                 self.problem(f"free record {key.hex()}: malformed")
                 continue
             if key_txnid(key) > meta.txnid:
@@ -202,7 +202,7 @@ class Checker:
         if list(inline[::2]) != sorted(inline[::2]):
             self.problem("inline free list: not sorted by tag")
         for i in range(0, len(inline), 2):
-            if inline[i] & ~WEAK_BORN > meta.txnid:
+            if inline[i] & ~fmt.WEAK_BORN > meta.txnid:
                 self.problem(f"inline free page {inline[i + 1]}: from txn newer than "
                              f"{meta.txnid}")
             self.use(inline[i + 1], 1, f"inline free list ({inline[i]})")

@@ -68,13 +68,21 @@ def path_prev(load, path: list) -> bool:
     return False
 
 
+def as_bytes(obj, what: str) -> bytes:
+    """``obj`` (any buffer: bytes, bytearray, memoryview...) as bytes; TypeError for
+    anything else, str included."""
+    if obj.__class__ is bytes:
+        return obj
+    if not isinstance(obj, str):
+        try:
+            return bytes(memoryview(obj))
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be bytes-like, not {type(obj).__name__}")
+
+
 def _key_bytes(key) -> bytes:
-    if key.__class__ is not bytes:
-        if isinstance(key, str) or not hasattr(key, "__buffer__") and not isinstance(
-            key, (bytearray, memoryview)
-        ):
-            raise TypeError(f"keys must be bytes-like, not {type(key).__name__}")
-        key = bytes(key)
+    key = as_bytes(key, "keys")
     if not key or len(key) > MAX_KEY_SIZE:
         raise BadValsizeError(f"key of {len(key)} bytes: keys are 1 to {MAX_KEY_SIZE} bytes")
     return key

@@ -23,7 +23,7 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, path_next, path_prev
+from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
 from .errors import BadValsizeError, CorruptedError
 from .format import MAX_KEY_SIZE
 
@@ -69,10 +69,7 @@ def check_pair(raw: bytes) -> str | None:
 
 
 def _value_bytes(value) -> bytes:
-    if value.__class__ is not bytes:
-        if isinstance(value, str):
-            raise TypeError("values must be bytes-like, not str")
-        value = bytes(memoryview(value))
+    value = as_bytes(value, "values")
     if not value or len(value) > MAX_KEY_SIZE:
         raise BadValsizeError(
             f"value of {len(value)} bytes: dupsort values are 1 to {MAX_KEY_SIZE} bytes")

@@ -171,6 +171,7 @@ class Environment:
         self._main_db = _Database(self, None, 0)
         self._dbs: dict[bytes, _Database] = {}
         self._unsynced = 0
+        self._file_size = 0  # the data file's size as this commit's _grow found it
         self._txns: weakref.WeakSet = weakref.WeakSet()  # live ones, ended after fork()
         self._reclaim_floor = 0  # free pages after the last fruitless reclaim
         self._reclaim_retry = 0  # the txnid from which to try again anyway
@@ -385,7 +386,7 @@ class Environment:
         self._meta_seen = tuple(metas)
         self._meta_pick = (meta, meta.txnid, steady_txnid, target)
         key = list(key)
-        key[slot] = meta.txnid.to_bytes(8, "little")
+        key[slot] = fmt.META_TXNID.pack(meta.txnid)
         self._meta_key = tuple(key)
 
     # --- transactions ---------------------------------------------------------------
@@ -574,10 +575,12 @@ class Environment:
             self._reclaim_retry = txn.txnid + RECLAIM_RETRY
 
     def _grow(self, end: int) -> None:
+        """Make the file at least ``end`` bytes (geometric steps); note its size for
+        the rest of the commit (the writer lock is held: nobody else resizes it)."""
         if self._max_size is not None and end > self._max_size:
             raise MapFullError(
                 f"commit needs {end} bytes, past max_size {self._max_size}")
-        size = self._datafile.size()
+        size = self._file_size = self._datafile.size()
         if end <= size:
             return
         step = min(max(size // 2, GROW_MIN), GROW_MAX)
@@ -587,6 +590,7 @@ class Environment:
         if self._max_size is not None:
             new = max(end, min(new, self._max_size // ps * ps))
         self._datafile.truncate(new)
+        self._file_size = new
 
     def _write_pages(self, txn) -> None:
         """Write the transaction's dirty pages and overflow runs, contiguous pages in
@@ -659,7 +663,7 @@ class Environment:
         self._put_meta(mm, target, meta, steady and (self._metasync or not self._sync))
         self._wrote_meta(target, meta)
         try:
-            self._shrink(df.size(), meta)
+            self._shrink(self._file_size, meta)
         except DiskError:
             pass  # giving space back is optional; the commit stands
 

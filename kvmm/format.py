@@ -97,11 +97,16 @@ META_CRC = Struct("<I")
 META_COUNT = Struct("<I")  # pairs in the inline free list
 META_SIZE = META.size + META_COUNT.size + META_CRC.size  # with an empty inline list
 META_TXNID_OFFSET = 16  # where a meta's txnid sits, to spot a new commit cheaply
+META_TXNID = Struct("<Q")  # that field's encoding
 NUM_METAS = 2
 
-# The free database: key = freeing txnid (8 bytes, big-endian so keys sort by txnid),
-# value = the freed page numbers as u64s.
-FREE_KEY = Struct(">Q")
+# The free database: key = freeing txnid u64 then a sequence number u32, big-endian so
+# keys sort by txnid; the sequence's top bit is the WEAK_BORN tag (pages written after
+# the last steady commit). Value: the freed page numbers as u64s. In the meta's inline
+# free list the tag is the txnid's top bit.
+FREE_KEY = Struct(">QI")
+SEQ_WEAK_BORN = 1 << 31
+WEAK_BORN = 1 << 63
 
 # --- lock file ----------------------------------------------------------------------
 

@@ -35,41 +35,39 @@ from bisect import bisect_left, bisect_right
 from sortedcontainers import SortedList
 
 from .btree import descend, insert, remove_at, replace_at
+from .cursor import path_next
 from .errors import CorruptedError
 from .format import (
     FREE_KEY,
     NUM_METAS,
+    SEQ_WEAK_BORN,
+    WEAK_BORN,
     decode_pgnos,
     encode_pgnos,
     inline_free_max,
     max_entry_size,
 )
 
-# Records of the free database: key = FREE_KEY (txnid) + 4-byte sequence number whose
-# top bit is the WEAK_BORN tag; in the inline list the tag is the txnid's top bit.
-_SEQ_BYTES = 4
-SEQ_WEAK_BORN = 1 << 31
-WEAK_BORN = 1 << 63
 # Reusing records would make this commit rewrite them; give up after this many
 # rounds of "saving the free list changed the free list" and take new pages instead.
 _SAVE_ROUNDS = 6
 
 
 def free_key(txnid: int, seq: int) -> bytes:
-    return FREE_KEY.pack(txnid) + seq.to_bytes(_SEQ_BYTES, "big")
+    return FREE_KEY.pack(txnid, seq)
 
 
 def key_txnid(key: bytes) -> int:
-    return FREE_KEY.unpack_from(key)[0]
+    return FREE_KEY.unpack(key)[0]
 
 
 def key_weak_born(key: bytes) -> bool:
-    return bool(key[FREE_KEY.size] & 0x80)
+    return bool(FREE_KEY.unpack(key)[1] & SEQ_WEAK_BORN)
 
 
 def chunk_size(page_size: int) -> int:
     """Page numbers per free record: the most that still fit inline in a leaf."""
-    return (max_entry_size(page_size) - 6 - FREE_KEY.size - _SEQ_BYTES) // 8
+    return (max_entry_size(page_size) - 6 - FREE_KEY.size) // 8
 
 
 def _checked(pgnos, next_pgno: int):
@@ -158,8 +156,6 @@ class FreeList:
         if path is None:
             self.exhausted = True
             return False
-        from .cursor import path_next  # the shared in-order step
-
         leaf, i = path[-1]
         if i >= len(leaf.keys) and not path_next(txn.load, path):
             self.exhausted = True

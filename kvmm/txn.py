@@ -14,7 +14,7 @@ from bisect import bisect_left, bisect_right
 from . import dupsort
 from . import format as fmt
 from .btree import DbState, Node, _bad_depth, descend, insert, remove_at, replace_at
-from .cursor import Cursor, _key_bytes
+from .cursor import Cursor, _key_bytes, as_bytes
 from .errors import (
     BadDbiError,
     CorruptedError,
@@ -29,17 +29,6 @@ from .reclaim import relocate_tail
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
-
-
-def _value_bytes(value) -> bytes:
-    if value.__class__ is bytes:
-        return value
-    if isinstance(value, str):
-        raise TypeError("values must be bytes-like, not str")
-    try:
-        return bytes(memoryview(value))
-    except TypeError:
-        raise TypeError(f"values must be bytes-like, not {type(value).__name__}") from None
 
 
 class Transaction:
@@ -334,7 +323,7 @@ class Transaction:
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if value.__class__ is not bytes:
-            value = _value_bytes(value)
+            value = as_bytes(value, "values")
         tail = self._tail
         if tail is not None and tail[0] is state and tail[2] == self._gen:
             # The rightmost path is cached and unchanged: a key past the last one
