@@ -295,6 +295,28 @@ def _copy(state: dict) -> dict:
     return {name: dict(data) for name, data in state.items()}
 
 
+def apply_ops(env, txn, ops) -> None:
+    """Do a workload step's operations (put, del, drop) in write transaction ``txn``."""
+    for op in ops:
+        db = env.open_db(op[1], txn=txn) if op[1] is not None else None
+        if op[0] == "put":
+            txn.put(op[2], op[3], db=db)
+        elif op[0] == "del":
+            txn.delete(op[2], db=db)
+        else:
+            txn.drop(db, delete=True)
+
+
+def report_figures(request, title: str, figures: dict) -> None:
+    """Print a test module's figures at the end of the run (pytest's terminal)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    line = f"{title}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line)
+
+
 def run_step(env, step) -> None:
     """Run one workload step on ``env``: a commit (aborted if anything fails), or a sync."""
     if step[0] == "sync":
@@ -302,14 +324,7 @@ def run_step(env, step) -> None:
         return
     txn = env.begin(write=True)
     try:
-        for op in step[1]:
-            db = env.open_db(op[1], txn=txn) if op[1] is not None else None
-            if op[0] == "put":
-                txn.put(op[2], op[3], db=db)
-            elif op[0] == "del":
-                txn.delete(op[2], db=db)
-            else:
-                txn.drop(db, delete=True)
+        apply_ops(env, txn, step[1])
         txn.commit()
     except BaseException:
         txn.abort()

@@ -37,7 +37,7 @@ import sys
 import zlib
 
 import pytest
-from crashsim import Disk, PowerLoss, make_workload, read_all, run_step
+from crashsim import Disk, PowerLoss, make_workload, read_all, report_figures, run_step
 
 import kvmm
 import kvmm.env
@@ -56,12 +56,7 @@ FIGURES = {"crash points": 0, "power-loss images": 0, "process-crash images": 0,
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = "crash simulation: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items())
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    report_figures(request, "crash simulation", FIGURES)
 
 
 @contextlib.contextmanager

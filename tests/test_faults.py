@@ -30,7 +30,7 @@ import random
 import re
 
 import pytest
-from crashsim import make_workload, read_all
+from crashsim import apply_ops, make_workload, read_all, report_figures
 
 import kvmm
 import kvmm.env
@@ -46,12 +46,7 @@ FIGURES = {"faults injected": 0, "single": 0, "persistent": 0, "absorbed": 0,
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = "fault injection: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items())
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    report_figures(request, "fault injection", FIGURES)
 
 
 @pytest.fixture(autouse=True)
@@ -156,14 +151,7 @@ def begin_step(env, step):
         return None
     txn = env.begin(write=True)
     try:
-        for op in step[1]:
-            db = env.open_db(op[1], txn=txn) if op[1] is not None else None
-            if op[0] == "put":
-                txn.put(op[2], op[3], db=db)
-            elif op[0] == "del":
-                txn.delete(op[2], db=db)
-            else:
-                txn.drop(db, delete=True)
+        apply_ops(env, txn, step[1])
     except BaseException:
         txn.abort()
         raise
