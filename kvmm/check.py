@@ -23,7 +23,6 @@ from __future__ import annotations
 from . import format as fmt
 from .dupsort import check_pair
 from .errors import Error
-from .freelist import key_txnid
 
 
 class Checker:
@@ -194,10 +193,11 @@ class Checker:
             if len(key) != fmt.FREE_KEY.size or len(stored) % 8:
                 self.problem(f"free record {key.hex()}: malformed")
                 continue
-            if key_txnid(key) > meta.txnid:
+            tag = fmt.FREE_KEY.unpack(key)[0]
+            if tag & ~fmt.WEAK_BORN > meta.txnid:
                 self.problem(f"free record {key.hex()}: from txn newer than {meta.txnid}")
             for p in fmt.decode_pgnos(stored):
-                self.use(p, 1, f"free record {key_txnid(key)}")
+                self.use(p, 1, f"free record {tag:#x}")
         inline = meta.inline_free
         if list(inline[::2]) != sorted(inline[::2]):
             self.problem("inline free list: not sorted by tag")

@@ -52,10 +52,12 @@ GROW_MAX = 1 << 30
 # size.
 SHRINK_MIN = 4 << 20
 # With sync=False, a commit becomes steady (synced) once the bytes written since the
-# last steady commit pass AUTOSYNC_MIN and an eighth of the file: pages of the steady
-# commit are not reused, so without it a never-synced database would grow for ever;
-# with it the file grows by at most about an eighth, for one sync per that much data.
-AUTOSYNC_MIN = 4 << 20
+# last steady commit pass AUTOSYNC_MIN and a quarter of the file. Pages the steady
+# commit reaches are not reused until then, so this bounds how far the file grows
+# past what it holds (pages written after it are reused at once, see freelist), for
+# one sync per that much data: a flush costs milliseconds, amortised to well under a
+# microsecond per small commit.
+AUTOSYNC_MIN = 64 << 20
 DEFAULT_CACHE_SIZE = 128 << 20
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
@@ -652,7 +654,7 @@ class Environment:
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = self._current(mm)[3]
-        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 8)
+        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 4)
         df = self._datafile
         if steady:
             df.sync()  # 6. the pages are durable before any meta names them

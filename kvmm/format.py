@@ -100,12 +100,12 @@ META_TXNID_OFFSET = 16  # where a meta's txnid sits, to spot a new commit cheapl
 META_TXNID = Struct("<Q")  # that field's encoding
 NUM_METAS = 2
 
-# The free database: key = freeing txnid u64 then a sequence number u32, big-endian so
-# keys sort by txnid; the sequence's top bit is the WEAK_BORN tag (pages written after
-# the last steady commit). Value: the freed page numbers as u64s. In the meta's inline
-# free list the tag is the txnid's top bit.
+# The free database: key = tag u64 then a sequence number u32, big-endian. The tag is
+# the freeing txnid, with the WEAK_BORN bit set for pages written after the last
+# steady commit (as in the meta's inline free list). So records sort as all normal
+# ones by txnid, then all weak ones by txnid: the reusable records of each kind are a
+# prefix of it. Value: the freed page numbers as u64s.
 FREE_KEY = Struct(">QI")
-SEQ_WEAK_BORN = 1 << 31
 WEAK_BORN = 1 << 63
 
 # --- lock file ----------------------------------------------------------------------

@@ -4,8 +4,9 @@ A commit that stops using committed pages (the old copies of touched pages, dele
 overflow runs) records them with its txnid. While few pages are free, the list lives in
 the meta itself (the *inline free list*, pairs of (tag, pgno)), so a small commit
 writes no page for it. When it outgrows the meta, it spills into the *free database*,
-a B+tree of its own: key ``(txnid, seq)``, value the page numbers (at most ``chunk``
-per record, so taking a few pages never rewrites a huge record).
+a B+tree of its own: key ``(tag, seq)`` (the tag is the txnid, maybe | WEAK_BORN),
+value the page numbers (at most ``chunk`` per record, so taking a few pages never
+rewrites a huge record).
 
 A page freed by commit ``T`` is visible to snapshots older than ``T``; it may be
 reused once none of them can be read again:
@@ -32,42 +33,40 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
-from sortedcontainers import SortedList
-
 from .btree import descend, insert, remove_at, replace_at
 from .cursor import path_next
 from .errors import CorruptedError
 from .format import (
     FREE_KEY,
     NUM_METAS,
-    SEQ_WEAK_BORN,
     WEAK_BORN,
     decode_pgnos,
     encode_pgnos,
     inline_free_max,
-    max_entry_size,
 )
 
 # Reusing records would make this commit rewrite them; give up after this many
 # rounds of "saving the free list changed the free list" and take new pages instead.
 _SAVE_ROUNDS = 6
+# Free pages kept in the meta before they spill into the free database, once it has
+# records: every write transaction reads the inline list and every commit writes
+# it, so it stays short. While the free database is empty, the list may fill the meta
+# (format.inline_free_max): a first record would put a page wherever a page is free,
+# often at the file's end, where it keeps the file from shrinking.
+INLINE_KEEP = 48
 
 
-def free_key(txnid: int, seq: int) -> bytes:
-    return FREE_KEY.pack(txnid, seq)
+def free_key(tag: int, seq: int) -> bytes:
+    return FREE_KEY.pack(tag, seq)
 
 
-def key_txnid(key: bytes) -> int:
-    return FREE_KEY.unpack(key)[0]
+_FIRST_WEAK_KEY = free_key(WEAK_BORN, 0)
 
 
-def key_weak_born(key: bytes) -> bool:
-    return bool(FREE_KEY.unpack(key)[1] & SEQ_WEAK_BORN)
-
-
-def chunk_size(page_size: int) -> int:
-    """Page numbers per free record: the most that still fit inline in a leaf."""
-    return (max_entry_size(page_size) - 6 - FREE_KEY.size) // 8
+# Page numbers per free record. Taking pages from a record deletes it and keeps the
+# pages it did not need inline, so a record holds half of what stays inline: then
+# the left-over pages stay in the meta instead of being written back as a record.
+CHUNK = INLINE_KEEP // 2
 
 
 def _checked(pgnos, next_pgno: int):
@@ -79,23 +78,34 @@ def _checked(pgnos, next_pgno: int):
 
 
 class FreeList:
-    """A write transaction's free pages: those it may reuse and those it freed."""
+    """A write transaction's free pages: those it may reuse and those it freed.
+
+    ``reuse`` is kept sorted in descending order, so the lowest page pops off its end
+    in O(1); adding pages out of order only marks it ``_unsorted``, and it is sorted
+    again (Timsort: linear for a sorted list plus a sorted run) before the next look.
+    """
 
     def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
         self.txn = txn
         self.reader_bound = reader_bound
         self.steady = steady
-        # The inline list is sorted by tag (see save), so the reusable pages are two
-        # slices: normal tags up to min(reader_bound, steady), weak ones up to
-        # reader_bound. The rest must wait.
-        tags = inline[::2]
-        pgnos = inline[1::2]
-        n = len(tags)
-        w = bisect_left(tags, WEAK_BORN)
-        a = bisect_right(tags, min(reader_bound, steady), 0, w)
-        b = bisect_right(tags, WEAK_BORN | reader_bound, w, n)
-        self.reuse = SortedList(_checked(pgnos[:a] + pgnos[w:b], txn.next_pgno))
-        self.pending = (tags[a:w] + tags[b:], pgnos[a:w] + pgnos[b:])  # tags, pgnos
+        if inline:
+            # The inline list is sorted by tag (see save), so the reusable pages are
+            # two slices: normal tags up to min(reader_bound, steady), weak ones up to
+            # reader_bound. The rest must wait.
+            tags = inline[::2]
+            pgnos = inline[1::2]
+            n = len(tags)
+            w = bisect_left(tags, WEAK_BORN)
+            a = bisect_right(tags, min(reader_bound, steady), 0, w)
+            b = bisect_right(tags, WEAK_BORN | reader_bound, w, n)
+            reuse = _checked(pgnos[:a] + pgnos[w:b], txn.next_pgno)
+            self.reuse = sorted(reuse, reverse=True)
+            self.pending = (tags[a:w] + tags[b:], pgnos[a:w] + pgnos[b:])  # tags, pgnos
+        else:
+            self.reuse = []
+            self.pending = ((), ())
+        self._unsorted = False
         self.inline: tuple = ()  # the inline free list for the new meta (set by save)
         self.freed: list[int] = []  # committed pages this transaction stopped using
         self.freed_weak: list[int] = []  # ... that the steady commit cannot reach
@@ -105,6 +115,13 @@ class FreeList:
         self.saving = False
         self.extend_only = False
 
+    def _sorted(self) -> list:
+        """``reuse``, sorted (descending) again if pages were added out of order."""
+        if self._unsorted:
+            self.reuse.sort(reverse=True)
+            self._unsorted = False
+        return self.reuse
+
     def reusable(self, tag: int) -> bool:
         """Whether pages freed with ``tag`` (txnid, maybe | WEAK_BORN) may be reused."""
         txnid = tag & ~WEAK_BORN
@@ -113,15 +130,17 @@ class FreeList:
     # --- taking pages ---------------------------------------------------------------
 
     def alloc(self, n: int = 1) -> int:
-        """A run of ``n`` free pages: reused when possible, else from the file's end.
-        O(log f) for one page; a longer run scans the reusable pages."""
+        """A run of ``n`` free pages: reused when possible (lowest first), else from
+        the file's end. O(1) for one page; a longer run scans the reusable pages."""
         if not self.extend_only:
-            reuse = self.reuse
             if n == 1:
+                reuse = self.reuse
                 if not reuse:
                     self._load()
                 if reuse:
-                    return reuse.pop(0)
+                    if self._unsorted:
+                        self._sorted()
+                    return reuse.pop()
             else:
                 pgno = self._find_run(n)
                 if pgno is not None:
@@ -132,50 +151,53 @@ class FreeList:
         return pgno
 
     def _find_run(self, n: int):
+        """The lowest run of ``n`` consecutive reusable pages, taken out of ``reuse``.
+        Pages are distinct and sorted, so n of them in a row are consecutive exactly
+        when the first and last differ by n - 1."""
         while True:
-            reuse = self.reuse
-            start = prev = None
-            for p in reuse:
-                if prev is None or p != prev + 1:
-                    start = p
-                if p - start + 1 == n:
-                    for q in range(start, p + 1):
-                        reuse.remove(q)
+            reuse = self._sorted()
+            for i in range(len(reuse) - 1, n - 2, -1):
+                if reuse[i - n + 1] - reuse[i] == n - 1:
+                    start = reuse[i]
+                    del reuse[i - n + 1 : i + 1]
                     return start
-                prev = p
             if not self._load():
                 return None
 
     def _load(self) -> bool:
-        """Move the next reusable record's pages into ``reuse``; False when none."""
+        """Move the next reusable record's pages into ``reuse``; False when none.
+
+        Records sort normal ones first, then weak ones, each by txnid (see
+        format.FREE_KEY), and reusability is a txnid bound per kind: the first record
+        of a kind that is not reusable ends that kind. So a call descends at most
+        twice, however many records wait.
+        """
         if self.exhausted or self.saving:
             return False
         txn = self.txn
+        load = txn.load
         db = txn.free_db
-        path = descend(txn.load, db, self.next_key)
-        if path is None:
-            self.exhausted = True
-            return False
-        leaf, i = path[-1]
-        if i >= len(leaf.keys) and not path_next(txn.load, path):
-            self.exhausted = True
-            return False
         while True:
+            path = descend(load, db, self.next_key)
+            if path is None:
+                break
+            leaf, i = path[-1]
+            if i >= len(leaf.keys) and not path_next(load, path):
+                break
             leaf, i = path[-1]
             key = leaf.keys[i]
-            txnid = key_txnid(key)
-            if txnid > self.reader_bound:
-                self.exhausted = True
-                return False
-            if self.reusable(txnid | WEAK_BORN if key_weak_born(key) else txnid):
+            tag = FREE_KEY.unpack(key)[0]
+            if self.reusable(tag):
+                self.consumed.append(key)
+                self.reuse += _checked(decode_pgnos(leaf.vals[i]), txn.next_pgno)
+                self._unsorted = True
+                self.next_key = key + b"\0"
+                return True
+            if tag & WEAK_BORN:
                 break
-            if not path_next(txn.load, path):
-                self.exhausted = True
-                return False
-        self.consumed.append(key)
-        self.reuse.update(_checked(decode_pgnos(leaf.vals[i]), txn.next_pgno))
-        self.next_key = key + b"\0"
-        return True
+            self.next_key = _FIRST_WEAK_KEY
+        self.exhausted = True
+        return False
 
     def load_all(self) -> None:
         """Move every reusable record into ``reuse`` (used before giving space back)."""
@@ -190,7 +212,8 @@ class FreeList:
         once. Pages written after the steady commit need not wait for a sync."""
         pages = range(pgno, pgno + n)
         if born == self.txn.txnid:
-            self.reuse.update(pages)
+            self.reuse += pages
+            self._unsorted = True
         elif born > self.steady:
             self.freed_weak.extend(pages)
         else:
@@ -202,88 +225,95 @@ class FreeList:
         """Drop reusable pages at the end of the file from use: lowers ``next_pgno``.
         Returns how many pages were given back."""
         txn = self.txn
-        reuse = self.reuse
+        reuse = self._sorted()
         n = 0
-        while reuse and reuse[-1] == txn.next_pgno - 1:
-            reuse.pop()
+        while n < len(reuse) and reuse[n] == txn.next_pgno - 1:
             txn.next_pgno -= 1
             n += 1
+        del reuse[:n]
         return n
 
     def save(self) -> None:
-        """Record this commit's free pages: inline in the meta when they fit, else
-        in the free database.
+        """Record this commit's free pages: inline in the meta while they fit in
+        INLINE_KEEP pairs, else partly or wholly in the free database.
 
-        Consumed records are deleted first. Spilling writes the pending inline pages
-        under their own tags, and the pages freed plus the reusable pages left over
-        under this commit's txnid (the left-over ones with the WEAK_BORN tag). Writing the free database itself frees and
-        allocates pages, so repeat until a round changes nothing.
+        Consumed records are deleted first. When the list is too long, the pages
+        that wait for a sync (normal tags: pending ones and the ones freed now) spill
+        first, under this commit's txnid: a later tag than a page's own only makes it
+        wait longer, never less. The reusable and weak ones stay inline if they then
+        fit, else spill too, under this commit's WEAK_BORN tag. Writing the free
+        database frees and allocates pages itself, so repeat until a round changes
+        nothing.
         """
         txn = self.txn
         db = txn.free_db
         self.saving = True
+        self._sorted()
         for key in self.consumed:
             self._delete(db, key)
         self.consumed = []
         tid = txn.txnid
         weak = tid | WEAK_BORN
         ptags, ppgnos = self.pending
-        size = len(ptags) + len(self.freed) + len(self.freed_weak) + len(self.reuse)
-        if size <= inline_free_max(txn.page_size):
-            # Sorted by tag: reusable-by-anyone (0), normal by txnid, then weak ones.
-            k = bisect_left(ptags, WEAK_BORN)
-            reuse = list(self.reuse)
-            freed = sorted(self.freed)
-            freed_weak = sorted(self.freed_weak)
-            tags = [0] * len(reuse) + list(ptags[:k]) + [tid] * len(freed)
-            tags += ptags[k:]
-            tags += [weak] * len(freed_weak)
-            pgnos = reuse + list(ppgnos[:k]) + freed
-            pgnos += ppgnos[k:]
-            pgnos += freed_weak
-            flat = [0] * (2 * len(tags))
-            flat[::2] = tags
-            flat[1::2] = pgnos
-            self.inline = tuple(flat)
+        k = bisect_left(ptags, WEAK_BORN)
+        keep = INLINE_KEEP if db.root else inline_free_max(txn.page_size)
+        if len(ptags) + len(self.freed) + len(self.freed_weak) + len(self.reuse) <= keep:
+            self.inline = self._inline(ptags[:k], ppgnos[:k], self.freed, ptags[k:],
+                                       ppgnos[k:])
             self.saving = False
             return
-        groups: dict[int, list[int]] = {}
-        for t, p in zip(ptags, ppgnos):
-            groups.setdefault(t, []).append(p)
+        held = list(ppgnos[:k])  # pages pending inline that wait for a sync
         self.pending = ((), ())
-        for t, pages in groups.items():
-            self._write_group(db, t, sorted(pages), 0)
-        # Writing the free database frees and allocates pages itself: repeat until a
-        # round changes nothing.
         written = {tid: 0, weak: 0}  # records of each group written so far
         last = None
         for rounds in range(1000):
             self.extend_only = rounds >= _SAVE_ROUNDS
-            # Reusable pages left over are reusable by the next writer too: recorded
-            # with the WEAK_BORN tag they wait for no sync (no steady commit reaches
-            # them), only for readers, as pages freed now do.
-            now = (sorted(self.freed), sorted(self.freed_weak + list(self.reuse)))
+            normal = sorted(held + self.freed)
+            rest = len(ptags) - k + len(self.freed_weak) + len(self.reuse)
+            now = (normal, tuple(self._sorted()), sorted(self.freed_weak))
             if now == last:
                 break
             last = now
-            written[tid] = self._write_group(db, tid, now[0], written[tid])
-            written[weak] = self._write_group(db, weak, now[1], written[weak])
+            written[tid] = self._write_group(db, tid, normal, written[tid])
+            # Reusable pages left over are reusable by the next writer too: recorded
+            # with the WEAK_BORN tag they wait for no sync (no steady commit reaches
+            # them), only for readers, as pages freed now do.
+            spill = [] if rest <= INLINE_KEEP else sorted(
+                list(ppgnos[k:]) + self.freed_weak + list(self.reuse))
+            written[weak] = self._write_group(db, weak, spill, written[weak])
         else:
             raise AssertionError("free list did not settle")
-        self.inline = ()
+        self.inline = () if rest > INLINE_KEEP else self._inline(
+            (), (), (), ptags[k:], ppgnos[k:])
         self.saving = False
+
+    def _inline(self, ntags, npgnos, freed, wtags, wpgnos) -> tuple:
+        """The inline free list, sorted by tag as __init__ expects: reusable-by-anyone
+        (0), then normal tags by txnid, then weak ones; flattened as (tag, pgno)."""
+        tid = self.txn.txnid
+        flat: list[int] = []
+        for p in reversed(self._sorted()):
+            flat += (0, p)
+        for t, p in zip(ntags, npgnos):
+            flat += (t, p)
+        for p in sorted(freed):
+            flat += (tid, p)
+        for t, p in zip(wtags, wpgnos):
+            flat += (t, p)
+        weak = tid | WEAK_BORN
+        for p in sorted(self.freed_weak):
+            flat += (weak, p)
+        return tuple(flat)
 
     def _write_group(self, db, tag: int, pages: list, written: int) -> int:
         """Write ``pages`` as the records of ``tag``, deleting records past them from
         an earlier round (``written`` of them). Returns the number of records."""
-        chunk = chunk_size(self.txn.page_size)
-        txnid = tag & ~WEAK_BORN
-        flag = SEQ_WEAK_BORN if tag != txnid else 0
+        chunk = CHUNK
         records = [pages[i : i + chunk] for i in range(0, len(pages), chunk)]
         for seq, record in enumerate(records):
-            self._put(db, free_key(txnid, seq | flag), encode_pgnos(record))
+            self._put(db, free_key(tag, seq), encode_pgnos(record))
         for seq in range(len(records), written):
-            self._delete(db, free_key(txnid, seq | flag))
+            self._delete(db, free_key(tag, seq))
         return len(records)
 
     def _delete(self, db, key: bytes) -> None:

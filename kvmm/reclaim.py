@@ -23,7 +23,7 @@ TAIL_GAIN = 4
 
 def tail_targets(txn) -> set[int]:
     """The used pages in the file's tail worth moving to give that tail back."""
-    reuse = txn.freelist.reuse
+    reuse = set(txn.freelist.reuse)
     used: list[int] = []
     best: list[int] = []
     free = 0
