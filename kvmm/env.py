@@ -71,9 +71,11 @@ def _after_fork_in_child() -> None:
     parent's locks. Mark them, and end their transactions, so use raises Error."""
     for env in list(_open_envs):
         env._forked = True
-        for txn in list(env._txns):
-            txn._done = True
-            txn._dbs.clear()
+        for ref in list(env._txns.values()):
+            txn = ref()
+            if txn is not None:
+                txn._done = True
+                txn._dbs.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -162,6 +164,8 @@ class Environment:
             if self._lock is not None:
                 self._lock.close()
             raise
+        self._capacity = fmt.page_capacity(self._page_size)
+        self._max_entry = fmt.max_entry_size(self._page_size)
         self._map = Map(self._datafile)
         self._map.cover(fmt.NUM_METAS * self._page_size)
         self._cache: dict[int, Node] = {}
@@ -174,7 +178,12 @@ class Environment:
         self._dbs: dict[bytes, _Database] = {}
         self._unsynced = 0
         self._file_size = 0  # the data file's size as this commit's _grow found it
-        self._txns: weakref.WeakSet = weakref.WeakSet()  # live ones, ended after fork()
+        # (txnid, size): the size this process left the file at with commit txnid. While
+        # txnid is still the newest commit, nobody else resized the file (a writer
+        # grows or shrinks it only in a commit), so the next commit skips the fstat.
+        self._size_after = (-1, 0)
+        # Live transactions by id (weak: a dropped one aborts itself), ended after fork().
+        self._txns: dict[int, weakref.ref] = {}
         self._reclaim_floor = 0  # free pages after the last fruitless reclaim
         self._reclaim_retry = 0  # the txnid from which to try again anyway
         self._reclaim_tries = 0
@@ -461,10 +470,9 @@ class Environment:
             self._unlock_writer()
 
     def _write_snapshot(self) -> tuple:
-        """(meta, newest txnid, steady txnid) for a writer, read under the lock."""
-        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
-        meta, newest, steady, _ = self._current(mm)
-        return meta, newest, steady
+        """(meta, newest txnid, steady txnid, meta slot to write) for a writer, read
+        under the lock."""
+        return self._current(self._map.cover(fmt.NUM_METAS * self._page_size))
 
     def _oldest_reader(self):
         return self._lock.oldest_reader() if self._lock is not None else None
@@ -520,8 +528,13 @@ class Environment:
 
     def _publish(self, nodes) -> None:
         """Cache the nodes a commit just wrote (they are committed now)."""
+        cache = self._cache
+        if len(cache) + len(nodes) >= self._cache_limit:
+            for node in nodes:
+                self._remember(node)
+            return
         for node in nodes:
-            self._remember(node)
+            cache[node.pgno] = node
 
     def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):
         ps = self._page_size
@@ -576,13 +589,16 @@ class Environment:
             self._reclaim_floor = txn.free_db.entries + len(txn.freelist.inline) // 2
             self._reclaim_retry = txn.txnid + RECLAIM_RETRY
 
-    def _grow(self, end: int) -> None:
+    def _grow(self, end: int, txn) -> None:
         """Make the file at least ``end`` bytes (geometric steps); note its size for
         the rest of the commit (the writer lock is held: nobody else resizes it)."""
         if self._max_size is not None and end > self._max_size:
             raise MapFullError(
                 f"commit needs {end} bytes, past max_size {self._max_size}")
-        size = self._file_size = self._datafile.size()
+        txnid, size = self._size_after
+        if txnid != txn.txnid - 1:
+            size = self._datafile.size()
+        self._file_size = size
         if end <= size:
             return
         step = min(max(size // 2, GROW_MIN), GROW_MAX)
@@ -653,7 +669,7 @@ class Environment:
         A torn meta write fails its checksum and the other slot, untouched, is used.
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
-        target = self._current(mm)[3]
+        target = txn._meta_target
         steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 4)
         df = self._datafile
         if steady:
@@ -667,7 +683,8 @@ class Environment:
         try:
             self._shrink(self._file_size, meta)
         except DiskError:
-            pass  # giving space back is optional; the commit stands
+            return  # giving space back is optional; the commit stands, size unknown
+        self._size_after = (meta.txnid, self._file_size)
 
     def _shrink(self, size: int, meta) -> None:
         """Give free space at the file's end back, once it passes half the file.
@@ -679,7 +696,9 @@ class Environment:
         ps = self._page_size
         end = meta.next_pgno * ps
         if size - end > max(SHRINK_MIN, size // 2):
-            self._datafile.truncate(end + min(end // 8 // ps * ps, GROW_MAX))
+            new = end + min(end // 8 // ps * ps, GROW_MAX)
+            self._datafile.truncate(new)
+            self._file_size = new
 
     def _strict_check(self) -> None:
         from .check import check_env

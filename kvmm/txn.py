@@ -9,6 +9,7 @@ numbered recipe in :meth:`Transaction.commit`.
 from __future__ import annotations
 
 import os
+import weakref
 from bisect import bisect_left, bisect_right
 
 from . import dupsort
@@ -57,8 +58,8 @@ class Transaction:
         self._tail = None  # (db state, rightmost path, _gen) for in-order inserts
         self._created: list = []  # named databases this transaction created
         self.page_size = env._page_size
-        self.capacity = fmt.page_capacity(self.page_size)
-        self._max_entry = fmt.max_entry_size(self.page_size)
+        self.capacity = env._capacity
+        self._max_entry = env._max_entry
         if write:
             env._begin_write(self)
             try:
@@ -70,11 +71,11 @@ class Transaction:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
             self.load = env._loader(self._mm, self.meta.next_pgno)
-        env._txns.add(self)
+        env._txns[id(self)] = weakref.ref(self)
 
     def _start_write(self):
         env = self.env
-        meta, newest_txnid, steady_txnid = env._write_snapshot()
+        meta, newest_txnid, steady_txnid, self._meta_target = env._write_snapshot()
         self.meta = meta
         self.txnid = newest_txnid + 1
         self.next_pgno = meta.next_pgno
@@ -112,11 +113,20 @@ class Transaction:
         return self._clean_load(pgno, txnid)
 
     def touch(self, node: Node, db: DbState) -> Node:
-        """A dirty copy of committed ``node``; its old page is freed."""
-        pgno = self.freelist.alloc()
+        """A dirty copy of committed ``node``; its old page is freed (FreeList.alloc
+        and FreeList.free, their common case inlined)."""
+        fl = self.freelist
+        reuse = fl.reuse
+        if reuse and not fl._unsorted and not fl.extend_only:
+            pgno = reuse.pop()
+        else:
+            pgno = fl.alloc()
         new = node.copy(pgno, self.txnid)
         self._dirty[pgno] = new
-        self.freelist.free(node.pgno, 1, node.txnid)
+        if node.txnid > fl.steady:
+            fl.freed_weak.append(node.pgno)
+        else:
+            fl.freed.append(node.pgno)
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
@@ -499,7 +509,7 @@ class Transaction:
         # 4. Make room: grow the file if the new pages pass its end (MapFullError here
         #    changes nothing).
         end = self.next_pgno * self.page_size
-        env._grow(end)
+        env._grow(end, self)
         # 5. Write every dirty page and overflow run.
         env._write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
@@ -529,9 +539,11 @@ class Transaction:
             cur._path = None
         self._cursors.clear()
         env = self.env
+        env._txns.pop(id(self), None)
         if self.write:
             self._dirty = {}
             self._ovf_dirty = {}
+            self.freelist = None  # it refers back to this transaction
             env._end_write(self)
         else:
             env._end_read(self._slot)
