@@ -58,12 +58,20 @@ SHRINK_MIN = 4 << 20
 # one sync per that much data: a flush costs milliseconds, amortised to well under a
 # microsecond per small commit.
 AUTOSYNC_MIN = 64 << 20
-DEFAULT_CACHE_SIZE = 128 << 20
+DEFAULT_CACHE_SIZE = 256 << 20
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
+
+
+def _node_bytes(node: Node) -> int:
+    """About the memory a cached node takes (CPython, 64-bit): its objects, the
+    tuples or lists holding its entries, and per entry a bytes object for the key and
+    one for the value or two ints for a branch's child; plus the bytes themselves
+    (``size``: the page bytes its entries use)."""
+    return 400 + 90 * len(node.keys) + node.size
 
 
 def _after_fork_in_child() -> None:
@@ -168,8 +176,9 @@ class Environment:
         self._max_entry = fmt.max_entry_size(self._page_size)
         self._map = Map(self._datafile)
         self._map.cover(fmt.NUM_METAS * self._page_size)
-        self._cache: dict[int, Node] = {}
-        self._cache_limit = max(64, cache_size // self._page_size)
+        self._cache: dict[int, Node] = {}  # pgno -> node, oldest first
+        self._cache_size = max(64 * self._page_size, cache_size)
+        self._cache_bytes = 0  # the estimated memory of the cached nodes
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._meta_seen = None
@@ -501,40 +510,50 @@ class Environment:
         kind, count, _ = fmt.check_header(page, pgno, txnid)
         try:
             if kind == fmt.LEAF:
-                keys, vals, flags = fmt.decode_leaf(page, pgno, count)
-                node = Node(pgno, txnid, tuple(keys), tuple(vals),
-                            None if flags is None else tuple(flags))
+                keys, vals, flags, used = fmt.decode_leaf(page, pgno, count)
+                node = Node(pgno, txnid, keys, vals, flags)
             elif kind == fmt.BRANCH:
-                keys, kids, ktxn = fmt.decode_branch(page, pgno, count)
-                node = Node(pgno, txnid, tuple(keys), kids=tuple(kids), ktxn=tuple(ktxn))
+                keys, kids, ktxn, used = fmt.decode_branch(page, pgno, count)
+                node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
             else:
                 raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
         except (ValueError, IndexError, OverflowError) as e:
             raise CorruptedError(f"page {pgno}: {e}") from None
+        node.size = used
         self._remember(node)
         return node
 
     def _remember(self, node: Node) -> None:
-        """Cache a decoded node. When full, the oldest eighth of the leaves goes;
-        branches (about one page in a hundred, and on every descent) stay, moved to
+        """Cache a decoded node, counting its memory against ``cache_size``."""
+        cache = self._cache
+        old = cache.get(node.pgno)
+        if old is not None:
+            self._cache_bytes -= _node_bytes(old)
+        cache[node.pgno] = node
+        self._cache_bytes += _node_bytes(node)
+        if self._cache_bytes > self._cache_size:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``.
+        Branches (about one page in a hundred, and on every descent) stay, moved to
         the young end, so a read misses at most on its leaf."""
         cache = self._cache
-        if len(cache) >= self._cache_limit:
-            for pgno in list(islice(cache, max(1, self._cache_limit // 8))):
-                old = cache.pop(pgno, None)
-                if old is not None and old.kids is not None:
+        goal = self._cache_size * 7 // 8
+        for _ in range(8):
+            for pgno in list(islice(cache, len(cache) // 8 + 1)):
+                old = cache.pop(pgno)
+                if old.kids is not None:
                     cache[pgno] = old
-        cache[node.pgno] = node
+                else:
+                    self._cache_bytes -= _node_bytes(old)
+            if self._cache_bytes <= goal:
+                return
 
     def _publish(self, nodes) -> None:
         """Cache the nodes a commit just wrote (they are committed now)."""
-        cache = self._cache
-        if len(cache) + len(nodes) >= self._cache_limit:
-            for node in nodes:
-                self._remember(node)
-            return
         for node in nodes:
-            cache[node.pgno] = node
+            self._remember(node)
 
     def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):
         ps = self._page_size
@@ -864,6 +883,7 @@ class Environment:
         _open_envs.discard(self)
         self._map.close()
         self._cache.clear()
+        self._cache_bytes = 0
         if not self._forked:
             self._datafile.close()
             if self._lock is not None:

@@ -400,7 +400,8 @@ def test_a_branch_pointing_at_itself_raises_corrupted_error_without_hanging(tmp_
         f.seek(root * 4096)
         page = f.read(4096)
         _, n, _ = fmt.check_header(page, root, root_txnid)
-        keys, kids, ktxn = fmt.decode_branch(page, root, n)
+        keys, kids, ktxn, _ = fmt.decode_branch(page, root, n)
+        kids, ktxn = list(kids), list(ktxn)
         kids[0], ktxn[0] = root, root_txnid  # a loop
         f.seek(root * 4096)
         f.write(fmt.encode_branch(root, root_txnid, keys, kids, ktxn, 4096))

@@ -184,10 +184,11 @@ def test_leaf_encode_check_header_decode_round_trips_with_flags_and_overflow_ref
     assert len(page) == page_size
     kind, count, extra = fmt.check_header(page, pgno, txnid, fmt.LEAF)
     assert (kind, count, extra) == (fmt.LEAF, n, 0)
-    got_keys, got_vals, got_flags = fmt.decode_leaf(page, pgno, count)
-    assert got_keys == keys
-    assert got_vals == vals
-    assert got_flags == flags
+    got_keys, got_vals, got_flags, used = fmt.decode_leaf(page, pgno, count)
+    assert got_keys == tuple(keys)
+    assert got_vals == tuple(vals)
+    assert got_flags == (None if flags is None else tuple(flags))
+    assert used == 6 * n + sum(map(len, keys)) + sum(map(len, vals))
     for v, f in zip(got_vals, kinds):
         if f == fmt.F_OVERFLOW:
             assert fmt.decode_overflow_ref(v) == fmt.OVERFLOW_REF.unpack(v)
@@ -197,7 +198,7 @@ def test_leaf_encode_check_header_decode_round_trips_with_flags_and_overflow_ref
 
 def test_a_leaf_of_plain_values_decodes_with_flags_none():
     page = fmt.encode_leaf(9, 3, [b"a", b"b"], [b"1", b""], [0, 0], 4096)
-    assert fmt.decode_leaf(page, 9, 2) == ([b"a", b"b"], [b"1", b""], None)
+    assert fmt.decode_leaf(page, 9, 2) == ((b"a", b"b"), (b"1", b""), None, 12 + 2 + 1)
 
 
 @given(
@@ -215,10 +216,11 @@ def test_branch_encode_check_header_decode_round_trips_with_key_0_stored_empty(
     ktxn = data.draw(st.lists(st.integers(1, 2**63), min_size=n, max_size=n), label="ktxn")
     page = fmt.encode_branch(pgno, txnid, keys, kids, ktxn, page_size)
     assert fmt.check_header(page, pgno, txnid, fmt.BRANCH) == (fmt.BRANCH, n, 0)
-    got_keys, got_kids, got_ktxn = fmt.decode_branch(page, pgno, n)
-    assert got_keys == [b""] + keys[1:]
-    assert got_kids == kids
-    assert got_ktxn == ktxn
+    got_keys, got_kids, got_ktxn, used = fmt.decode_branch(page, pgno, n)
+    assert got_keys == (b"", *keys[1:])
+    assert got_kids == tuple(kids)
+    assert got_ktxn == tuple(ktxn)
+    assert used == 18 * n + sum(map(len, keys[1:]))
 
 
 def test_overflow_header_and_value_check_and_a_changed_value_fails_the_crc():
