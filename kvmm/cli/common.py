@@ -18,7 +18,7 @@ from ..lock import LockFile
 
 #: Bytes of decoded pages a command keeps (``cache_size``): commands walk a database
 #: once or write it in order, so a cache beyond the upper levels of the trees buys
-#: nothing, and kvmm's default (128 MiB, ~200 MiB of Python objects) would make a
+#: nothing, and kvmm's default (256 MiB of Python objects) would make a
 #: dump's or restore's memory grow with the database up to that bound.
 CACHE_SIZE = 16 << 20
 #: Named-database handles a command may hold; kvmm's ``max_dbs`` only counts handles,
