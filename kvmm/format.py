@@ -327,14 +327,18 @@ def patch_branch(src, pgno: int, txnid: int, kids: list, kid_txnids: list,
 
 def patch_leaf(src, pgno: int, txnid: int, keys: list, vals: list, changed) -> bytes:
     """A leaf page made from the bytes of its committed source page ``src``, whose
-    entries are the same but for values of unchanged length at ``changed``."""
+    entries are the same but for values of unchanged length at ``changed``. O(n)."""
     n = len(keys)
     page = bytearray(src)
     _PGNO_TXNID.pack_into(page, _PATCH_AT, pgno, txnid)
-    values_at = HEADER_SIZE + 6 * n + sum(map(len, keys))
-    for i in changed:
-        at = values_at + sum(map(len, vals[:i]))
-        page[at : at + len(vals[i])] = vals[i]
+    at = HEADER_SIZE + 6 * n + sum(map(len, keys))  # where value 0 starts
+    done = 0  # ... and ``at`` is where value ``done`` starts
+    for i in sorted(changed):
+        at += sum(map(len, vals[done:i]))
+        value = vals[i]
+        end = at + len(value)
+        page[at:end] = value
+        at, done = end, i + 1
     _U32.pack_into(page, 0, _crc32(memoryview(page)[4:]))
     return bytes(page)
 

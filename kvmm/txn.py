@@ -80,8 +80,8 @@ class Transaction:
         self.txnid = newest_txnid + 1
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
-        self._clean_load = env._loader(self._mm, meta.next_pgno)
         self._dirty: dict[int, Node] = {}
+        self.load = self._write_loader(env._loader(self._mm, meta.next_pgno))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -101,16 +101,28 @@ class Transaction:
 
     # --- pages ----------------------------------------------------------------------
 
-    def load(self, pgno: int, txnid: int) -> Node:
-        """The node of page ``pgno`` written by ``txnid`` (write transactions; a read
-        transaction's ``load`` is the environment's cache loader)."""
-        if txnid == self.txnid:
-            node = self._dirty.get(pgno)
-            if node is None:
-                raise CorruptedError(f"page {pgno}: referenced as written by txn {txnid}, "
-                                     "the transaction in progress (a damaged meta's txnid?)")
-            return node
-        return self._clean_load(pgno, txnid)
+    def _write_loader(self, clean_load):
+        """The ``load(pgno, txnid) -> Node`` of a write transaction: its own dirty
+        pages by number, committed ones through the environment's cache (as a read
+        transaction's ``load``, which is the environment's loader itself)."""
+        dirty = self._dirty
+        tid = self.txnid
+        cache = self._cache
+
+        def load(pgno: int, txnid: int) -> Node:
+            if txnid == tid:
+                node = dirty.get(pgno)
+                if node is None:
+                    raise CorruptedError(
+                        f"page {pgno}: referenced as written by txn {txnid}, the "
+                        "transaction in progress (a damaged meta's txnid?)")
+                return node
+            node = cache.get(pgno)
+            if node is not None and node.txnid == txnid:
+                return node
+            return clean_load(pgno, txnid)
+
+        return load
 
     def touch(self, node: Node, db: DbState) -> Node:
         """A dirty copy of committed ``node``; its old page is freed (FreeList.alloc
