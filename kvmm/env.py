@@ -526,11 +526,13 @@ class Environment:
     def _remember(self, node: Node) -> None:
         """Cache a decoded node, counting its memory against ``cache_size``."""
         cache = self._cache
-        old = cache.get(node.pgno)
+        pgno = node.pgno
+        old = cache.get(pgno)
+        cache[pgno] = node
+        weight = 400 + 90 * len(node.keys) + node.size  # _node_bytes, inlined
         if old is not None:
-            self._cache_bytes -= _node_bytes(old)
-        cache[node.pgno] = node
-        self._cache_bytes += _node_bytes(node)
+            weight -= 400 + 90 * len(old.keys) + old.size
+        self._cache_bytes += weight
         if self._cache_bytes > self._cache_size:
             self._evict()
 

@@ -212,7 +212,7 @@ def encode_meta(meta: Meta) -> bytes:
     n = len(pairs) // 2
     if n > inline_free_max(meta.page_size):
         raise AssertionError(f"inline free list of {n} pages is too long")
-    body = b"".join((body, META_COUNT.pack(n), struct.pack(f"<{2 * n}Q", *pairs)))
+    body = b"".join((body, META_COUNT.pack(n), _fmt(f"<{2 * n}Q").pack(*pairs)))
     return body + META_CRC.pack(_crc32(body))
 
 
