@@ -61,6 +61,7 @@ AUTOSYNC_MIN = 64 << 20
 DEFAULT_CACHE_SIZE = 256 << 20
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
+RECLAIM_RETRY_MAX = 4096
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
@@ -196,6 +197,7 @@ class Environment:
         self._reclaim_floor = 0  # free pages after the last fruitless reclaim
         self._reclaim_retry = 0  # the txnid from which to try again anyway
         self._reclaim_tries = 0
+        self._reclaim_wait = RECLAIM_RETRY  # commits until the next try after two failed
         self._pid = os.getpid()
         self._closed = False
         _open_envs.add(self)
@@ -596,9 +598,13 @@ class Environment:
         """After an attempt. While free pages are pinned, try again soon (an attempt
         then costs only what is reusable). A tail still in use is often the free tree
         itself, which the attempt moved down, so one more attempt follows; after two
-        that gave nothing back, attempts wait (see ``_want_reclaim``)."""
+        that gave nothing back, attempts wait (see ``_want_reclaim``), twice as long
+        after each such pair, up to RECLAIM_RETRY_MAX commits: an attempt gathers every
+        reusable page, which costs milliseconds in a large file whose tail stays in
+        use (say, after rewriting every key in one transaction)."""
         if trimmed:
             self._reclaim_tries = 0
+            self._reclaim_wait = RECLAIM_RETRY
             return
         if not self._worth_moving(txn, reusable):
             self._reclaim_retry = txn.txnid + RECLAIM_RETRY // 8
@@ -608,7 +614,8 @@ class Environment:
         if self._reclaim_tries >= 2:
             self._reclaim_tries = 0
             self._reclaim_floor = txn.free_db.entries + len(txn.freelist.inline) // 2
-            self._reclaim_retry = txn.txnid + RECLAIM_RETRY
+            self._reclaim_retry = txn.txnid + self._reclaim_wait
+            self._reclaim_wait = min(2 * self._reclaim_wait, RECLAIM_RETRY_MAX)
 
     def _grow(self, end: int, txn) -> None:
         """Make the file at least ``end`` bytes (geometric steps); note its size for

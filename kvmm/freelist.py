@@ -31,7 +31,8 @@ Invariants:
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
+from operator import neg
 
 from .btree import descend, insert, remove_at, replace_at
 from .cursor import path_next
@@ -81,8 +82,8 @@ class FreeList:
     """A write transaction's free pages: those it may reuse and those it freed.
 
     ``reuse`` is kept sorted in descending order, so the lowest page pops off its end
-    in O(1); adding pages out of order only marks it ``_unsorted``, and it is sorted
-    again (Timsort: linear for a sorted list plus a sorted run) before the next look.
+    in O(1); a record's pages are merged in with one sort (Timsort: linear for two
+    sorted runs), a single page with a binary search.
     """
 
     def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
@@ -105,7 +106,6 @@ class FreeList:
         else:
             self.reuse = []
             self.pending = ((), ())
-        self._unsorted = False
         self.inline: tuple = ()  # the inline free list for the new meta (set by save)
         self.freed: list[int] = []  # committed pages this transaction stopped using
         self.freed_weak: list[int] = []  # ... that the steady commit cannot reach
@@ -114,13 +114,6 @@ class FreeList:
         self.exhausted = False  # no reusable record is left to load
         self.saving = False
         self.extend_only = False
-
-    def _sorted(self) -> list:
-        """``reuse``, sorted (descending) again if pages were added out of order."""
-        if self._unsorted:
-            self.reuse.sort(reverse=True)
-            self._unsorted = False
-        return self.reuse
 
     def reusable(self, tag: int) -> bool:
         """Whether pages freed with ``tag`` (txnid, maybe | WEAK_BORN) may be reused."""
@@ -138,8 +131,6 @@ class FreeList:
                 if not reuse:
                     self._load()
                 if reuse:
-                    if self._unsorted:
-                        self._sorted()
                     return reuse.pop()
             else:
                 pgno = self._find_run(n)
@@ -155,7 +146,7 @@ class FreeList:
         Pages are distinct and sorted, so n of them in a row are consecutive exactly
         when the first and last differ by n - 1."""
         while True:
-            reuse = self._sorted()
+            reuse = self.reuse
             for i in range(len(reuse) - 1, n - 2, -1):
                 if reuse[i - n + 1] - reuse[i] == n - 1:
                     start = reuse[i]
@@ -164,7 +155,7 @@ class FreeList:
             if not self._load():
                 return None
 
-    def _load(self) -> bool:
+    def _load(self, sort: bool = True) -> bool:
         """Move the next reusable record's pages into ``reuse``; False when none.
 
         Records sort normal ones first, then weak ones, each by txnid (see
@@ -190,7 +181,8 @@ class FreeList:
             if self.reusable(tag):
                 self.consumed.append(key)
                 self.reuse += _checked(decode_pgnos(leaf.vals[i]), txn.next_pgno)
-                self._unsorted = True
+                if sort:
+                    self.reuse.sort(reverse=True)
                 self.next_key = key + b"\0"
                 return True
             if tag & WEAK_BORN:
@@ -201,8 +193,9 @@ class FreeList:
 
     def load_all(self) -> None:
         """Move every reusable record into ``reuse`` (used before giving space back)."""
-        while self._load():
+        while self._load(sort=False):
             pass
+        self.reuse.sort(reverse=True)
 
     # --- giving pages back ----------------------------------------------------------
 
@@ -212,8 +205,9 @@ class FreeList:
         once. Pages written after the steady commit need not wait for a sync."""
         pages = range(pgno, pgno + n)
         if born == self.txn.txnid:
-            self.reuse += pages
-            self._unsorted = True
+            reuse = self.reuse
+            for p in pages:
+                insort(reuse, p, key=neg)
         elif born > self.steady:
             self.freed_weak.extend(pages)
         else:
@@ -225,7 +219,7 @@ class FreeList:
         """Drop reusable pages at the end of the file from use: lowers ``next_pgno``.
         Returns how many pages were given back."""
         txn = self.txn
-        reuse = self._sorted()
+        reuse = self.reuse
         n = 0
         while n < len(reuse) and reuse[n] == txn.next_pgno - 1:
             txn.next_pgno -= 1
@@ -248,7 +242,6 @@ class FreeList:
         txn = self.txn
         db = txn.free_db
         self.saving = True
-        self._sorted()
         for key in self.consumed:
             self._delete(db, key)
         self.consumed = []
@@ -270,7 +263,7 @@ class FreeList:
             self.extend_only = rounds >= _SAVE_ROUNDS
             normal = sorted(held + self.freed)
             rest = len(ptags) - k + len(self.freed_weak) + len(self.reuse)
-            now = (normal, tuple(self._sorted()), sorted(self.freed_weak))
+            now = (normal, tuple(self.reuse), sorted(self.freed_weak))
             if now == last:
                 break
             last = now
@@ -292,7 +285,7 @@ class FreeList:
         (0), then normal tags by txnid, then weak ones; flattened as (tag, pgno)."""
         tid = self.txn.txnid
         flat: list[int] = []
-        for p in reversed(self._sorted()):
+        for p in reversed(self.reuse):
             flat += (0, p)
         for t, p in zip(ntags, npgnos):
             flat += (t, p)

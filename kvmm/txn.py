@@ -129,7 +129,7 @@ class Transaction:
         and FreeList.free, their common case inlined)."""
         fl = self.freelist
         reuse = fl.reuse
-        if reuse and not fl._unsorted and not fl.extend_only:
+        if reuse and not fl.extend_only:
             pgno = reuse.pop()
         else:
             pgno = fl.alloc()
