@@ -144,16 +144,18 @@ def descend(load, db: DbState, key: bytes) -> list | None:
         return None
     node = load(db.root, db.root_txnid)
     path = []
-    depth = db.depth
+    append = path.append
+    left = db.depth  # levels from ``node`` down, the leaf's included
     while node.kids is not None:
-        if len(path) >= depth:
+        left -= 1
+        if left <= 0:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
-        path.append([node, i])
+        append([node, i])
         node = load(node.kids[i], node.ktxn[i])
-    if len(path) + 1 != depth:
+    if left != 1:
         _bad_depth(db)
-    path.append([node, bisect_left(node.keys, key)])
+    append([node, bisect_left(node.keys, key)])
     return path
 
 

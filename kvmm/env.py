@@ -62,6 +62,11 @@ DEFAULT_CACHE_SIZE = 256 << 20
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
 RECLAIM_RETRY_MAX = 4096
+# A dirty page changed in place in at most this many entries is written by patching
+# its source page; past it, encoding it whole is cheaper (a value copy costs more than
+# a child pointer).
+PATCH_LEAF_MAX = 4
+PATCH_BRANCH_MAX = 32
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
@@ -646,9 +651,11 @@ class Environment:
         mm = txn._mm
         blobs = []
         for pgno, node in txn._dirty.items():
-            if node.patched is not None and node.src:
-                # Changed in place only: patch the committed source page's bytes
-                # (not reused before this commit ends: it was freed by it).
+            patched = node.patched
+            most = PATCH_LEAF_MAX if node.kids is None else PATCH_BRANCH_MAX
+            if patched is not None and node.src and len(patched) <= most:
+                # Changed in place only, in few entries: patch the committed source
+                # page's bytes (not reused before this commit ends: it was freed by it).
                 src = mm[node.src * ps : (node.src + 1) * ps]
                 if node.kids is None:
                     page = fmt.patch_leaf(src, pgno, tid, node.keys, node.vals, node.patched)
