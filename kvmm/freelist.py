@@ -228,8 +228,9 @@ class FreeList:
         return n
 
     def save(self) -> None:
-        """Record this commit's free pages: inline in the meta while they fit in
-        INLINE_KEEP pairs, else partly or wholly in the free database.
+        """Record this commit's free pages: inline in the meta while they fit
+        (INLINE_KEEP pairs once the free database has records, else as many as a meta
+        holds), else partly or wholly in the free database.
 
         Consumed records are deleted first. When the list is too long, the pages
         that wait for a sync (normal tags: pending ones and the ones freed now) spill

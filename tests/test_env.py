@@ -372,3 +372,25 @@ def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usa
         assert check_env(env) == []
     with kvmm.open(str(path)) as env:
         assert contents(env) == {b"small": b"ok", b"big": b"y" * MIB}
+
+
+def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path):
+    """cache_size bounds the estimated memory of decoded pages: reading a database
+    several times larger than it evicts leaves, never the branches, and every read
+    still returns the right value."""
+    records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
+    with kvmm.open(str(tmp_path / "db")) as env:
+        put(env, records)
+    budget = 512 << 10
+    with kvmm.open(str(tmp_path / "db"), cache_size=budget) as env:
+        for _ in range(2):
+            with env.begin() as txn:
+                for key, value in records.items():
+                    assert txn.get(key) == value
+                    assert env._cache_bytes <= budget
+        leaves = sum(node.kids is None for node in env._cache.values())
+        branches = sum(node.kids is not None for node in env._cache.values())
+        assert leaves > 0
+        assert env.stat()["leaf_pages"] > 2 * leaves  # most of the leaves went
+        assert branches == env.stat()["branch_pages"]  # no branch went
+        assert env._cache_bytes == sum(kvmm.env._node_bytes(n) for n in env._cache.values())

@@ -332,3 +332,29 @@ def test_max_entry_size_is_half_a_pages_capacity(page_size):
     assert fmt.max_entry_size(page_size) == (page_size - fmt.HEADER_SIZE) // 2
     # Two maximal entries always fit in one page, so a split of an overfull page works.
     assert 2 * fmt.max_entry_size(page_size) <= fmt.page_capacity(page_size)
+
+
+def test_a_layout_decoded_again_takes_the_compiled_path_and_gives_the_same_entries():
+    """decode_leaf compiles one Struct per layout of lengths seen twice: the first,
+    second and later decodes of a layout must agree, and a page cut short must be a
+    CorruptedError on the compiled path too."""
+    keys = [b"k%03d" % i for i in range(40)]
+    vals = [bytes([i]) * (i % 7) for i in range(40)]
+    page = fmt.encode_leaf(21, 3, keys, vals, None, 4096)
+    decoded = [fmt.decode_leaf(page, 21, 40) for _ in range(3)]
+    assert decoded[0] == decoded[1] == decoded[2]
+    assert decoded[2][:2] == (tuple(keys), tuple(vals))
+    used = decoded[0][3]
+    with pytest.raises(kvmm.CorruptedError, match="page 21"):
+        fmt.decode_leaf(page[: fmt.HEADER_SIZE + used - 1], 21, 40)
+    branch = fmt.encode_branch(22, 3, [b""] + keys[1:], list(range(2, 42)), [1] * 40, 4096)
+    assert len({fmt.decode_branch(branch, 22, 40) for _ in range(3)}) == 1
+
+
+def test_free_records_sort_normal_ones_by_txnid_then_weak_ones_by_txnid():
+    """freelist._load relies on it: the reusable records of each kind are a prefix."""
+    keys = [fmt.FREE_KEY.pack(tag, seq) for tag, seq in
+            [(7 | fmt.WEAK_BORN, 0), (9, 1), (3 | fmt.WEAK_BORN, 2), (9, 0), (12, 0)]]
+    tags = [fmt.FREE_KEY.unpack(k)[0] for k in sorted(keys)]
+    assert [(t >= fmt.WEAK_BORN, t & ~fmt.WEAK_BORN) for t in tags] == [
+        (False, 9), (False, 9), (False, 12), (True, 3), (True, 7)]
