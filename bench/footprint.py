@@ -119,8 +119,10 @@ def main() -> None:
             child_reads(path, int(records), int(rest[0]), int(rest[1]))
         return
 
-    # An entry takes about its key, value and 6 bytes; pages are filled by append.
-    records = int(args.gib * (1 << 30) / (16 + args.value_size + 6))
+    # An entry takes its key, value and 6 bytes; append fills each 4 KiB page (32 bytes
+    # of header) with as many whole entries as fit.
+    per_page = (4096 - 32) // (16 + args.value_size + 6)
+    records = int(args.gib * (1 << 30) / 4096) * per_page
     base = Path(args.dir or tempfile.gettempdir()) / f"kvmm-footprint-{records}-{args.value_size}"
     if not (base / "data.kvmm").exists():
         started = time.perf_counter()
