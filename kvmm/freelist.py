@@ -3,10 +3,10 @@
 A commit that stops using committed pages (the old copies of touched pages, deleted
 overflow runs) records them with its txnid. While few pages are free, the list lives in
 the meta itself (the *inline free list*, pairs of (tag, pgno)), so a small commit
-writes no page for it. When it outgrows the meta, it spills into the *free database*,
-a B+tree of its own: key ``(tag, seq)`` (the tag is the txnid, maybe | WEAK_BORN),
-value the page numbers (at most ``chunk`` per record, so taking a few pages never
-rewrites a huge record).
+writes no page for it. When it outgrows its budget (INLINE_KEEP), it spills into the
+*free database*, a B+tree of its own: key ``(tag, seq)`` (the tag is the txnid, maybe
+| WEAK_BORN), value the page numbers (at most CHUNK per record, so taking a few pages
+never rewrites a large record).
 
 A page freed by commit ``T`` is visible to snapshots older than ``T``; it may be
 reused once none of them can be read again:
@@ -23,8 +23,11 @@ Invariants:
 - Every page below ``next_pgno`` is exactly one of: reachable from a root (main tree,
   named trees, free tree, overflow runs), listed once in the free database, or listed
   once in the meta's inline free list.
-- A (txnid, tag)'s pages are either all inline or all in the free database, so
-  spilled records never collide; inline pages of txnid 0 are reusable by anyone.
+- A tag's pages are either all inline or all in the free database, so spilled
+  records never collide (a spill records pages under the spilling commit's own tags);
+  inline pages of tag 0 are reusable by anyone.
+- A page is recorded under a tag no earlier than the commit that freed it (a later
+  one only delays its reuse).
 - The free database's ``entries`` counts the pages it lists, not its records.
 - A page taken for reuse is removed from its record in the same commit that reuses it.
 """
