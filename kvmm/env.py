@@ -52,12 +52,13 @@ GROW_MAX = 1 << 30
 # size.
 SHRINK_MIN = 4 << 20
 # With sync=False, a commit becomes steady (synced) once the bytes written since the
-# last steady commit pass AUTOSYNC_MIN and a quarter of the file. Pages the steady
-# commit reaches are not reused until then, so this bounds how far the file grows
-# past what it holds (pages written after it are reused at once, see freelist), for
-# one sync per that much data: a flush costs milliseconds, amortised to well under a
-# microsecond per small commit.
-AUTOSYNC_MIN = 64 << 20
+# last steady commit pass AUTOSYNC_MIN and the file's size. Until then the pages the
+# steady commit reaches are not reused, but every page written after it is (see
+# freelist), so the file holds at most the steady snapshot on top of the live data,
+# however long the wait. The flush is what costs: it writes back every dirty page at
+# once, ~10 µs per one-put commit at a 64 MiB threshold (bench/smalltxn.py); 1 GiB
+# flushes 16 times less often.
+AUTOSYNC_MIN = 1 << 30
 DEFAULT_CACHE_SIZE = 256 << 20
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
@@ -705,7 +706,7 @@ class Environment:
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = txn._meta_target
-        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // 4)
+        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
         df = self._datafile
         if steady:
             df.sync()  # 6. the pages are durable before any meta names them
