@@ -537,9 +537,9 @@ class Environment:
         pgno = node.pgno
         old = cache.get(pgno)
         cache[pgno] = node
-        weight = 400 + 90 * len(node.keys) + node.size  # _node_bytes, inlined
+        weight = _node_bytes(node)
         if old is not None:
-            weight -= 400 + 90 * len(old.keys) + old.size
+            weight -= _node_bytes(old)
         self._cache_bytes += weight
         if self._cache_bytes > self._cache_size:
             self._evict()

@@ -125,20 +125,12 @@ class Transaction:
         return load
 
     def touch(self, node: Node, db: DbState) -> Node:
-        """A dirty copy of committed ``node``; its old page is freed (FreeList.alloc
-        and FreeList.free, their common case inlined)."""
-        fl = self.freelist
-        reuse = fl.reuse
-        if reuse and not fl.extend_only:
-            pgno = reuse.pop()
-        else:
-            pgno = fl.alloc()
+        """A dirty copy of committed ``node``; its old page is freed."""
+        freelist = self.freelist
+        pgno = freelist.alloc()
         new = node.copy(pgno, self.txnid)
         self._dirty[pgno] = new
-        if node.txnid > fl.steady:
-            fl.freed_weak.append(node.pgno)
-        else:
-            fl.freed.append(node.pgno)
+        freelist.free(node.pgno, 1, node.txnid)
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
