@@ -188,6 +188,7 @@ class Environment:
         self._cache_bytes = 0  # the estimated memory of the cached nodes
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
+        self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
         self._meta_seen = None
         self._meta_pick = None
         self._main_db = _Database(self, None, 0)
@@ -298,10 +299,26 @@ class Environment:
         for slot in range(fmt.NUM_METAS):
             off = slot * self._page_size
             try:
-                out.append(fmt.decode_meta(mm[off : off + self._page_size]))
+                meta = fmt.decode_meta(mm[off : off + self._page_size])
             except Error:
-                out.append(None)
+                meta = None
+            if meta is not None and not self._intact(meta):
+                meta = None  # a one-flush commit a power loss tore: as if never written
+            out.append(meta)
         return tuple(out)
+
+    def _intact(self, meta) -> bool:
+        """Whether a meta's commit reached the disk whole. Only a one-flush meta
+        (META_WRITTEN) from an earlier boot can be in doubt: within one boot the page
+        cache holds every page written before it. Answers are kept per commit."""
+        if not meta.flags & fmt.META_WRITTEN or meta.boot_id == self._boot_id:
+            return True
+        key = (meta.txnid, meta.written)
+        known = self._intact_seen.get(key)
+        if known is None:
+            known = fmt.written_intact(meta, lambda off, n: self._datafile.pread(n, off))
+            self._intact_seen[key] = known
+        return known
 
     def _pick(self, metas) -> tuple:
         """(meta to use, newest txnid seen, newest steady txnid, slot to write next).
@@ -644,9 +661,10 @@ class Environment:
         self._datafile.truncate(new)
         self._file_size = new
 
-    def _write_pages(self, txn) -> None:
+    def _write_pages(self, txn):
         """Write the transaction's dirty pages and overflow runs, contiguous pages in
-        one call."""
+        one call. Returns, for a durable commit few enough to list in its meta, its
+        pages' (pgno, checksum) pairs flat (see ``_write_meta``), else None."""
         ps = self._page_size
         tid = txn.txnid
         mm = txn._mm
@@ -691,6 +709,10 @@ class Environment:
         if chunks:
             write(run_start * ps, chunks)
         self._unsynced += written * ps
+        if not self._sync or len(blobs) > fmt.WRITTEN_MAX or written > fmt.WRITTEN_PAGES_MAX:
+            return None
+        return tuple(x for pgno, _, parts in blobs
+                     for x in (pgno, fmt.stored_checksum(parts[0])))
 
     def _encode(self, node, pgno: int, txnid: int) -> bytes:
         ps = self._page_size
@@ -698,23 +720,32 @@ class Environment:
             return fmt.encode_leaf(pgno, txnid, node.keys, node.vals, node.flags, ps)
         return fmt.encode_branch(pgno, txnid, node.keys, node.kids, node.ktxn, ps)
 
-    def _write_meta(self, meta, txn) -> None:
+    def _write_meta(self, meta, txn, written) -> None:
         """Steps 6-8 of the commit: sync the pages (a steady commit), write the meta
         into the slot that does not hold the newest steady meta, sync it.
 
         A torn meta write fails its checksum and the other slot, untouched, is used.
+        A durable commit that listed the pages it wrote (``written``, from
+        ``_write_pages``) skips step 6: see ``_intact``.
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = txn._meta_target
         steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
-        df = self._datafile
+        sync_meta = steady and (self._metasync or not self._sync)
         if steady:
-            df.sync()  # 6. the pages are durable before any meta names them
-            meta.flags |= fmt.META_STEADY
+            if (sync_meta and written is not None and len(written) // 2
+                    <= fmt.written_room(meta.page_size, len(meta.inline_free) // 2)):
+                # One flush, after the meta, makes both durable; the meta lists the
+                # pages so a later boot can tell whether they all arrived.
+                meta.flags |= fmt.META_STEADY | fmt.META_WRITTEN
+                meta.written = written
+            else:
+                self._datafile.sync()  # 6. the pages are durable before a meta names them
+                meta.flags |= fmt.META_STEADY
             self._unsynced = 0
         # 7. The commit point; 8. durable (and a steady meta safe before weak ones
         #    are written into the other slot).
-        self._put_meta(mm, target, meta, steady and (self._metasync or not self._sync))
+        self._put_meta(mm, target, meta, sync_meta)
         self._wrote_meta(target, meta)
         try:
             self._shrink(self._file_size, meta)

@@ -8,6 +8,13 @@ Data file (``data.kvmm``): an array of pages of ``page_size`` bytes.
   that many (freeing txnid u64, pgno u64) pairs, at most ``inline_free_max`` — then a
   CRC-32 of all of it; a meta that fails its CRC is ignored. Small commits keep their
   free pages there, so they write no free-tree pages at all.
+- A durable commit of few pages syncs once, after its meta (META_WRITTEN), instead of
+  before and after it. Its meta then lists, between the inline free list and the
+  CRC, the pages it wrote: a count u32 and that many (pgno u64, checksum u32), at most
+  WRITTEN_MAX and what the page has room for, covering at most WRITTEN_PAGES_MAX pages. A power loss may keep such a
+  meta and lose some of those pages, so a meta from an earlier boot counts only if
+  every listed page holds its checksum (``written_intact``); else the other meta, the
+  previous durable commit, is used.
 - Every other page starts with a 32-byte header::
 
       checksum u32   CRC-32 of the page from byte 4 (an overflow run: of its header
@@ -70,6 +77,7 @@ F_SUBDB = 1 << 30
 LENGTH_MASK = (1 << 30) - 1
 
 META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
+META_WRITTEN = 2  # meta flag: synced with its pages in one flush; it lists them
 
 # Named-database flags kept in a database record. Only DUPSORT exists today.
 DB_DUPSORT = 0x04
@@ -96,6 +104,10 @@ META = Struct("<8sIIQQI16s" + DB_RECORD.format[1:] * 2)
 META_CRC = Struct("<I")
 META_COUNT = Struct("<I")  # pairs in the inline free list
 META_SIZE = META.size + META_COUNT.size + META_CRC.size  # with an empty inline list
+WRITTEN_COUNT = Struct("<I")  # pages listed by a one-flush meta
+WRITTEN_ENTRY_SIZE = 8 + 4  # pgno u64, checksum u32
+WRITTEN_MAX = 32  # pages (or overflow runs) a one-flush meta lists
+WRITTEN_PAGES_MAX = 256  # pages they cover: what a later boot reads to trust it
 META_TXNID_OFFSET = 16  # where a meta's txnid sits, to spot a new commit cheaply
 META_TXNID = Struct("<Q")  # that field's encoding
 NUM_METAS = 2
@@ -175,10 +187,11 @@ class Meta:
         "next_pgno",
         "page_size",
         "txnid",
+        "written",
     )
 
     def __init__(self, page_size, txnid, next_pgno, flags, boot_id, main, free,
-                 inline_free=()):
+                 inline_free=(), written=()):
         self.page_size = page_size
         self.txnid = txnid
         self.next_pgno = next_pgno
@@ -187,6 +200,7 @@ class Meta:
         self.main = main  # a DB_RECORD tuple
         self.free = free
         self.inline_free = inline_free  # flat (txnid, pgno, txnid, pgno, ...)
+        self.written = written  # META_WRITTEN: flat (pgno, checksum, pgno, checksum, ...)
 
     @property
     def steady(self) -> bool:
@@ -212,13 +226,27 @@ def encode_meta(meta: Meta) -> bytes:
     n = len(pairs) // 2
     if n > inline_free_max(meta.page_size):
         raise AssertionError(f"inline free list of {n} pages is too long")
-    body = b"".join((body, META_COUNT.pack(n), _fmt(f"<{2 * n}Q").pack(*pairs)))
+    parts = [body, META_COUNT.pack(n), _fmt(f"<{2 * n}Q").pack(*pairs)]
+    if meta.flags & META_WRITTEN:
+        written = meta.written
+        w = len(written) // 2
+        if w > written_room(meta.page_size, n):
+            raise AssertionError(f"a one-flush meta listing {w} pages")
+        parts += [WRITTEN_COUNT.pack(w), _fmt("<" + "QI" * w).pack(*written)]
+    body = b"".join(parts)
     return body + META_CRC.pack(_crc32(body))
 
 
 def inline_free_max(page_size: int) -> int:
     """How many free pages a meta can list inline."""
     return (page_size - META_SIZE) // 16
+
+
+def written_room(page_size: int, inline_pairs: int) -> int:
+    """How many written pages a one-flush meta can list beside ``inline_pairs`` free
+    pages (a commit with more syncs its pages before its meta instead)."""
+    room = page_size - META_SIZE - 16 * inline_pairs - WRITTEN_COUNT.size
+    return max(0, min(WRITTEN_MAX, room // WRITTEN_ENTRY_SIZE))
 
 
 def decode_meta(buf) -> Meta:
@@ -243,7 +271,18 @@ def decode_meta(buf) -> Meta:
         raise CorruptedError("meta page fails its checks (page size, free-list length, "
                              "page count)")
     end = META.size + META_COUNT.size + 16 * count
-    if len(buf) < end + META_CRC.size:
+    written = ()
+    if fields[5] & META_WRITTEN:
+        if len(buf) < end + WRITTEN_COUNT.size:
+            raise CorruptedError("meta page is cut short")
+        (w,) = WRITTEN_COUNT.unpack_from(buf, end)
+        if w > WRITTEN_MAX:
+            raise CorruptedError("meta page fails its checks (written pages)")
+        at = end + WRITTEN_COUNT.size
+        end = at + WRITTEN_ENTRY_SIZE * w
+        if len(buf) >= end:
+            written = _fmt("<" + "QI" * w).unpack_from(buf, at)
+    if len(buf) < end + META_CRC.size or end + META_CRC.size > page_size:
         raise CorruptedError("meta page is cut short")
     (crc,) = META_CRC.unpack_from(buf, end)
     if crc != _crc32(memoryview(buf)[:end]):
@@ -252,7 +291,41 @@ def decode_meta(buf) -> Meta:
     n = len(DB_RECORD.format) - 1
     rest = fields[7:]
     return Meta(page_size, fields[3], fields[4], fields[5], fields[6], rest[:n], rest[n:],
-                pairs)
+                pairs, written)
+
+
+def stored_checksum(page) -> int:
+    """The checksum in a page's header (an overflow run's: its first page's)."""
+    return _U32.unpack_from(page)[0]
+
+
+def written_intact(meta: Meta, read) -> bool:
+    """Whether every page a one-flush meta lists holds what its commit wrote there:
+    the listed checksum, in a header naming that page and the meta's txnid, over
+    bytes that match it. ``read(offset, n)`` reads the data file (short at its end).
+
+    The listed checksum, not just the txnid, is compared: a commit lost to an earlier
+    power loss may have written the same page under the same txnid.
+    """
+    ps = meta.page_size
+    written = meta.written
+    for i in range(0, len(written), 2):
+        pgno, crc = written[i], written[i + 1]
+        page = read(pgno * ps, ps)
+        if len(page) < ps:
+            return False
+        pcrc, kind, _, hpgno, txnid, length = PAGE_HEADER.unpack_from(page)
+        if pcrc != crc or hpgno != pgno or txnid != meta.txnid:
+            return False
+        if kind == OVERFLOW:
+            if length > WRITTEN_PAGES_MAX * ps:
+                return False
+            value = read(pgno * ps + HEADER_SIZE, length)
+            if len(value) != length or not overflow_crc_ok(page, value):
+                return False
+        elif crc != _crc32(memoryview(page)[4:]):
+            return False
+    return True
 
 
 # --- pages --------------------------------------------------------------------------

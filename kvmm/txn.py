@@ -515,12 +515,12 @@ class Transaction:
         end = self.next_pgno * self.page_size
         env._grow(end, self)
         # 5. Write every dirty page and overflow run.
-        env._write_pages(self)
+        written = env._write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
         #      steady meta, sync the meta (see Environment._write_meta).
         meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, env._boot_id,
                         main.record(), self.free_db.record(), freelist.inline)
-        env._write_meta(meta, self)
+        env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process.
         env._publish(self._dirty.values())
         if _STRICT:

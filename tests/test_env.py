@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import zlib
 from itertools import pairwise
 
 import pytest
@@ -20,6 +21,7 @@ import kvmm.env
 import kvmm.txn
 from kvmm import format as fmt
 from kvmm.check import check_env
+from kvmm.mapfile import DataFile
 
 MIB = 1 << 20
 
@@ -231,6 +233,120 @@ def test_env_sync_makes_a_sync_false_commit_steady(tmp_path):
         rewrite_meta(path, slot, boot_id=other_boot())
     with kvmm.open(str(path)) as env:
         assert contents(env) == {b"a": b"1", b"b": b"2"}
+
+
+class CountingFile(DataFile):
+    """A data file that counts its syncs."""
+
+    syncs = 0
+
+    def sync(self) -> None:
+        CountingFile.syncs += 1
+        super().sync()
+
+
+def syncs_of(env, records: dict) -> int:
+    before = CountingFile.syncs
+    put(env, records)
+    return CountingFile.syncs - before
+
+
+def file_reader(path):
+    def read(offset: int, n: int) -> bytes:
+        with open(data_path(path), "rb") as f:
+            f.seek(offset)
+            return f.read(n)
+    return read
+
+
+def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote(tmp_path):
+    path = tmp_path / "db"
+    with kvmm.open(str(path), datafile_class=CountingFile) as env:
+        put(env, {b"%06d" % i: b"v" * 100 for i in range(2000)})  # a few levels
+        assert syncs_of(env, {b"000500": b"new", b"x" * 20: b"y" * 9000}) == 1
+        meta = read_metas(path)[newest_slot(path)]
+        assert meta.steady and meta.flags & fmt.META_WRITTEN
+        # The pages it lists are the ones it wrote: new leaves, branches, an overflow run.
+        kinds = set()
+        for pgno in meta.written[0::2]:
+            header = fmt.PAGE_HEADER.unpack(file_reader(path)(pgno * 4096, fmt.HEADER_SIZE))
+            assert header[3] == pgno and header[4] == meta.txnid
+            kinds.add(header[1])
+        assert kinds >= {fmt.LEAF, fmt.BRANCH, fmt.OVERFLOW}
+        assert fmt.written_intact(meta, file_reader(path))
+        # A commit of more pages than a meta lists syncs before and after the meta.
+        assert syncs_of(env, {b"%06d" % i: b"w" * 100 for i in range(0, 2000, 20)}) == 2
+        meta = read_metas(path)[newest_slot(path)]
+        assert meta.steady and not meta.flags & fmt.META_WRITTEN and meta.written == ()
+    # metasync=False: the pages are synced, the meta is not (the next commit's sync).
+    with kvmm.open(str(path), datafile_class=CountingFile, metasync=False) as env:
+        assert syncs_of(env, {b"000501": b"new"}) == 1
+        assert not read_metas(path)[newest_slot(path)].flags & fmt.META_WRITTEN
+    with kvmm.open(str(path), datafile_class=CountingFile, sync=False) as env:
+        assert syncs_of(env, {b"000502": b"new"}) == 0
+
+
+def _one_flush_commits(path) -> tuple[dict, dict, int]:
+    """Two durable commits; returns the contents after each and the second's slot."""
+    with kvmm.open(str(path)) as env:
+        put(env, {b"%06d" % i: b"v" * 100 for i in range(500)})
+        first = contents(env)
+        put(env, {b"000100": b"changed", b"new": b"n"})
+        second = contents(env)
+    slot = newest_slot(path)
+    assert read_metas(path)[slot].flags & fmt.META_WRITTEN
+    return first, second, slot
+
+
+def _recovers_to(path, expected: dict) -> None:
+    with kvmm.open(str(path), readonly=True) as env:
+        assert contents(env) == expected
+        assert check_env(env) == []
+    with kvmm.open(str(path)) as env:  # mends the passed-over slot; goes on from there
+        assert contents(env) == expected
+        put(env, {b"after": b"a"})
+        assert contents(env) == {**expected, b"after": b"a"}
+        assert check_env(env) == []
+
+
+@pytest.mark.parametrize("lost", range(3))
+def test_after_a_restart_a_one_flush_commit_missing_a_page_gives_way_to_the_one_before(
+        tmp_path, lost):
+    """A power loss may keep a one-flush commit's meta and lose one of its pages (the
+    page then holds what it held before): the commit before it is used, whole."""
+    path = tmp_path / "db"
+    first, second, slot = _one_flush_commits(path)
+    rewrite_meta(path, slot, boot_id=other_boot())
+    meta = read_metas(path)[slot]
+    # Restarted with every page on disk: the commit stands.
+    with kvmm.open(str(path), readonly=True) as env:
+        assert contents(env) == second
+    pgno = meta.written[2 * (lost % (len(meta.written) // 2))]
+    write_at(path, pgno * 4096 + 200, b"\x5a")
+    _recovers_to(path, first)
+
+
+def test_a_page_with_the_right_txnid_but_not_the_listed_checksum_is_a_lost_write(tmp_path):
+    """A commit lost to an earlier power loss may have written the same page under the
+    same txnid: its bytes check out by themselves but are not what the meta lists."""
+    path = tmp_path / "db"
+    first, _second, slot = _one_flush_commits(path)
+    rewrite_meta(path, slot, boot_id=other_boot())
+    pgno = read_metas(path)[slot].written[0]
+    page = bytearray(file_reader(path)(pgno * 4096, 4096))
+    page[-1] ^= 0x01
+    page[0:4] = struct.pack("<I", zlib.crc32(page[4:]))  # a page valid in itself
+    write_at(path, pgno * 4096, bytes(page))
+    _recovers_to(path, first)
+
+
+def test_a_one_flush_commit_whose_file_was_cut_short_gives_way_to_the_one_before(tmp_path):
+    path = tmp_path / "db"
+    first, _second, slot = _one_flush_commits(path)
+    rewrite_meta(path, slot, boot_id=other_boot())
+    last = max(read_metas(path)[slot].written[0::2])
+    os.truncate(data_path(path), last * 4096)
+    _recovers_to(path, first)
 
 
 def test_a_tree_page_whose_count_overruns_the_page_is_a_corrupted_error_on_read(tmp_path):

@@ -337,12 +337,17 @@ def test_failed_sync_after_the_meta_write_leaves_the_previous_commit(tmp_path):
     path, env = open_faulty(tmp_path, faults)
     with env:
         put(env, b"a", b"1")
-        syncs = []
-        faults.trigger = lambda kind, arg: kind == "sync" and syncs.append(1) is None and (
-            len(syncs) == 2)  # the second sync of the next commit: after its meta
+        meta_written = []
+
+        def after_the_meta(kind, arg):  # the first sync after the next commit's meta
+            if kind == "write" and arg < 2 * 4096:
+                meta_written.append(arg)
+            return kind == "sync" and bool(meta_written)
+
+        faults.trigger = after_the_meta
         with pytest.raises((kvmm.DiskError, OSError)):
             put(env, b"a", b"2")
-        assert faults.failed_kind == "sync"
+        assert faults.failed_kind == "sync" and meta_written
         faults.clear()
         assert read_all(env) == {None: {b"a": b"1"}}
         put(env, b"b", b"3")

@@ -62,7 +62,12 @@ def test_meta_encode_decode_round_trips_every_field_and_the_inline_free_list(
 ):
     n = data.draw(st.integers(0, fmt.inline_free_max(page_size)), label="inline pairs")
     inline = tuple(data.draw(st.lists(u64, min_size=2 * n, max_size=2 * n), label="pairs"))
-    meta = fmt.Meta(page_size, txnid, next_pgno, flags, boot_id, main, free, inline)
+    written = ()
+    if flags & fmt.META_WRITTEN:  # a one-flush meta: the pages it wrote, with checksums
+        w = data.draw(st.integers(0, fmt.written_room(page_size, n)), label="written pages")
+        written = tuple(x for _ in range(w) for x in (data.draw(u64), data.draw(u32)))
+    meta = fmt.Meta(page_size, txnid, next_pgno, flags, boot_id, main, free, inline,
+                    written)
     encoded = fmt.encode_meta(meta)
     assert len(encoded) <= page_size
     # Decoded from a whole meta page, as the environment reads it.
@@ -82,17 +87,42 @@ def test_inline_free_list_longer_than_inline_free_max_is_refused_by_encode_meta(
         fmt.encode_meta(_meta(inline_free=(1, 2) * n))
 
 
-def test_a_full_inline_free_list_still_fits_in_one_meta_page():
-    for ps in PAGE_SIZES:
-        n = fmt.inline_free_max(ps)
-        assert len(fmt.encode_meta(_meta(ps, inline_free=(3, 9) * n))) <= ps
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+def test_a_written_list_as_long_as_written_room_fits_in_one_meta_page(page_size):
+    for n in (0, 1, fmt.inline_free_max(page_size) // 2, fmt.inline_free_max(page_size)):
+        w = fmt.written_room(page_size, n)
+        meta = _meta(page_size, inline_free=(3, 9) * n,
+                     flags=fmt.META_STEADY | fmt.META_WRITTEN, written=(5, 0xFFFFFFFF) * w)
+        encoded = fmt.encode_meta(meta)
+        assert len(encoded) <= page_size
+        assert fmt.decode_meta(encoded.ljust(page_size, b"\0")).written == meta.written
+        if w < fmt.WRITTEN_MAX:  # the room is what is left of the page, no less
+            assert len(encoded) + fmt.WRITTEN_ENTRY_SIZE > page_size
+            with pytest.raises(AssertionError):
+                fmt.encode_meta(_meta(page_size, inline_free=(3, 9) * n,
+                                      flags=fmt.META_WRITTEN, written=(5, 1) * (w + 1)))
 
 
-@pytest.mark.parametrize("pairs", [0, 1, 5])
-def test_a_flipped_byte_anywhere_after_the_version_fails_the_meta_checksum(pairs):
+def test_a_written_list_longer_than_written_max_is_refused_both_ways():
+    meta = _meta(flags=fmt.META_WRITTEN, written=(5, 1) * (fmt.WRITTEN_MAX + 1))
+    with pytest.raises(AssertionError):
+        fmt.encode_meta(meta)
+    # A count past the maximum in a meta (with a valid CRC) is damage, not a long read.
+    ok = fmt.encode_meta(_meta(flags=fmt.META_WRITTEN, written=(5, 1)))
+    at = fmt.META_SIZE - fmt.META_CRC.size  # the count, after an empty inline list
+    body = ok[:at] + fmt.WRITTEN_COUNT.pack(fmt.WRITTEN_MAX + 1) + ok[at + 4 : -4]
+    page = body + fmt.META_CRC.pack(zlib.crc32(body))
+    with pytest.raises(kvmm.CorruptedError):
+        fmt.decode_meta(page.ljust(4096, b"\0"))
+
+
+@pytest.mark.parametrize("pairs, written", [(0, 0), (1, 0), (5, 0), (0, 1), (3, 4)])
+def test_a_flipped_byte_anywhere_after_the_version_fails_the_meta_checksum(pairs, written):
     """Every byte from the page size to the CRC itself is covered: damage to any of them
     is a CorruptedError (the meta is ignored), never a wrong decode or a struct.error."""
-    encoded = fmt.encode_meta(_meta(inline_free=tuple(range(1, 2 * pairs + 1))))
+    flags = fmt.META_STEADY | (fmt.META_WRITTEN if written else 0)
+    encoded = fmt.encode_meta(_meta(inline_free=tuple(range(1, 2 * pairs + 1)), flags=flags,
+                                    written=tuple(range(10, 10 + 2 * written))))
     page = encoded.ljust(4096, b"\0")
     assert fmt.decode_meta(page).txnid == 7
     after_version = len(fmt.MAGIC) + 4
