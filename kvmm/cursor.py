@@ -9,6 +9,11 @@ LMDB's cursors do.
 
 Invariants:
 - ``_path`` is valid for the tree as of change counter ``_gen``.
+- ``_txn`` is None once the transaction ended (``Transaction._end`` clears it), so a
+  cursor with a transaction needs no check of ``_done``.
+- ``_key`` is the entry's key whenever the path is out of date: moves on a current
+  path do not keep it, and the transaction has every positioned cursor note it just
+  before the tree changes (``Transaction._note_cursors``).
 - ``_positioned`` is False after a failed move; the path then still marks where the
   cursor was, so ``next``/``prev`` continue from there as in LMDB.
 """
@@ -197,14 +202,11 @@ class Cursor:
     def next(self) -> bool:
         """Move to the next entry (the first if unpositioned). O(1) amortised."""
         txn = self._txn
-        if (self._positioned and txn is not None and self._gen == txn._gen
-                and not txn._done):
+        if self._positioned and txn is not None and self._gen == txn._gen:
             step = self._path[-1]
-            keys = step[0].keys
             i = step[1] + 1
-            if i < len(keys):  # the hot path: the next entry is in the same leaf
+            if i < len(step[0].keys):  # the hot path: the next entry is in the same leaf
                 step[1] = i
-                self._key = keys[i]
                 return True
         return self._next()
 
@@ -289,7 +291,7 @@ class Cursor:
         no memoryviews wanted. None otherwise."""
         txn = self._txn
         if (self._positioned and txn is not None and self._gen == txn._gen
-                and not txn._done and not txn._buffers):
+                and not txn._buffers):
             return self._path[-1]
         return None
 
@@ -318,7 +320,7 @@ class Cursor:
         """(key, value) of the current entry, or (b'', b'')."""
         txn = self._txn  # the fast path of _plain, inlined: item() is the scan's hot call
         if (self._positioned and txn is not None and self._gen == txn._gen
-                and not txn._done and not txn._buffers):
+                and not txn._buffers):
             leaf, i = self._path[-1]
             if leaf.flags is None:
                 return leaf.keys[i], leaf.vals[i]

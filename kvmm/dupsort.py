@@ -122,7 +122,7 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
         if append and (i < len(leaf.keys) or any(
                 pi != len(p.keys) - 1 for p, pi in path[:-1])):
             return False
-    txn._gen += 1
+    txn._changing()
     txn._tail = None
     insert(txn, state, path, raw, b"", 0, append)
     return True
@@ -140,7 +140,7 @@ def delete(txn, state, key, value) -> bool:
         leaf, i = path[-1]
         if i >= len(leaf.keys) or leaf.keys[i] != raw:
             return False
-        txn._gen += 1
+        txn._changing()
         remove_range(txn, state, path, i + 1)
         return True
     return delete_all(txn, state, key)
@@ -159,7 +159,7 @@ def delete_all(txn, state, key: bytes) -> bool:
         keys = leaf.keys
         while end < len(keys) and keys[end] < high:
             end += 1
-        txn._gen += 1
+        txn._changing()
         remove_range(txn, state, path, end)
         found = True
 
@@ -475,7 +475,7 @@ class DupCursor(Cursor):
             delete_all(txn, self._state, key)
             raw = ceiling(key)
         else:
-            txn._gen += 1
+            txn._changing()
             remove_range(txn, self._state, self._path, self._path[-1][1] + 1)
         if not self._seek(raw):
             self._positioned = False

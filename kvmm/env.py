@@ -610,6 +610,39 @@ class Environment:
             return False
         return free * 2 > self._reclaim_floor * 3 or txn.txnid >= self._reclaim_retry
 
+    def _worth_giving_back(self, txn) -> bool:
+        """Whether the commit just made freed so much of the file (half its pages
+        or more, SHRINK_MIN at least) that an empty commit should give it back now,
+        instead of leaving the file large until the next writer's commit. Only when
+        that commit may reuse them: no reader holds an older snapshot, the meta is
+        durable or needs no sync (metasync), and pages the steady commit reaches are
+        not counted."""
+        fl = txn.freelist
+        freed = len(fl.freed_weak)
+        if txn.txnid <= self._meta_pick[2]:  # this commit is steady
+            freed += len(fl.freed)
+        if freed * 2 < txn.next_pgno or freed * self._page_size < SHRINK_MIN:
+            return False
+        if not self._metasync:
+            return False
+        oldest = self._oldest_reader()
+        return oldest is None or oldest >= txn.txnid
+
+    def _give_back(self) -> None:
+        """The empty commit of ``_worth_giving_back``: it gathers the reusable pages
+        and cuts the file's free tail (see ``_want_reclaim``). It takes the writer
+        lock again, after any writer waiting for it. Giving space back is optional:
+        a failure here leaves the file as the last commit left it."""
+        try:
+            txn = self.begin(write=True)
+        except Error:
+            return
+        txn._giving_back = True
+        try:
+            txn.commit()
+        except Error:
+            return  # the commit stands; the space is given back by a later one
+
     @staticmethod
     def _worth_moving(txn, reusable: int) -> bool:
         """Move pages that pin the tail only when most free pages are reusable: while

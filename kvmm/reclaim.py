@@ -50,12 +50,12 @@ def relocate_tail(txn) -> int:
         if state.root:
             _find(txn, state, txn.load(state.root, state.root_txnid), b"", 0, targets,
                   moves)
+    if moves:
+        txn._changing()
     for state, key, depth in moves:
         path = descend(txn.load, state, key)
         touch_path(txn, state, path[: depth + 1])
         state.changed = True
-    if moves:
-        txn._gen += 1
     return len(moves)
 
 

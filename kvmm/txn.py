@@ -57,6 +57,7 @@ class Transaction:
         self._dbs: dict = {}
         self._tail = None  # (db state, rightmost path, _gen) for in-order inserts
         self._created: list = []  # named databases this transaction created
+        self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
         self.page_size = env._page_size
         self.capacity = env._capacity
         self._max_entry = env._max_entry
@@ -205,10 +206,25 @@ class Transaction:
         self._dbs[db] = state
         main = self._main_state()
         path = descend(self.load, main, db.name)
+        self._changing()
         insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
                False)
-        self._gen += 1
         self._created.append(db)
+
+    def _changing(self) -> None:
+        """The tree is about to change: cursors find their place again afterwards."""
+        if self._cursors:
+            self._note_cursors()
+        self._gen += 1
+
+    def _note_cursors(self) -> None:
+        """Before a change, each positioned, up-to-date cursor notes its entry's key,
+        which its fast moves do not keep: it finds its place again by it."""
+        gen = self._gen
+        for cur in self._cursors:
+            if cur._positioned and cur._gen == gen:
+                leaf, i = cur._path[-1]
+                cur._key = leaf.keys[i]
 
     # --- reading --------------------------------------------------------------------
 
@@ -363,11 +379,15 @@ class Transaction:
                     return False
                 if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
                     raise IncompatibleError(f"key {key!r} names a database")
+                if self._cursors:
+                    self._note_cursors()
                 self._gen += 1
                 self._drop_value(state, leaf, i)
                 stored, flag = self._store(state, key, value)
                 replace_at(self, state, path, stored, flag)
                 return True
+        if self._cursors:
+            self._note_cursors()
         self._gen += 1
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, False)
@@ -377,6 +397,8 @@ class Transaction:
                 tail: bool) -> bool:
         """Insert at the end of the rightmost leaf (``path``), filling pages fully, and
         keep the path cached while it stays the rightmost one."""
+        if self._cursors:
+            self._note_cursors()
         self._gen += 1
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, tail)
@@ -429,7 +451,7 @@ class Transaction:
             return False
         if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
             raise IncompatibleError(f"key {key!r} names a database; use drop()")
-        self._gen += 1
+        self._changing()
         self._drop_value(state, leaf, i)
         remove_at(self, state, path)
         return True
@@ -437,7 +459,7 @@ class Transaction:
     def drop(self, db, delete=True) -> None:
         """Empty ``db``; with ``delete`` also remove it (not the main database)."""
         state = self._writable(db)
-        self._gen += 1
+        self._changing()
         self._free_tree(state, state.root, state.root_txnid)
         state.root = state.root_txnid = state.depth = 0
         state.entries = state.branch_pages = state.leaf_pages = state.overflow_pages = 0
@@ -472,15 +494,20 @@ class Transaction:
         if not self.write:
             self._end()
             return
+        give_back = False
         try:
             fl = self.freelist
-            if self._dirty or self._ovf_dirty or fl.freed or fl.freed_weak:
+            if (self._dirty or self._ovf_dirty or fl.freed or fl.freed_weak
+                    or self._giving_back and self._reclaim):
                 self._commit()
+                give_back = self.env._worth_giving_back(self)
         except BaseException:
             self.abort()
             raise
         self._created = []
         self._end()
+        if give_back:
+            self.env._give_back()
 
     def _commit(self) -> None:
         """The commit recipe. Step 7 writes the meta, the commit point; step 6 (sync

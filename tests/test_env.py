@@ -463,6 +463,48 @@ def test_the_file_shrinks_within_two_commits_after_most_data_is_deleted(tmp_path
         assert contents(env) == kept
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "nosync"])
+def test_a_commit_that_frees_most_of_the_file_gives_it_back_before_commit_returns(
+        tmp_path, sync):
+    """No later commit is needed: deleting everything leaves a file of a few pages."""
+    path = tmp_path / "db"
+    records = {b"%06d" % i: bytes([i % 256]) * 200 for i in range(20000)}
+    with kvmm.open(str(path), sync=sync) as env:
+        put(env, records)
+        put(env, {k: v[::-1] for k, v in records.items()})  # the tree moves up the file
+        peak = os.path.getsize(data_path(path))
+        before = env.info()["last_txnid"]
+        with env.begin(write=True) as txn:
+            for k in records:
+                txn.delete(k)
+        size = os.path.getsize(data_path(path))
+        assert size <= max(kvmm.env.SHRINK_MIN, peak // 8), (peak, size)
+        assert env.info()["last_txnid"] == before + 2  # the deletes, then an empty commit
+        assert contents(env) == {}
+        assert check_env(env) == []
+        put(env, {b"after": b"a"})
+    with kvmm.open(str(path)) as env:
+        assert contents(env) == {b"after": b"a"}
+
+
+def test_a_reader_of_an_older_snapshot_keeps_the_file_from_being_given_back(tmp_path):
+    path = tmp_path / "db"
+    records = {b"%06d" % i: b"v" * 200 for i in range(20000)}
+    with kvmm.open(str(path)) as env:
+        put(env, records)
+        reader = env.begin()
+        peak = os.path.getsize(data_path(path))
+        before = env.info()["last_txnid"]
+        with env.begin(write=True) as txn:
+            for k in records:
+                txn.delete(k)
+        assert env.info()["last_txnid"] == before + 1  # no empty commit: nothing to gain
+        assert os.path.getsize(data_path(path)) >= peak
+        assert reader.get(b"000123") == b"v" * 200
+        assert sum(1 for _ in reader.cursor()) == len(records)
+        reader.abort()
+
+
 def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usable(tmp_path):
     path = tmp_path / "db"
     limit = 3 * MIB
