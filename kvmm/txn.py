@@ -24,7 +24,7 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
+from .format import F_OVERFLOW, F_SUBDB, LEAF_ENTRY_COST as _ENTRY_COST, OVERFLOW_REF
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
@@ -360,8 +360,21 @@ class Transaction:
             # goes to its end without a descent.
             path = tail[1]
             step = path[-1]
-            if key > step[0].keys[-1]:
-                step[1] = len(step[0].keys)
+            leaf = step[0]
+            keys = leaf.keys
+            if key > keys[-1]:
+                entry = _ENTRY_COST + len(key) + len(value)
+                if (leaf.size + entry <= self.capacity and entry <= self._max_entry
+                        and leaf.flags is None and not self._cursors):
+                    # It fits: what insert() would do to a leaf already written by
+                    # this transaction, nothing else (the change counter only
+                    # matters to cursors, and there are none).
+                    keys.append(key)
+                    leaf.vals.append(value)
+                    leaf.size += entry
+                    state.entries += 1
+                    return True
+                step[1] = len(keys)
                 return self._insert(state, path, key, value, True)
         path = descend(self.load, state, key)
         if path is not None:
