@@ -33,6 +33,12 @@ class DataFile:
             flags |= os.O_CREAT
         self.path = path
         self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+        # Whether pages may be written through a writable map instead of write() (see
+        # Environment._write_pages): only when this class's write() is the real one,
+        # so a subclass that watches or fails writes (the tests' simulated disks)
+        # sees every page; and only where disk space can be reserved (allocate).
+        self.map_writes = (type(self).write is DataFile.write and not readonly
+                           and hasattr(os, "posix_fallocate"))
 
     def size(self) -> int:
         """The file's current size in bytes (one fstat)."""
@@ -73,6 +79,21 @@ class DataFile:
         except OSError as e:
             raise DiskError(f"syncing {self.path}: {e.strerror or e}") from e
 
+    def allocate(self, offset: int, length: int) -> bool:
+        """Reserve disk space for bytes ``offset .. offset+length`` of the file (inside
+        it), so that writing them through a map cannot meet a full disk, which would
+        be a SIGBUS instead of an error. DiskError when the disk is full; False when
+        the file system cannot reserve space (then nothing is written through a map)."""
+        if length <= 0:
+            return True
+        try:
+            os.posix_fallocate(self.fd, offset, length)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return False
+            raise DiskError(f"reserving space in {self.path}: {e.strerror or e}") from e
+        return True
+
     def truncate(self, size: int) -> None:
         """Set the file's size (grow sparse, or give space back)."""
         try:
@@ -88,12 +109,14 @@ class DataFile:
 
 
 class Map:
-    """A read-only map of the data file, replaced (never resized) when the file grows."""
+    """A map of the data file, replaced (never resized) when the file grows. Read-only
+    unless ``writable`` (the writer's pages may then be written through it)."""
 
-    def __init__(self, datafile: DataFile):
+    def __init__(self, datafile: DataFile, writable: bool = False):
         self.datafile = datafile
         self.mm: mmap.mmap | None = None
         self.size = 0
+        self.prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
 
     def cover(self, nbytes: int) -> mmap.mmap:
         """Return a map covering ``nbytes`` or, when the file is shorter, all of it;
@@ -109,7 +132,7 @@ class Map:
         if fsize <= self.size:
             return self.mm
         try:
-            mm = mmap.mmap(self.datafile.fd, fsize, mmap.MAP_SHARED, mmap.PROT_READ)
+            mm = mmap.mmap(self.datafile.fd, fsize, mmap.MAP_SHARED, self.prot)
         except (OSError, ValueError) as e:
             raise InvalidParameterError(f"cannot map the data file: {e}") from e
         # The old map is dropped, not closed: transactions and memoryviews may hold it.

@@ -505,6 +505,54 @@ def test_a_reader_of_an_older_snapshot_keeps_the_file_from_being_given_back(tmp_
         reader.abort()
 
 
+def test_short_runs_are_written_through_the_map_into_a_file_without_holes(tmp_path):
+    """Writing through a map into a hole of a full disk would be a SIGBUS, not an
+    error: so the writer reserves the disk space of the whole file before its first
+    write through the map, and every growth reserves what it adds."""
+    path = tmp_path / "db"
+    with kvmm.open(str(path)) as env:
+        put(env, {b"a": b"1"})
+    os.truncate(data_path(path), 8 * MIB)  # a file with a hole, as a sparse growth left it
+    with kvmm.open(str(path), sync=False) as env:
+        assert env._datafile.map_writes  # the plain DataFile, on Linux
+        copies = []
+        real = kvmm.env.Environment._write_run
+
+        def write_run(wmap, write, start, end, chunks):  # True: copied into the map
+            copies.append(wmap is not None and end - start <= kvmm.env.MAP_WRITE_PAGES)
+            real(env, wmap, write, start, end, chunks)
+
+        env._write_run = write_run
+        reserved = []
+        allocate = env._datafile.allocate
+        env._datafile.allocate = lambda offset, n: reserved.append((offset, n)) or allocate(
+            offset, n)
+        put(env, {b"b": b"2"})
+        assert copies and all(copies)  # one small run, copied into the map
+        assert reserved == [(0, 8 * MIB)]  # the whole file, hole included, first
+        put(env, {b"%06d" % i: b"v" * 40000 for i in range(300)})  # grows the file
+        size = os.path.getsize(data_path(path))
+        assert size > 8 * MIB
+        assert os.stat(data_path(path)).st_blocks * 512 >= size
+        assert not all(copies)  # overflow runs of 10 pages went through write()
+        assert contents(env)[b"b"] == b"2"
+        assert check_env(env) == []
+    with kvmm.open(str(path)) as env:
+        assert contents(env)[b"000123"] == b"v" * 40000
+
+
+def test_where_space_cannot_be_reserved_pages_are_written_with_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(DataFile, "allocate", lambda self, offset, length: False)
+    path = tmp_path / "db"
+    with kvmm.open(str(path)) as env:
+        put(env, {b"a": b"1"})
+        assert not env._map_writes
+        put(env, {b"%06d" % i: b"v" * 300 for i in range(3000)})
+        assert check_env(env) == []
+    with kvmm.open(str(path)) as env:
+        assert len(contents(env)) == 3001
+
+
 def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usable(tmp_path):
     path = tmp_path / "db"
     limit = 3 * MIB
