@@ -465,6 +465,34 @@ def test_cursor_stays_valid_across_puts_and_deletes_in_its_transaction(env):
         assert cursor.prev() and cursor.prev() and cursor.key() == b"k0998"
 
 
+def test_cursors_moved_by_next_keep_their_entry_through_writes_before_them(env):
+    """next() within a leaf does not note the cursor's key; the transaction has every
+    positioned cursor note it just before the tree changes."""
+    model = {b"k%04d" % i: b"v" for i in range(0, 400, 4)}
+    _fill(env, model)
+    with env.begin(write=True) as txn:
+        a, b = txn.cursor(), txn.cursor()
+        assert a.first()
+        for _ in range(10):
+            assert a.next()
+        assert b.set_range(b"k0201") and b.next()
+        ka, kb = a.key(), b.key()
+        assert (ka, kb) == (sorted(model)[10], b"k0208")
+        for key in (b"k0001", b"k0205", b"k0002"):  # before each cursor, in its leaf
+            txn.put(key, b"x")
+            model[key] = b"x"
+            assert (a.key(), b.key()) == (ka, kb)
+        order = sorted(model)
+        assert a.next() and a.key() == order[order.index(ka) + 1]
+        # Keys past the last one, with cursors open: in-order inserts keep them right.
+        for i in range(400, 800):
+            txn.put(b"k%04d" % i, b"t")
+            model[b"k%04d" % i] = b"t"
+        assert b.key() == kb and b.next() and b.key() == b"k0212"
+        assert b.last() and b.key() == b"k0799"
+        assert dict(txn.cursor()) == model
+
+
 def test_cursor_put_positions_the_cursor_on_the_key(env):
     _fill(env, {b"a": b"1", b"c": b"3"})
     with env.begin(write=True) as txn:
