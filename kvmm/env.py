@@ -616,20 +616,32 @@ class Environment:
             return False
         return free * 2 > self._reclaim_floor * 3 or txn.txnid >= self._reclaim_retry
 
+    def _frees_much(self, txn, freed: int) -> bool:
+        """Whether ``freed`` pages are half the pages in use or more (SHRINK_MIN at
+        least): enough to give back at once."""
+        return freed * 2 >= txn.next_pgno and freed * self._page_size >= SHRINK_MIN
+
+    def _steady_to_give_back(self, txn) -> bool:
+        """With sync=False, whether this commit should be steady (synced) all the
+        same: it frees much of the file, but mostly pages the last steady commit
+        reaches, which only a steady commit lets go of."""
+        fl = txn.freelist
+        weak = len(fl.freed_weak)
+        return (self._frees_much(txn, len(fl.freed) + weak)
+                and not self._frees_much(txn, weak))
+
     def _worth_giving_back(self, txn) -> bool:
-        """Whether the commit just made freed so much of the file (half its pages
-        or more, SHRINK_MIN at least) that an empty commit should give it back now,
-        instead of leaving the file large until the next writer's commit. Only when
-        that commit may reuse them: no reader holds an older snapshot, the meta is
-        durable or needs no sync (metasync), and pages the steady commit reaches are
-        not counted."""
+        """Whether the commit just made freed so much of the file that an empty
+        commit should give it back now, instead of leaving the file large until the
+        next writer's commit. Only when that commit may reuse them: no reader holds
+        an older snapshot, the meta is durable or needs no sync (metasync), and pages
+        the steady commit reaches are not counted (see ``_write_meta``: such a commit
+        is made steady)."""
         fl = txn.freelist
         freed = len(fl.freed_weak)
         if txn.txnid <= self._meta_pick[2]:  # this commit is steady
             freed += len(fl.freed)
-        if freed * 2 < txn.next_pgno or freed * self._page_size < SHRINK_MIN:
-            return False
-        if not self._metasync:
+        if not self._frees_much(txn, freed) or not self._metasync:
             return False
         oldest = self._oldest_reader()
         return oldest is None or oldest >= txn.txnid
@@ -798,7 +810,8 @@ class Environment:
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = txn._meta_target
-        steady = self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
+        steady = (self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
+                  or self._steady_to_give_back(txn))
         sync_meta = steady and (self._metasync or not self._sync)
         if steady:
             if (sync_meta and written is not None and len(written) // 2
