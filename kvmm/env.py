@@ -617,9 +617,15 @@ class Environment:
         return free * 2 > self._reclaim_floor * 3 or txn.txnid >= self._reclaim_retry
 
     def _frees_much(self, txn, freed: int) -> bool:
-        """Whether ``freed`` pages are half the pages in use or more (SHRINK_MIN at
-        least): enough to give back at once."""
-        return freed * 2 >= txn.next_pgno and freed * self._page_size >= SHRINK_MIN
+        """Whether a commit that frees ``freed`` pages is worth giving space back at
+        once: a quarter of the pages in use or more (SHRINK_MIN at least), and it
+        wrote nothing in the top quarter of the file (a commit that rewrote the
+        whole tree into the file's end, say, leaves no free tail to cut)."""
+        end = txn.next_pgno
+        if freed * 4 < end or freed * self._page_size < SHRINK_MIN:
+            return False
+        top = max(max(txn._dirty, default=0), max(txn._ovf_dirty, default=0))
+        return top * 4 < end * 3
 
     def _steady_to_give_back(self, txn) -> bool:
         """With sync=False, whether this commit should be steady (synced) all the
