@@ -629,12 +629,12 @@ class Environment:
 
     def _steady_to_give_back(self, txn) -> bool:
         """With sync=False, whether this commit should be steady (synced) all the
-        same: it frees much of the file, but mostly pages the last steady commit
-        reaches, which only a steady commit lets go of."""
+        same: it frees much of the file (or gives space back), some of it pages the
+        last steady commit reaches, which only a steady commit lets go of (they may
+        pin the tail)."""
         fl = txn.freelist
-        weak = len(fl.freed_weak)
-        return (self._frees_much(txn, len(fl.freed) + weak)
-                and not self._frees_much(txn, weak))
+        return bool(fl.freed) and (txn._giving_back or self._frees_much(
+            txn, len(fl.freed) + len(fl.freed_weak)))
 
     def _worth_giving_back(self, txn) -> bool:
         """Whether the commit just made freed so much of the file that an empty
@@ -653,19 +653,30 @@ class Environment:
         return oldest is None or oldest >= txn.txnid
 
     def _give_back(self) -> None:
-        """The empty commit of ``_worth_giving_back``: it gathers the reusable pages
-        and cuts the file's free tail (see ``_want_reclaim``). It takes the writer
-        lock again, after any writer waiting for it. Giving space back is optional:
-        a failure here leaves the file as the last commit left it."""
-        try:
-            txn = self.begin(write=True)
-        except Error:
-            return
-        txn._giving_back = True
-        try:
-            txn.commit()
-        except Error:
-            return  # the commit stands; the space is given back by a later one
+        """The empty commits of ``_worth_giving_back``: each gathers the reusable
+        pages and cuts the file's free tail (see ``_want_reclaim``). The first one
+        frees the free tree's own old pages as it empties it; they may pin the tail
+        until a commit after it (steady, see ``_steady_to_give_back``), so a second
+        one follows when the first cut nothing. They take the writer lock again,
+        after any writer waiting for it. Giving space back is optional: a failure
+        here leaves the file as the last commit left it."""
+        for _ in range(2):
+            size = self._file_size
+            try:
+                txn = self.begin(write=True)
+            except Error:
+                return
+            txn._giving_back = True
+            try:
+                if not txn._reclaim:
+                    txn._reclaim = True
+                    txn.freelist.load_all()
+                txn.commit()
+            except Error:
+                txn.abort()
+                return  # the commit stands; the space is given back by a later one
+            if self._file_size < size:
+                return
 
     @staticmethod
     def _worth_moving(txn, reusable: int) -> bool:
