@@ -24,7 +24,6 @@ The database is kept in ``--dir`` between runs when ``--keep`` is given.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics

@@ -60,9 +60,9 @@ SHRINK_MIN = 4 << 20
 # flushes 16 times less often.
 AUTOSYNC_MIN = 1 << 30
 DEFAULT_CACHE_SIZE = 256 << 20
-# Commits between two attempts to give the tail back that found nothing to give.
 # Runs of at most this many pages are written through the map (see _write_pages).
 MAP_WRITE_PAGES = 8
+# Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
 RECLAIM_RETRY_MAX = 4096
 # A dirty page changed in place in at most this many entries is written by patching
@@ -322,7 +322,7 @@ class Environment:
         key = (meta.txnid, meta.written)
         known = self._intact_seen.get(key)
         if known is None:
-            known = fmt.written_intact(meta, lambda off, n: self._datafile.pread(n, off))
+            known = fmt.written_intact(meta, self._datafile.pread)
             self._intact_seen[key] = known
         return known
 

@@ -11,10 +11,10 @@ Data file (``data.kvmm``): an array of pages of ``page_size`` bytes.
 - A durable commit of few pages syncs once, after its meta (META_WRITTEN), instead of
   before and after it. Its meta then lists, between the inline free list and the
   CRC, the pages it wrote: a count u32 and that many (pgno u64, checksum u32), at most
-  WRITTEN_MAX and what the page has room for, covering at most WRITTEN_PAGES_MAX pages. A power loss may keep such a
-  meta and lose some of those pages, so a meta from an earlier boot counts only if
-  every listed page holds its checksum (``written_intact``); else the other meta, the
-  previous durable commit, is used.
+  WRITTEN_MAX and what the page has room for, covering at most WRITTEN_PAGES_MAX
+  pages. A power loss may keep such a meta and lose some of those pages, so a meta
+  from an earlier boot counts only if every listed page holds its checksum
+  (``written_intact``); else the other meta, the previous durable commit, is used.
 - Every other page starts with a 32-byte header::
 
       checksum u32   CRC-32 of the page from byte 4 (an overflow run: of its header
@@ -271,22 +271,20 @@ def decode_meta(buf) -> Meta:
         raise CorruptedError("meta page fails its checks (page size, free-list length, "
                              "page count)")
     end = META.size + META_COUNT.size + 16 * count
-    written = ()
+    w = 0
     if fields[5] & META_WRITTEN:
         if len(buf) < end + WRITTEN_COUNT.size:
             raise CorruptedError("meta page is cut short")
         (w,) = WRITTEN_COUNT.unpack_from(buf, end)
         if w > WRITTEN_MAX:
             raise CorruptedError("meta page fails its checks (written pages)")
-        at = end + WRITTEN_COUNT.size
-        end = at + WRITTEN_ENTRY_SIZE * w
-        if len(buf) >= end:
-            written = _fmt("<" + "QI" * w).unpack_from(buf, at)
+        end += WRITTEN_COUNT.size + WRITTEN_ENTRY_SIZE * w
     if len(buf) < end + META_CRC.size or end + META_CRC.size > page_size:
         raise CorruptedError("meta page is cut short")
     (crc,) = META_CRC.unpack_from(buf, end)
     if crc != _crc32(memoryview(buf)[:end]):
         raise CorruptedError("meta page fails its checksum")
+    written = _fmt("<" + "QI" * w).unpack_from(buf, end - WRITTEN_ENTRY_SIZE * w)
     pairs = struct.unpack_from(f"<{2 * count}Q", buf, META.size + META_COUNT.size)
     n = len(DB_RECORD.format) - 1
     rest = fields[7:]
@@ -299,10 +297,10 @@ def stored_checksum(page) -> int:
     return _U32.unpack_from(page)[0]
 
 
-def written_intact(meta: Meta, read) -> bool:
+def written_intact(meta: Meta, pread) -> bool:
     """Whether every page a one-flush meta lists holds what its commit wrote there:
     the listed checksum, in a header naming that page and the meta's txnid, over
-    bytes that match it. ``read(offset, n)`` reads the data file (short at its end).
+    bytes that match it. ``pread(n, offset)`` reads the data file (short at its end).
 
     The listed checksum, not just the txnid, is compared: a commit lost to an earlier
     power loss may have written the same page under the same txnid.
@@ -311,7 +309,7 @@ def written_intact(meta: Meta, read) -> bool:
     written = meta.written
     for i in range(0, len(written), 2):
         pgno, crc = written[i], written[i + 1]
-        page = read(pgno * ps, ps)
+        page = pread(ps, pgno * ps)
         if len(page) < ps:
             return False
         pcrc, kind, _, hpgno, txnid, length = PAGE_HEADER.unpack_from(page)
@@ -320,7 +318,7 @@ def written_intact(meta: Meta, read) -> bool:
         if kind == OVERFLOW:
             if length > WRITTEN_PAGES_MAX * ps:
                 return False
-            value = read(pgno * ps + HEADER_SIZE, length)
+            value = pread(length, pgno * ps + HEADER_SIZE)
             if len(value) != length or not overflow_crc_ok(page, value):
                 return False
         elif crc != _crc32(memoryview(page)[4:]):
@@ -464,7 +462,7 @@ def _body(lens: tuple) -> Struct | None:
         _bodies[lens] = False
         return None
     if s is False:
-        s = _bodies[lens] = Struct("<" + "".join(["%ds" % n for n in lens]))
+        s = _bodies[lens] = Struct("<" + "".join([f"{n}s" for n in lens]))
     return s
 
 

@@ -24,11 +24,12 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, LEAF_ENTRY_COST as _ENTRY_COST, OVERFLOW_REF
+from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
+_ENTRY_COST = fmt.LEAF_ENTRY_COST
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 
@@ -392,16 +393,12 @@ class Transaction:
                     return False
                 if leaf.flags is not None and leaf.flags[i] & F_SUBDB:
                     raise IncompatibleError(f"key {key!r} names a database")
-                if self._cursors:
-                    self._note_cursors()
-                self._gen += 1
+                self._changing()
                 self._drop_value(state, leaf, i)
                 stored, flag = self._store(state, key, value)
                 replace_at(self, state, path, stored, flag)
                 return True
-        if self._cursors:
-            self._note_cursors()
-        self._gen += 1
+        self._changing()
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, False)
         return True
@@ -410,9 +407,7 @@ class Transaction:
                 tail: bool) -> bool:
         """Insert at the end of the rightmost leaf (``path``), filling pages fully, and
         keep the path cached while it stays the rightmost one."""
-        if self._cursors:
-            self._note_cursors()
-        self._gen += 1
+        self._changing()
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, tail)
         leaf = path[-1][0]

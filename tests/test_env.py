@@ -252,7 +252,8 @@ def syncs_of(env, records: dict) -> int:
 
 
 def file_reader(path):
-    def read(offset: int, n: int) -> bytes:
+    """A ``pread(n, offset)`` of the data file."""
+    def read(n: int, offset: int) -> bytes:
         with open(data_path(path), "rb") as f:
             f.seek(offset)
             return f.read(n)
@@ -269,7 +270,7 @@ def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote
         # The pages it lists are the ones it wrote: new leaves, branches, an overflow run.
         kinds = set()
         for pgno in meta.written[0::2]:
-            header = fmt.PAGE_HEADER.unpack(file_reader(path)(pgno * 4096, fmt.HEADER_SIZE))
+            header = fmt.PAGE_HEADER.unpack(file_reader(path)(fmt.HEADER_SIZE, pgno * 4096))
             assert header[3] == pgno and header[4] == meta.txnid
             kinds.add(header[1])
         assert kinds >= {fmt.LEAF, fmt.BRANCH, fmt.OVERFLOW}
@@ -333,7 +334,7 @@ def test_a_page_with_the_right_txnid_but_not_the_listed_checksum_is_a_lost_write
     first, _second, slot = _one_flush_commits(path)
     rewrite_meta(path, slot, boot_id=other_boot())
     pgno = read_metas(path)[slot].written[0]
-    page = bytearray(file_reader(path)(pgno * 4096, 4096))
+    page = bytearray(file_reader(path)(4096, pgno * 4096))
     page[-1] ^= 0x01
     page[0:4] = struct.pack("<I", zlib.crc32(page[4:]))  # a page valid in itself
     write_at(path, pgno * 4096, bytes(page))
