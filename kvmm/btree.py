@@ -31,6 +31,7 @@ from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
 __all__ = [
     "DbState",
     "Node",
+    "child",
     "descend",
     "first_path",
     "insert",
@@ -45,14 +46,18 @@ class Node:
     """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
+    ``ch`` is, on a committed branch, its children as far as they were loaded (None
+    where not yet): a committed page's children never change, so a descent follows
+    these links instead of looking each child up in the page cache (see ``child``).
+    A dirty node has none: its children change.
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A node decoded from a committed page holds tuples (never
     changed; tuples of bytes are left alone by the cyclic GC); a dirty copy holds
     lists.
     """
 
-    __slots__ = ("flags", "keys", "kids", "ktxn", "patched", "pgno", "size", "src", "txnid",
-                 "vals")
+    __slots__ = ("ch", "flags", "keys", "kids", "ktxn", "patched", "pgno", "size", "src",
+                 "txnid", "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno
@@ -69,6 +74,7 @@ class Node:
         # None once anything else changed.
         self.src = 0
         self.patched = None
+        self.ch = None
 
     @property
     def is_leaf(self) -> bool:
@@ -152,11 +158,29 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
-        node = load(node.kids[i], node.ktxn[i])
+        ch = node.ch
+        if ch is None:
+            node = load(node.kids[i], node.ktxn[i])
+        else:
+            kid = ch[i]
+            if kid is None:
+                kid = ch[i] = load(node.kids[i], node.ktxn[i])
+            node = kid
     if left != 1:
         _bad_depth(db)
     append([node, bisect_left(node.keys, key)])
     return path
+
+
+def child(load, node: Node, i: int) -> Node:
+    """Child ``i`` of branch ``node``, through its links when it is committed."""
+    ch = node.ch
+    if ch is None:
+        return load(node.kids[i], node.ktxn[i])
+    kid = ch[i]
+    if kid is None:
+        kid = ch[i] = load(node.kids[i], node.ktxn[i])
+    return kid
 
 
 def _bad_depth(db: DbState):

@@ -20,7 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
-from .btree import descend, first_path
+from .btree import child, descend, first_path
 from .errors import BadValsizeError, CorruptedError, Error
 from .format import MAX_KEY_SIZE
 
@@ -46,7 +46,7 @@ def path_next(load, path: list) -> bool:
             path[level][1] = i + 1
             for lv in range(level + 1, len(path)):
                 pn, pi = path[lv - 1]
-                path[lv] = [_at_level(load(pn.kids[pi], pn.ktxn[pi]), lv, path), 0]
+                path[lv] = [_at_level(child(load, pn, pi), lv, path), 0]
             return True
         level -= 1
     return False
@@ -66,8 +66,8 @@ def path_prev(load, path: list) -> bool:
             path[level][1] = i - 1
             for lv in range(level + 1, len(path)):
                 pn, pi = path[lv - 1]
-                child = _at_level(load(pn.kids[pi], pn.ktxn[pi]), lv, path)
-                path[lv] = [child, len(child.keys) - 1]
+                kid = _at_level(child(load, pn, pi), lv, path)
+                path[lv] = [kid, len(kid.keys) - 1]
             return True
         level -= 1
     return False

@@ -9,6 +9,9 @@ Invariants:
 - The decoded-page cache maps pgno to a committed node; an entry is used only when
   its txnid equals the txnid named by the reference being followed, so a reused page
   number can never serve stale contents.
+- A node the cache let go of is not kept alive by another's links to its children
+  (``Node.ch``): eviction clears every cached branch's links, and a replaced node
+  counts against ``cache_size`` until it does (``_stale_bytes``).
 - Only the holder of the writer lock writes to the data file, and it writes a meta
   only after the pages that meta reaches (see ``Transaction._commit``).
 """
@@ -192,6 +195,9 @@ class Environment:
         self._cache: dict[int, Node] = {}  # pgno -> node, oldest first
         self._cache_size = max(64 * self._page_size, cache_size)
         self._cache_bytes = 0  # the estimated memory of the cached nodes
+        # ... and of the nodes replaced in the cache since its links were last
+        # cleared, which a cached branch may still link to
+        self._stale_bytes = 0
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
@@ -546,6 +552,7 @@ class Environment:
             elif kind == fmt.BRANCH:
                 keys, kids, ktxn, used = fmt.decode_branch(page, pgno, count)
                 node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
+                node.ch = [None] * count
             else:
                 raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
         except (ValueError, IndexError, OverflowError) as e:
@@ -561,31 +568,39 @@ class Environment:
         old = cache.get(pgno)
         cache[pgno] = node
         weight = _node_bytes(node)
-        if old is not None:
-            weight -= _node_bytes(old)
         self._cache_bytes += weight
-        if self._cache_bytes > self._cache_size:
+        if old is not None:
+            self._cache_bytes -= _node_bytes(old)
+            self._stale_bytes += _node_bytes(old)
+        if self._cache_bytes + self._stale_bytes > self._cache_size:
             self._evict()
 
     def _evict(self) -> None:
-        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``.
+        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
+        then clear every branch's links, so what was dropped is freed.
         Branches (about one page in a hundred, and on every descent) stay, moved to
         the young end, so a read misses at most on its leaf."""
         cache = self._cache
         goal = self._cache_size * 7 // 8
         for _ in range(8):
+            if self._cache_bytes <= goal:
+                break
             for pgno in list(islice(cache, len(cache) // 8 + 1)):
                 old = cache.pop(pgno)
                 if old.kids is not None:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
-            if self._cache_bytes <= goal:
-                return
+        for node in cache.values():
+            if node.ch is not None:
+                node.ch = [None] * len(node.kids)
+        self._stale_bytes = 0
 
     def _publish(self, nodes) -> None:
         """Cache the nodes a commit just wrote (they are committed now)."""
         for node in nodes:
+            if node.kids is not None:
+                node.ch = [None] * len(node.kids)
             self._remember(node)
 
     def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):
@@ -1030,6 +1045,7 @@ class Environment:
         self._map.close()
         self._cache.clear()
         self._cache_bytes = 0
+        self._stale_bytes = 0
         if not self._forked:
             self._datafile.close()
             if self._lock is not None:

@@ -248,8 +248,9 @@ class Transaction:
         pgno = state.root
         if not pgno:
             return default
-        # The page cache is consulted inline (one dict lookup per level); a miss, a
-        # stale entry or a dirty page of this write transaction goes through load.
+        # A committed branch leads to its children by its links; otherwise the page
+        # cache is consulted inline (one dict lookup); a miss, a stale entry or a
+        # dirty page of this write transaction goes through load.
         cache = self._cache
         txnid = state.root_txnid
         node = cache.get(pgno)
@@ -261,6 +262,13 @@ class Transaction:
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
+            ch = node.ch  # a committed branch's links to its children: see Node
+            if ch is not None:
+                kid = ch[i]
+                if kid is None:
+                    kid = ch[i] = self.load(node.kids[i], node.ktxn[i])
+                node = kid
+                continue
             pgno = node.kids[i]
             txnid = node.ktxn[i]
             node = cache.get(pgno)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import struct
 import zlib
 from itertools import pairwise
@@ -602,3 +603,55 @@ def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path)
         assert env.stat()["leaf_pages"] > 2 * leaves  # most of the leaves went
         assert branches == env.stat()["branch_pages"]  # no branch went
         assert env._cache_bytes == sum(kvmm.env._node_bytes(n) for n in env._cache.values())
+
+
+def _linked_but_not_cached(env) -> list:
+    """Nodes a cached branch links to (``Node.ch``, followed all the way down) that
+    the cache itself no longer holds."""
+    cached = {id(node) for node in env._cache.values()}
+    seen, out = set(), []
+    stack = [node for node in env._cache.values() if node.ch is not None]
+    while stack:
+        for kid in stack.pop().ch:
+            if kid is None or id(kid) in seen:
+                continue
+            seen.add(id(kid))
+            if id(kid) not in cached:
+                out.append(kid)
+            if kid.ch is not None:
+                stack.append(kid)
+    return out
+
+
+def test_links_between_cached_pages_keep_nothing_past_cache_size(tmp_path):
+    """A descent follows a committed branch's links to its children; the nodes the
+    cache dropped or replaced must not live on through those links beyond
+    cache_size: eviction clears the links, and a replaced node is counted until
+    it does."""
+    records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
+    with kvmm.open(str(tmp_path / "db")) as env:
+        put(env, records)
+    rng = random.Random(5)
+    keys = list(records)
+    for budget in (512 << 10, 4 << 20):  # evicting all along; evicting now and then
+        stale_seen = linked = 0
+        with kvmm.open(str(tmp_path / "db"), cache_size=budget) as env:
+            for round_ in range(6):
+                with env.begin() as txn:
+                    for key in keys:
+                        assert txn.get(key) == records[key]
+                linked = max(linked, sum(kid is not None for node in env._cache.values()
+                                         if node.ch is not None for kid in node.ch))
+                for _ in range(3):  # replaces pages the cache holds
+                    with env.begin(write=True) as txn:
+                        for key in rng.sample(keys, 100):
+                            records[key] = b"r%d" % round_ + key
+                            txn.put(key, records[key])
+                alive = _linked_but_not_cached(env)
+                assert sum(kvmm.env._node_bytes(n) for n in alive) <= env._stale_bytes
+                assert env._cache_bytes + env._stale_bytes <= budget
+                stale_seen = max(stale_seen, env._stale_bytes)
+            assert linked > 0  # the reads went through links
+            assert contents(env) == records
+        if budget > 1 << 20:
+            assert stale_seen > 0  # replaced nodes were counted
