@@ -36,6 +36,7 @@ __all__ = [
     "first_path",
     "insert",
     "last_path",
+    "links_wrong",
     "remove_at",
     "remove_range",
     "replace_at",
@@ -46,10 +47,10 @@ class Node:
     """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
-    ``ch`` is, on a committed branch, its children as far as they were loaded (None
-    where not yet): a committed page's children never change, so a descent follows
-    these links instead of looking each child up in the page cache (see ``child``).
-    A dirty node has none: its children change.
+    ``ch`` is, on a branch, its children as far as they were loaded (None where not
+    yet), in step with ``kids``: a descent follows these links instead of looking
+    each child up (see ``child``). Every edit of a dirty branch's ``kids`` edits
+    ``ch`` alike; a committed node's links stay true, as its children never change.
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A node decoded from a committed page holds tuples (never
     changed; tuples of bytes are left alone by the cyclic GC); a dirty copy holds
@@ -74,7 +75,7 @@ class Node:
         # None once anything else changed.
         self.src = 0
         self.patched = None
-        self.ch = None
+        self.ch = None if kids is None else [None] * len(kids)
 
     @property
     def is_leaf(self) -> bool:
@@ -99,6 +100,7 @@ class Node:
         else:
             n = Node(pgno, txnid, list(self.keys), kids=list(self.kids),
                      ktxn=list(self.ktxn))
+            n.ch = list(self.ch)
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
         n.src = self.pgno
@@ -158,14 +160,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
-        ch = node.ch
-        if ch is None:
-            node = load(node.kids[i], node.ktxn[i])
-        else:
-            kid = ch[i]
-            if kid is None:
-                kid = ch[i] = load(node.kids[i], node.ktxn[i])
-            node = kid
+        kid = node.ch[i]
+        if kid is None:
+            kid = node.ch[i] = load(node.kids[i], node.ktxn[i])
+        node = kid
     if left != 1:
         _bad_depth(db)
     append([node, bisect_left(node.keys, key)])
@@ -173,14 +171,24 @@ def descend(load, db: DbState, key: bytes) -> list | None:
 
 
 def child(load, node: Node, i: int) -> Node:
-    """Child ``i`` of branch ``node``, through its links when it is committed."""
-    ch = node.ch
-    if ch is None:
-        return load(node.kids[i], node.ktxn[i])
-    kid = ch[i]
+    """Child ``i`` of branch ``node``, through its links (loaded and linked when
+    not yet)."""
+    kid = node.ch[i]
     if kid is None:
-        kid = ch[i] = load(node.kids[i], node.ktxn[i])
+        kid = node.ch[i] = load(node.kids[i], node.ktxn[i])
     return kid
+
+
+def links_wrong(node: Node) -> str | None:
+    """What is wrong with branch ``node``'s links to its children, if anything (the
+    strict mode's check of the invariant on ``Node.ch``)."""
+    if node.ch is None or len(node.ch) != len(node.kids):
+        return f"page {node.pgno}: {len(node.kids)} children, links {node.ch!r:.40}"
+    for i, kid in enumerate(node.ch):
+        if kid is not None and (kid.pgno, kid.txnid) != (node.kids[i], node.ktxn[i]):
+            return (f"page {node.pgno}: child {i} is page {node.kids[i]} of txn "
+                    f"{node.ktxn[i]}, linked to page {kid.pgno} of txn {kid.txnid}")
+    return None
 
 
 def _bad_depth(db: DbState):
@@ -229,6 +237,7 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode, pidx = parent
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
+                pnode.ch[pidx] = node
                 if pnode.patched is not None:
                     pnode.patched.add(pidx)
         parent = step
@@ -342,12 +351,13 @@ def _fix_root(txn, db: DbState, root: Node) -> None:
             new.keys = [b"", sep]
             new.kids = [root.pgno, right.pgno]
             new.ktxn = [root.txnid, right.txnid]
+            new.ch = [root, right]
             new.measure()
             db.root, db.root_txnid = new.pgno, new.txnid
             db.depth += 1
             root = new
         elif root.kids is not None and len(root.kids) == 1:
-            child = txn.load(root.kids[0], root.ktxn[0])
+            child = _child(txn.load, root, 0)
             txn.free_node(root, db)
             db.root, db.root_txnid = child.pgno, child.txnid
             db.depth -= 1
@@ -398,8 +408,10 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     else:
         right.kids = node.kids[m:]
         right.ktxn = node.ktxn[m:]
+        right.ch = node.ch[m:]
         del node.kids[m:]
         del node.ktxn[m:]
+        del node.ch[m:]
         sep = right.keys[0]
         right.keys[0] = b""
     node.measure()
@@ -412,6 +424,7 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
+    parent.ch.insert(i, child)
     parent.size += BRANCH_ENTRY_COST + len(key)
 
 
@@ -421,14 +434,16 @@ def _branch_remove(parent: Node, i: int) -> None:
     del parent.keys[i]
     del parent.kids[i]
     del parent.ktxn[i]
+    del parent.ch[i]
 
 
 def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
-    child = txn.load(parent.kids[i], parent.ktxn[i])
+    child = _child(txn.load, parent, i)
     if child.txnid != txn.txnid:
         child = txn.touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
+        parent.ch[i] = child
         if parent.patched is not None:
             parent.patched.add(i)
     return child
@@ -458,6 +473,7 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
             left.keys += right.keys[1:]
             left.kids += right.kids
             left.ktxn += right.ktxn
+            left.ch += right.ch
         left.size = merged
         _branch_remove(parent, ri)
         txn.free_node(right, db)
@@ -495,6 +511,7 @@ def _shift_right(left: Node, right: Node, sep: bytes) -> bytes:
     right.keys.insert(0, b"")
     right.kids.insert(0, left.kids.pop())
     right.ktxn.insert(0, left.ktxn.pop())
+    right.ch.insert(0, left.ch.pop())
     left.size -= BRANCH_ENTRY_COST + len(k)
     right.size += BRANCH_ENTRY_COST + len(sep)
     return k
@@ -522,6 +539,10 @@ def _shift_left(left: Node, right: Node, sep: bytes) -> bytes:
     left.keys.append(sep)
     left.kids.append(right.kids.pop(0))
     left.ktxn.append(right.ktxn.pop(0))
+    left.ch.append(right.ch.pop(0))
     left.size += BRANCH_ENTRY_COST + len(sep)
     right.size -= BRANCH_ENTRY_COST + len(new_sep)
     return new_sep
+
+
+_child = child  # for functions with a local named ``child``

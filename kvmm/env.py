@@ -552,7 +552,6 @@ class Environment:
             elif kind == fmt.BRANCH:
                 keys, kids, ktxn, used = fmt.decode_branch(page, pgno, count)
                 node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
-                node.ch = [None] * count
             else:
                 raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
         except (ValueError, IndexError, OverflowError) as e:
@@ -599,8 +598,6 @@ class Environment:
     def _publish(self, nodes) -> None:
         """Cache the nodes a commit just wrote (they are committed now)."""
         for node in nodes:
-            if node.kids is not None:
-                node.ch = [None] * len(node.kids)
             self._remember(node)
 
     def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):

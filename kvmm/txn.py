@@ -14,7 +14,16 @@ from bisect import bisect_left, bisect_right
 
 from . import dupsort
 from . import format as fmt
-from .btree import DbState, Node, _bad_depth, descend, insert, remove_at, replace_at
+from .btree import (
+    DbState,
+    Node,
+    _bad_depth,
+    descend,
+    insert,
+    links_wrong,
+    remove_at,
+    replace_at,
+)
 from .cursor import Cursor, _key_bytes, as_bytes
 from .errors import (
     BadDbiError,
@@ -248,9 +257,9 @@ class Transaction:
         pgno = state.root
         if not pgno:
             return default
-        # A committed branch leads to its children by its links; otherwise the page
-        # cache is consulted inline (one dict lookup); a miss, a stale entry or a
-        # dirty page of this write transaction goes through load.
+        # The root is looked up in the page cache inline (load on a miss, a stale
+        # entry, or a dirty root of this write transaction); each branch leads to
+        # its children by its links, made on first use.
         cache = self._cache
         txnid = state.root_txnid
         node = cache.get(pgno)
@@ -262,18 +271,10 @@ class Transaction:
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            ch = node.ch  # a committed branch's links to its children: see Node
-            if ch is not None:
-                kid = ch[i]
-                if kid is None:
-                    kid = ch[i] = self.load(node.kids[i], node.ktxn[i])
-                node = kid
-                continue
-            pgno = node.kids[i]
-            txnid = node.ktxn[i]
-            node = cache.get(pgno)
-            if node is None or node.txnid != txnid:
-                node = self.load(pgno, txnid)
+            kid = node.ch[i]  # the branch's links to its children: see Node
+            if kid is None:
+                kid = node.ch[i] = self.load(node.kids[i], node.ktxn[i])
+            node = kid
         keys = node.keys
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
@@ -567,6 +568,9 @@ class Transaction:
         # 9. Share the new pages with later readers of this process.
         env._publish(self._dirty.values())
         if _STRICT:
+            for node in env._cache.values():
+                if node.kids is not None and (wrong := links_wrong(node)):
+                    raise CorruptedError("strict mode: " + wrong)
             env._strict_check()
 
     def abort(self) -> None:
