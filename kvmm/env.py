@@ -576,7 +576,7 @@ class Environment:
 
     def _evict(self) -> None:
         """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
-        then clear every branch's links, so what was dropped is freed.
+        then clear the links that could keep a dropped or replaced node alive.
         Branches (about one page in a hundred, and on every descent) stay, moved to
         the young end, so a read misses at most on its leaf."""
         cache = self._cache
@@ -590,9 +590,26 @@ class Environment:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Clear the links (``Node.ch``) by which a cached branch reaches a node not in
+        the cache: all of a branch's links to leaves (any may have gone), and its
+        links to branches the cache no longer holds. Every node reachable by links
+        from the cache is then in the cache. O(cached branches x fan-out)."""
+        cache = self._cache
         for node in cache.values():
-            if node.ch is not None:
-                node.ch = [None] * len(node.kids)
+            ch = node.ch
+            if ch is None:
+                continue
+            for i, kid in enumerate(ch):
+                if kid is None:
+                    continue
+                if kid.kids is None:
+                    node.ch = [None] * len(ch)
+                    break
+                if cache.get(kid.pgno) is not kid:
+                    ch[i] = None
         self._stale_bytes = 0
 
     def _publish(self, nodes) -> None:
