@@ -16,6 +16,13 @@ Invariants:
   before the tree changes (``Transaction._note_cursors``).
 - ``_positioned`` is False after a failed move; the path then still marks where the
   cursor was, so ``next``/``prev`` continue from there as in LMDB.
+- ``_fast``, when not None and the cursor is positioned, is the path's leaf step, on
+  a current path, in a leaf without flags, in a transaction without buffers: then
+  ``next``/``item``/``key``/``value`` take their fast paths on it alone. Only
+  ``_settle`` sets it; whatever makes it stale clears it (a change of the tree in
+  ``Transaction._note_cursors``, the transaction's end, ``close``, a walk of the
+  leaves, a restored path). Moves that unposition the cursor need not clear it: the
+  fast paths check ``_positioned`` too.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ class Cursor:
         "__weakref__",
         "_db",
         "_eof",
+        "_fast",
         "_gen",
         "_key",
         "_on_entry",
@@ -118,6 +126,7 @@ class Cursor:
         self._db = db
         self._state = txn._state(db)
         self._path = None
+        self._fast = None
         self._positioned = False
         self._eof = False
         self._on_entry = False
@@ -171,9 +180,13 @@ class Cursor:
         because the move ran off the end)."""
         self._positioned = ok
         self._eof = eof and not ok
+        self._fast = None
         if ok:
-            leaf, i = self._path[-1]
+            step = self._path[-1]
+            leaf, i = step
             self._key = leaf.keys[i]
+            if leaf.flags is None and not self._txn._buffers:
+                self._fast = step
         return ok
 
     def _at_end(self) -> bool:
@@ -201,9 +214,8 @@ class Cursor:
 
     def next(self) -> bool:
         """Move to the next entry (the first if unpositioned). O(1) amortised."""
-        txn = self._txn
-        if self._positioned and txn is not None and self._gen == txn._gen:
-            step = self._path[-1]
+        step = self._fast
+        if step is not None and self._positioned:
             i = step[1] + 1
             if i < len(step[0].keys):  # the hot path: the next entry is in the same leaf
                 step[1] = i
@@ -264,10 +276,13 @@ class Cursor:
 
     def set_range(self, key) -> bool:
         """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
-        if not key:
-            return self.first()  # as py-lmdb: an empty key means "from the start"
-        key = self._seek_key(key)
-        return False if key is None else self._seek(key)
+        if key.__class__ is not bytes or not key or len(key) > MAX_KEY_SIZE:
+            if not key:
+                return self.first()  # as py-lmdb: an empty key means "from the start"
+            key = self._seek_key(key)
+            if key is None:
+                return False
+        return self._seek(key)
 
     def _seek(self, key: bytes) -> bool:
         """Move to the first entry whose tree key is >= ``key`` (not validated). A
@@ -279,26 +294,18 @@ class Cursor:
         self._path = path = descend(txn.load, self._state, key)
         if path is None:
             return self._settle(False)
-        if self._at_end():
-            ok = path_next(txn.load, path) and not self._at_end()
-            return self._settle(ok, eof=not ok)
-        return self._settle(True)
+        leaf, i = path[-1]
+        if i < len(leaf.keys):
+            return self._settle(True)
+        ok = path_next(txn.load, path) and not self._at_end()
+        return self._settle(ok, eof=not ok)
 
     # --- reading --------------------------------------------------------------------
 
-    def _plain(self):
-        """The current leaf step when the fast paths apply: positioned, up to date,
-        no memoryviews wanted. None otherwise."""
-        txn = self._txn
-        if (self._positioned and txn is not None and self._gen == txn._gen
-                and not txn._buffers):
-            return self._path[-1]
-        return None
-
     def key(self):
         """The current key, or b'' when unpositioned. O(1)."""
-        step = self._plain()
-        if step is not None:
+        step = self._fast
+        if step is not None and self._positioned:
             return step[0].keys[step[1]]
         if not self._sync():
             return b""
@@ -308,8 +315,8 @@ class Cursor:
 
     def value(self):
         """The current value, or b'' when unpositioned. O(1) (overflow: O(size))."""
-        step = self._plain()
-        if step is not None and step[0].flags is None:
+        step = self._fast
+        if step is not None and self._positioned:
             return step[0].vals[step[1]]
         if not self._sync():
             return b""
@@ -318,12 +325,10 @@ class Cursor:
 
     def item(self) -> tuple:
         """(key, value) of the current entry, or (b'', b'')."""
-        txn = self._txn  # the fast path of _plain, inlined: item() is the scan's hot call
-        if (self._positioned and txn is not None and self._gen == txn._gen
-                and not txn._buffers):
-            leaf, i = self._path[-1]
-            if leaf.flags is None:
-                return leaf.keys[i], leaf.vals[i]
+        step = self._fast
+        if step is not None and self._positioned:
+            leaf, i = step
+            return leaf.keys[i], leaf.vals[i]
         return self.key(), self.value()
 
     def get(self, key, default=None):
@@ -376,6 +381,7 @@ class Cursor:
         if txn.write:
             yield from self._walk_stepping(keys, values, forward)
             return
+        self._fast = None  # the walk moves the path on its own
         load = txn.load
         step = path_next if forward else path_prev
         buffers = txn._buffers
@@ -506,6 +512,7 @@ class Cursor:
             txn._cursors.discard(self)
         self._txn = None
         self._path = None
+        self._fast = None
         self._positioned = False
 
     def __enter__(self):

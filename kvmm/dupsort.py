@@ -286,6 +286,7 @@ class DupCursor(Cursor):
         """Put the cursor back where a failed move found it, unpositioned (LMDB's
         cursor does not move when a dup move fails)."""
         self._path = saved
+        self._fast = None
         leaf, i = saved[-1]
         self._key = leaf.keys[i] if i < len(leaf.keys) else self._key
         self._positioned = False

@@ -232,6 +232,7 @@ class Transaction:
         which its fast moves do not keep: it finds its place again by it."""
         gen = self._gen
         for cur in self._cursors:
+            cur._fast = None
             if cur._positioned and cur._gen == gen:
                 leaf, i = cur._path[-1]
                 cur._key = leaf.keys[i]
@@ -588,6 +589,7 @@ class Transaction:
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None
+            cur._fast = None
         self._cursors.clear()
         env = self.env
         env._txns.pop(id(self), None)

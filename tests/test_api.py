@@ -223,6 +223,24 @@ def test_iterating_a_cursor_yields_records_in_key_order(env):
         assert [(k, v) for k, v in txn.cursor()] == sorted(records.items())
 
 
+def test_a_cursor_moved_by_iteration_then_by_next_goes_on_from_where_iteration_stopped(env):
+    """Iterating a read transaction's cursor walks its leaves directly; next(), item()
+    and prev() afterwards continue from the entry the iteration stopped on, also when
+    it stopped in a later leaf than the cursor started in."""
+    records = {b"k%05d" % i: b"v%d" % i for i in range(3000)}
+    _fill(env, records)
+    order = sorted(records)
+    with env.begin() as txn:
+        cursor = txn.cursor()
+        assert cursor.set_range(b"k00010") and cursor.next()  # the fast path is armed
+        for stop, (key, _) in enumerate(cursor, start=11):
+            if stop == 2500:  # leaves later
+                break
+        assert key == order[2500] and cursor.key() == key
+        assert cursor.next() and cursor.item() == (order[2501], records[order[2501]])
+        assert cursor.prev() and cursor.prev() and cursor.key() == order[2499]
+
+
 # -- transactions -----------------------------------------------------------------------
 
 
