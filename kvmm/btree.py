@@ -57,8 +57,8 @@ class Node:
     lists.
     """
 
-    __slots__ = ("ch", "flags", "keys", "kids", "ktxn", "patched", "pgno", "size", "src",
-                 "txnid", "vals")
+    __slots__ = ("__weakref__", "ch", "flags", "keys", "kids", "ktxn", "patched", "pgno",
+                 "size", "src", "txnid", "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno

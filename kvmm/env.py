@@ -10,8 +10,9 @@ Invariants:
   its txnid equals the txnid named by the reference being followed, so a reused page
   number can never serve stale contents.
 - A node the cache let go of is not kept alive by another's links to its children
-  (``Node.ch``): eviction clears every cached branch's links, and a replaced node
-  counts against ``cache_size`` until it does (``_stale_bytes``).
+  (``Node.ch``) beyond ``cache_size``: eviction clears the links that reach such
+  nodes, and a replaced node counts against ``cache_size`` while it is alive and
+  until they are cleared (``_stale``, ``_stale_bytes``).
 - Only the holder of the writer lock writes to the data file, and it writes a meta
   only after the pages that meta reaches (see ``Transaction._commit``).
 """
@@ -196,7 +197,9 @@ class Environment:
         self._cache_size = max(64 * self._page_size, cache_size)
         self._cache_bytes = 0  # the estimated memory of the cached nodes
         # ... and of the nodes replaced in the cache since its links were last
-        # cleared, which a cached branch may still link to
+        # cleared, which a cached branch may still link to: weak references to them,
+        # with their weights (most die with the old branch that linked them)
+        self._stale: list[tuple[weakref.ref, int]] = []
         self._stale_bytes = 0
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
@@ -569,10 +572,26 @@ class Environment:
         weight = _node_bytes(node)
         self._cache_bytes += weight
         if old is not None:
-            self._cache_bytes -= _node_bytes(old)
-            self._stale_bytes += _node_bytes(old)
+            weight = _node_bytes(old)
+            self._cache_bytes -= weight
+            self._stale_bytes += weight
+            self._stale.append((weakref.ref(old), weight))
+        if self._cache_bytes + self._stale_bytes > self._cache_size:
+            self._trim()
+
+    def _trim(self) -> None:
+        """The cache and the replaced nodes went over ``cache_size``. Count only the
+        replaced nodes something still holds (most died with the old version of
+        their parent, which the commit dropped, see ``_publish``); evict when still
+        over, or clear the links that hold them when they alone take a sixteenth of
+        the budget."""
+        live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
+        self._stale = live
+        self._stale_bytes = sum(weight for _, weight in live)
         if self._cache_bytes + self._stale_bytes > self._cache_size:
             self._evict()
+        elif self._stale_bytes > self._cache_size // 16:
+            self._unlink()
 
     def _evict(self) -> None:
         """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
@@ -610,10 +629,22 @@ class Environment:
                     break
                 if cache.get(kid.pgno) is not kid:
                     ch[i] = None
+        self._stale = []
         self._stale_bytes = 0
 
-    def _publish(self, nodes) -> None:
-        """Cache the nodes a commit just wrote (they are committed now)."""
+    def _publish(self, nodes, superseded=()) -> None:
+        """Cache the nodes a commit just wrote (they are committed now), and drop the
+        ones it replaced: only readers of older snapshots could use them, and those
+        decode them again from pages no commit reuses while they read. Left in, they
+        would push live pages out of a full cache."""
+        cache = self._cache
+        for old in superseded:
+            if cache.get(old.pgno) is old:
+                del cache[old.pgno]
+                weight = _node_bytes(old)
+                self._cache_bytes -= weight
+                self._stale_bytes += weight
+                self._stale.append((weakref.ref(old), weight))
         for node in nodes:
             self._remember(node)
 
@@ -721,8 +752,10 @@ class Environment:
         that gave nothing back, attempts wait (see ``_want_reclaim``), twice as long
         after each such pair, up to RECLAIM_RETRY_MAX commits: an attempt gathers every
         reusable page, which costs milliseconds in a large file whose tail stays in
-        use (say, after rewriting every key in one transaction)."""
-        if trimmed:
+        use (say, after rewriting every key in one transaction). An attempt that cut
+        less than 1/64 of the file counts as one that gave nothing back: else a tail
+        that frees a few pages per commit would have every commit gather them all."""
+        if trimmed * 64 >= txn.next_pgno + trimmed:
             self._reclaim_tries = 0
             self._reclaim_wait = RECLAIM_RETRY
             return
@@ -1059,6 +1092,7 @@ class Environment:
         self._map.close()
         self._cache.clear()
         self._cache_bytes = 0
+        self._stale = []
         self._stale_bytes = 0
         if not self._forked:
             self._datafile.close()

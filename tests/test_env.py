@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import struct
+import weakref
 import zlib
 from itertools import pairwise
 
@@ -623,6 +624,36 @@ def _linked_but_not_cached(env) -> list:
     return out
 
 
+def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_read(tmp_path):
+    """Left in the cache, the old versions of the pages a commit rewrote would push
+    live pages out of a full cache; a reader of the older snapshot decodes them again."""
+    records = {b"%08d" % i: b"old" + bytes([i % 251]) * 100 for i in range(5000)}
+    with kvmm.open(str(tmp_path / "db")) as env:
+        put(env, records)
+        assert contents(env) == records  # every page cached
+        before = {(n.pgno, n.txnid): weakref.ref(n) for n in env._cache.values()}
+        changed = dict(records)
+        with env.begin(write=True) as txn:
+            for key in list(records)[::500]:
+                changed[key] = b"new"
+                txn.put(key, b"new")
+        after = {(n.pgno, n.txnid) for n in env._cache.values()}
+        replaced = set(before) - after
+        assert len(replaced) >= 10 + 1  # ten leaves and the branches above them
+        assert env._cache_bytes == sum(kvmm.env._node_bytes(n) for n in env._cache.values())
+        # Nothing holds the old versions any more: not the cache, not the links of
+        # the old versions of their parents.
+        assert all(before[old]() is None for old in replaced)
+        old_reader, seen = env.begin(), dict(changed)
+        with env.begin(write=True) as txn:
+            for key in list(records)[::250]:
+                changed[key] = b"newer"
+                txn.put(key, b"newer")
+        assert dict(old_reader.cursor()) == seen  # decoded again where dropped
+        old_reader.abort()
+        assert contents(env) == changed
+
+
 def test_links_between_cached_pages_keep_nothing_past_cache_size(tmp_path):
     """A descent follows a committed branch's links to its children; the nodes the
     cache dropped or replaced must not live on through those links beyond
@@ -655,3 +686,26 @@ def test_links_between_cached_pages_keep_nothing_past_cache_size(tmp_path):
             assert contents(env) == records
         if budget > 1 << 20:
             assert stale_seen > 0  # replaced nodes were counted
+
+
+def test_reclaim_attempts_that_cut_only_a_few_pages_back_off(tmp_path):
+    """An attempt to give the tail back gathers every reusable page. When attempts
+    keep cutting just a few pages (lowest-first allocation frees the tail slowly),
+    they must back off as fruitless ones do, not run on every commit."""
+    from types import SimpleNamespace
+
+    with kvmm.open(str(tmp_path / "db")) as env:
+        txn = SimpleNamespace(txnid=100, next_pgno=100_000,
+                              free_db=SimpleNamespace(entries=50_000),
+                              freelist=SimpleNamespace(inline=()),
+                              meta=SimpleNamespace(inline_free=()))
+        assert env._want_reclaim(txn)  # half the file is free
+        for txnid in (100, 101):  # two attempts in a row, 3 pages cut each
+            txn.txnid = txnid
+            env._reclaimed(txn, 3, 50_000)
+        txn.txnid = 102
+        assert not env._want_reclaim(txn)
+        txn.txnid = 102 + kvmm.env.RECLAIM_RETRY
+        assert env._want_reclaim(txn)  # later, it tries again
+        env._reclaimed(txn, 20_000, 50_000)  # a fifth of the file cut: no waiting
+        assert env._reclaim_tries == 0 and env._reclaim_wait == kvmm.env.RECLAIM_RETRY
