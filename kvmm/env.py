@@ -582,22 +582,23 @@ class Environment:
     def _trim(self) -> None:
         """The cache and the replaced nodes went over ``cache_size``. Count only the
         replaced nodes something still holds (most died with the old version of
-        their parent, which the commit dropped, see ``_publish``); evict when still
-        over, or clear the links that hold them when they alone take a sixteenth of
-        the budget."""
+        their parent, which the commit dropped, see ``_publish``); evict unless that
+        leaves a sixteenth of ``cache_size`` free. Either way a sixteenth is then
+        free, so the next trim (and its pass over ``_stale``) is that far off."""
         live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
         self._stale = live
         self._stale_bytes = sum(weight for _, weight in live)
-        if self._cache_bytes + self._stale_bytes > self._cache_size:
+        if self._cache_bytes + self._stale_bytes > self._cache_size - self._cache_size // 16:
             self._evict()
-        elif self._stale_bytes > self._cache_size // 16:
-            self._unlink()
 
     def _evict(self) -> None:
         """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
         then clear the links that could keep a dropped or replaced node alive.
         Branches (about one page in a hundred, and on every descent) stay, moved to
-        the young end, so a read misses at most on its leaf."""
+        the young end, so a read misses at most on its leaf; unless branches alone
+        fill the cache (a reader beside a writer that keeps rewriting them decodes
+        version after version): then the oldest branches go too, so the cache always
+        gets down to its goal."""
         cache = self._cache
         goal = self._cache_size * 7 // 8
         for _ in range(8):
@@ -609,6 +610,11 @@ class Environment:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
+        if self._cache_bytes > goal:
+            for pgno in list(cache):
+                self._cache_bytes -= _node_bytes(cache.pop(pgno))
+                if self._cache_bytes <= goal:
+                    break
         self._unlink()
 
     def _unlink(self) -> None:

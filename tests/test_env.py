@@ -709,3 +709,19 @@ def test_reclaim_attempts_that_cut_only_a_few_pages_back_off(tmp_path):
         assert env._want_reclaim(txn)  # later, it tries again
         env._reclaimed(txn, 20_000, 50_000)  # a fifth of the file cut: no waiting
         assert env._reclaim_tries == 0 and env._reclaim_wait == kvmm.env.RECLAIM_RETRY
+
+
+def test_eviction_gets_the_cache_down_even_when_branches_fill_it(tmp_path):
+    """Eviction drops leaves first; a reader beside a writer that keeps rewriting
+    branches decodes version after version of them, so branches go too when they
+    alone fill the cache."""
+    from kvmm.btree import Node
+
+    with kvmm.open(str(tmp_path / "db"), cache_size=256 << 10) as env:
+        keys = [b""] + [b"%08d" % i for i in range(1, 100)]
+        for pgno in range(2, 1000):
+            node = Node(pgno, 1, list(keys), kids=list(range(100)), ktxn=[1] * 100)
+            node.measure()
+            env._remember(node)
+            assert env._cache_bytes <= env._cache_size
+        assert len(env._cache) < 500
