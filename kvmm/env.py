@@ -569,15 +569,18 @@ class Environment:
         pgno = node.pgno
         old = cache.get(pgno)
         cache[pgno] = node
-        weight = _node_bytes(node)
-        self._cache_bytes += weight
+        self._cache_bytes += _node_bytes(node)
         if old is not None:
-            weight = _node_bytes(old)
-            self._cache_bytes -= weight
-            self._stale_bytes += weight
-            self._stale.append((weakref.ref(old), weight))
+            self._let_go(old)
         if self._cache_bytes + self._stale_bytes > self._cache_size:
             self._trim()
+
+    def _let_go(self, old: Node) -> None:
+        """``old`` just left the cache: count it as replaced while it may be alive."""
+        weight = _node_bytes(old)
+        self._cache_bytes -= weight
+        self._stale_bytes += weight
+        self._stale.append((weakref.ref(old), weight))
 
     def _trim(self) -> None:
         """The cache and the replaced nodes went over ``cache_size``. Count only the
@@ -638,19 +641,16 @@ class Environment:
         self._stale = []
         self._stale_bytes = 0
 
-    def _publish(self, nodes, superseded=()) -> None:
+    def _publish(self, nodes, freed=()) -> None:
         """Cache the nodes a commit just wrote (they are committed now), and drop the
-        ones it replaced: only readers of older snapshots could use them, and those
-        decode them again from pages no commit reuses while they read. Left in, they
-        would push live pages out of a full cache."""
+        pages it freed (``freed``, page numbers): only readers of older snapshots
+        could use them, and those decode them again from pages no commit reuses while
+        they read. Left in, they would push live pages out of a full cache."""
         cache = self._cache
-        for old in superseded:
-            if cache.get(old.pgno) is old:
-                del cache[old.pgno]
-                weight = _node_bytes(old)
-                self._cache_bytes -= weight
-                self._stale_bytes += weight
-                self._stale.append((weakref.ref(old), weight))
+        for pgno in freed:
+            old = cache.pop(pgno, None)
+            if old is not None:
+                self._let_go(old)
         for node in nodes:
             self._remember(node)
 

@@ -92,7 +92,6 @@ class Transaction:
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self._superseded: list[Node] = []  # committed nodes this transaction replaced
         self.load = self._write_loader(env._loader(self._mm, meta.next_pgno))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
@@ -141,7 +140,6 @@ class Transaction:
         freelist = self.freelist
         pgno = freelist.alloc()
         new = node.copy(pgno, self.txnid)
-        self._superseded.append(node)
         self._dirty[pgno] = new
         freelist.free(node.pgno, 1, node.txnid)
         return new
@@ -165,8 +163,6 @@ class Transaction:
             db.branch_pages -= 1
         if node.txnid == self.txnid:
             del self._dirty[node.pgno]
-        else:
-            self._superseded.append(node)
         self.freelist.free(node.pgno, 1, node.txnid)
 
     # --- databases ------------------------------------------------------------------
@@ -571,8 +567,8 @@ class Transaction:
                         main.record(), self.free_db.record(), freelist.inline)
         env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
-        # the ones they replace.
-        env._publish(self._dirty.values(), self._superseded)
+        # the committed pages this commit freed.
+        env._publish(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
             for node in env._cache.values():
                 if node.kids is not None and (wrong := links_wrong(node)):
@@ -600,7 +596,6 @@ class Transaction:
         env._txns.pop(id(self), None)
         if self.write:
             self._dirty = {}
-            self._superseded = []
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
             env._end_write(self)
