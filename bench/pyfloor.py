@@ -47,19 +47,20 @@ def build(keys: list[bytes]):
     first key b""; a leaf is (keys, values), each value its own object. Keys and
     values are made in key order, as a scan would decode them, so each node's
     objects lie together in memory: the best case for the CPU's caches."""
-    level = []
+    level = []  # (node, the smallest key under it)
     for at in range(0, len(keys), LEAF):
         chunk = keys[at:at + LEAF]
-        level.append((chunk, [VALUE[:-1] + key[-1:] for key in chunk]))
+        level.append(((chunk, [VALUE[:-1] + key[-1:] for key in chunk]), chunk[0]))
     depth = 1
     while len(level) > 1:
         up = []
         for at in range(0, len(level), FANOUT):
             kids = level[at:at + FANOUT]
-            up.append(([b""] + [kid[0][0] for kid in kids[1:]], kids))
+            separators = [b""] + [low for _kid, low in kids[1:]]
+            up.append(((separators, [kid for kid, _low in kids]), kids[0][1]))
         level = up
         depth += 1
-    return level[0], depth
+    return level[0][0], depth
 
 
 def lookup(root, depth: int, key: bytes):
@@ -79,7 +80,11 @@ def time_lookups(keys: list[bytes], order: list[bytes]) -> float:
     start = time.perf_counter()
     for key in order:
         lookup(root, depth, key)
-    return (time.perf_counter() - start) / len(order) * 1e6
+    took = time.perf_counter() - start
+    missing = sum(1 for key in order if lookup(root, depth, key) is None)
+    if missing:
+        raise SystemExit(f"pyfloor: the lookup missed {missing} keys")
+    return took / len(order) * 1e6
 
 
 class Tree:
@@ -127,7 +132,11 @@ def time_inserts(order: list[bytes]) -> float:
     start = time.perf_counter()
     for key in order:
         insert(key, VALUE)
-    return (time.perf_counter() - start) / len(order) * 1e6
+    took = time.perf_counter() - start
+    missing = sum(1 for key in order if lookup(tree.root, tree.depth, key) is None)
+    if missing:
+        raise SystemExit(f"pyfloor: {missing} inserted keys are not found")
+    return took / len(order) * 1e6
 
 
 def lmdb_times(directory: str, keys: list[bytes], order: list[bytes]) -> tuple:
