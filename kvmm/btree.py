@@ -32,11 +32,14 @@ __all__ = [
     "DbState",
     "Node",
     "child",
+    "delete_in_place",
     "descend",
+    "dirty_leaf",
     "first_path",
     "insert",
     "last_path",
     "links_wrong",
+    "put_in_place",
     "remove_at",
     "remove_range",
     "replace_at",
@@ -241,6 +244,92 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 if pnode.patched is not None:
                     pnode.patched.add(pidx)
         parent = step
+
+
+def dirty_leaf(txn, db: DbState, key: bytes) -> Node | None:
+    """The leaf where ``key`` is or would go, when it and every branch above it are
+    already dirty in ``txn`` and it has no flags: an edit that keeps it within its size
+    bounds then copies no page and needs no path (what most edits of a large write
+    transaction find). None otherwise: the caller takes the general path."""
+    txnid = txn.txnid
+    if db.root_txnid != txnid:
+        return None
+    node = txn._dirty.get(db.root)  # None: a damaged meta (the general path says so)
+    if node is None:
+        return None
+    # A dirty tree was reached by a checked descent before it was copied: its depth
+    # is right, and its links are those of a branch whose children are known.
+    for _ in range(db.depth - 1):
+        node = node.ch[bisect_right(node.keys, key) - 1]
+        if node is None or node.txnid != txnid:
+            return None
+    return node if node.flags is None else None
+
+
+def put_in_place(txn, db: DbState, key: bytes, value: bytes, overwrite: bool) -> bool | None:
+    """:func:`insert` or :func:`replace_at` of an inline ``value``, done in a
+    :func:`dirty_leaf` without a path when the leaf stays within its size bounds and
+    ``key`` does not go past its end (where fills that arrive in order are handled).
+    Returns as ``put`` does; None when it cannot tell or do it so (nothing changed)."""
+    entry = LEAF_ENTRY_COST + len(key) + len(value)
+    if entry > txn._max_entry:
+        return None
+    leaf = dirty_leaf(txn, db, key)
+    if leaf is None:
+        return None
+    keys = leaf.keys
+    i = bisect_left(keys, key)
+    if i == len(keys):
+        return None
+    cap = txn.capacity
+    if keys[i] == key:
+        if not overwrite:
+            return False
+        vals = leaf.vals
+        old = len(vals[i])
+        size = leaf.size + len(value) - old
+        if size > cap or size < cap // 4:
+            return None
+        if leaf.patched is not None:
+            if len(value) == old:
+                leaf.patched.add(i)
+            else:
+                leaf.patched = None
+        vals[i] = value
+    else:
+        size = leaf.size + entry
+        if size > cap:
+            return None
+        leaf.patched = None
+        keys.insert(i, key)
+        leaf.vals.insert(i, value)
+        db.entries += 1
+    leaf.size = size
+    db.changed = True
+    return True
+
+
+def delete_in_place(txn, db: DbState, key: bytes) -> bool | None:
+    """:func:`remove_at` of ``key``, done in a :func:`dirty_leaf` without a path when
+    the leaf stays at least a quarter full. True when deleted, False when ``key`` is
+    absent; None when it cannot tell or do it so (nothing changed)."""
+    leaf = dirty_leaf(txn, db, key)
+    if leaf is None:
+        return None
+    keys = leaf.keys
+    i = bisect_left(keys, key)
+    if i == len(keys) or keys[i] != key:
+        return False
+    size = leaf.size - (LEAF_ENTRY_COST + len(key) + len(leaf.vals[i]))
+    if size < txn.capacity // 4 or len(keys) == 1:
+        return None
+    leaf.patched = None
+    del keys[i]
+    del leaf.vals[i]
+    leaf.size = size
+    db.entries -= 1
+    db.changed = True
+    return True
 
 
 def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag: int,

@@ -18,9 +18,11 @@ from .btree import (
     DbState,
     Node,
     _bad_depth,
+    delete_in_place,
     descend,
     insert,
     links_wrong,
+    put_in_place,
     remove_at,
     replace_at,
 )
@@ -387,6 +389,12 @@ class Transaction:
                     return True
                 step[1] = len(keys)
                 return self._insert(state, path, key, value, True)
+        if not append and not self._cursors:
+            done = put_in_place(self, state, key, value, overwrite)
+            if done is not None:
+                if done:
+                    self._gen += 1  # what _changing() does when there are no cursors
+                return done
         path = descend(self.load, state, key)
         if path is not None:
             leaf, i = path[-1]
@@ -455,10 +463,19 @@ class Transaction:
     def delete(self, key, value=b"", db=None) -> bool:
         """Delete ``key`` (in a dupsort database: the pair (key, value), or every
         value of ``key`` when ``value`` is empty); False when absent. O(log n)."""
-        state = self._writable(db)
+        state = self._dbs.get(db if db is not None else self._default_db)
+        if state is None or not self.write or self._done:
+            state = self._writable(db)
         if state.flags:
             return dupsort.delete(self, state, key, value)
-        key = _key_bytes(key)
+        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
+            key = _key_bytes(key)
+        if not value and not self._cursors:
+            done = delete_in_place(self, state, key)
+            if done is not None:
+                if done:
+                    self._gen += 1  # as in put
+                return done
         path = descend(self.load, state, key)
         if path is None:
             return False
