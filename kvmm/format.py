@@ -363,7 +363,7 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
         words = map(len, vals)
     else:
         words = [len(v) | f for v, f in zip(vals, flags)]
-    head = _fmt(f"<{n}H{n}I").pack(*map(len, keys), *words)
+    head = _leaf_head(n).pack(*map(len, keys), *words)
     return _finish(LEAF, n, pgno, txnid, 0, b"".join((head, *keys, *vals)), page_size)
 
 
@@ -414,13 +414,19 @@ def patch_leaf(src, pgno: int, txnid: int, keys: list, vals: list, changed) -> b
     return bytes(page)
 
 
+_HEADER_REST = Struct("<HHQQQ")  # PAGE_HEADER after its checksum
+_ZEROS = memoryview(bytes(MAX_PAGE_SIZE))
+
+
 def _finish(kind: int, count: int, pgno: int, txnid: int, extra: int, body: bytes,
             page_size: int) -> bytes:
     pad = page_size - HEADER_SIZE - len(body)
     if pad < 0:
         raise AssertionError(f"page {pgno} overfull by {-pad} bytes")
-    rest = PAGE_HEADER.pack(0, kind, count, pgno, txnid, extra)[4:] + body + bytes(pad)
-    return struct.pack("<I", _crc32(rest)) + rest
+    rest = _HEADER_REST.pack(kind, count, pgno, txnid, extra)
+    zeros = _ZEROS[:pad]
+    crc = _crc32(zeros, _crc32(body, _crc32(rest)))
+    return b"".join((_U32.pack(crc), rest, body, zeros))  # the page's one copy
 
 
 def encode_overflow(pgno: int, txnid: int, value) -> tuple[bytes, bytes]:
@@ -436,6 +442,15 @@ def overflow_crc_ok(page: bytes, value) -> bool:
 
 
 _formats: dict = {}
+_leaf_heads: dict = {}
+
+
+def _leaf_head(n: int) -> Struct:
+    """The Struct of a leaf's n key lengths and n value words."""
+    s = _leaf_heads.get(n)
+    if s is None:
+        s = _leaf_heads[n] = Struct(f"<{n}H{n}I")
+    return s
 
 
 def _fmt(spec: str) -> Struct:
