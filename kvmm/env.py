@@ -652,17 +652,15 @@ class Environment:
             if old is not None:
                 self._let_go(old)
         for node in nodes:
-            # Committed now, never changed again: hold tuples as decoded pages do,
-            # which the cyclic GC stops tracking (a large write otherwise leaves
-            # every leaf's lists for each collection to walk).
-            node.keys = tuple(node.keys)
             if node.kids is None:
+                # Committed now, never changed again: a leaf holds tuples, as decoded
+                # ones do, which the cyclic GC stops tracking (a large write otherwise
+                # leaves every leaf's lists for each collection to walk). Branches,
+                # about one node in a hundred, keep their lists.
+                node.keys = tuple(node.keys)
                 node.vals = tuple(node.vals)
                 if node.flags is not None:
                     node.flags = tuple(node.flags)
-            else:
-                node.kids = tuple(node.kids)
-                node.ktxn = tuple(node.ktxn)
             node.patched = None
             self._remember(node)
 
