@@ -25,7 +25,7 @@ import weakref
 from itertools import islice
 
 from . import format as fmt
-from .btree import Node
+from .btree import DbState, Node
 from .errors import (
     BadTxnError,
     CorruptedError,
@@ -595,21 +595,28 @@ class Environment:
             self._evict()
 
     def _evict(self) -> None:
-        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
+        """Drop the oldest nodes until the cache is down to 7/8 of ``cache_size``,
         then clear the links that could keep a dropped or replaced node alive.
-        Branches (about one page in a hundred, and on every descent) stay, moved to
-        the young end, so a read misses at most on its leaf; unless branches alone
-        fill the cache (a reader beside a writer that keeps rewriting them decodes
-        version after version): then the oldest branches go too, so the cache always
-        gets down to its goal."""
+        Branches that the snapshots in use reach (about one page in a hundred, and
+        on every descent) stay, moved to the young end, so a read misses at most on
+        its leaf. Other branches are old versions, which a process reading beside a
+        busy writer decodes by the thousand (each commit rewrites the branches above
+        the leaf it changed): they go first, whatever their age. Should live branches
+        alone fill the cache, the oldest go too, so the cache always gets down to its
+        goal."""
         cache = self._cache
         goal = self._cache_size * 7 // 8
+        live = self._live_branches()
+        for pgno, node in list(cache.items()):
+            if node.kids is not None and id(node) not in live:
+                del cache[pgno]
+                self._cache_bytes -= _node_bytes(node)
         for _ in range(8):
             if self._cache_bytes <= goal:
                 break
             for pgno in list(islice(cache, len(cache) // 8 + 1)):
                 old = cache.pop(pgno)
-                if old.kids is not None:
+                if id(old) in live:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
@@ -619,6 +626,49 @@ class Environment:
                 if self._cache_bytes <= goal:
                     break
         self._unlink()
+
+    def _live_branches(self) -> set:
+        """The ids of the cached branches under the roots of this process's open
+        transactions and of the newest snapshot it has seen (a child is found by its
+        link, else in the cache). O(those branches x fan-out)."""
+        cache = self._cache
+        roots = []
+        if self._meta_pick is not None:
+            main = DbState(self._meta_pick[0].main)
+            roots.append((main.root, main.root_txnid, None))
+        for ref in list(self._txns.values()):
+            txn = ref()
+            if txn is None or txn._done:
+                continue
+            dirty = txn._dirty if txn.write else None
+            states = list(txn._dbs.values())
+            if dirty is not None:
+                states.append(txn.free_db)
+            roots.extend((state.root, state.root_txnid, dirty) for state in states)
+        live: set = set()
+        stack = []
+        for pgno, txnid, dirty in roots:
+            node = cache.get(pgno)
+            if (node is None or node.txnid != txnid) and dirty is not None:
+                node = dirty.get(pgno)
+            if node is not None and node.txnid == txnid and node.kids is not None:
+                stack.append(node)
+        while stack:
+            node = stack.pop()
+            if id(node) in live:
+                continue
+            live.add(id(node))
+            ch, ktxn = node.ch, node.ktxn
+            for i, pgno in enumerate(node.kids):
+                kid = ch[i]
+                if kid is None:
+                    kid = cache.get(pgno)
+                    if kid is None or kid.txnid != ktxn[i]:
+                        continue
+                if kid.kids is None:
+                    break  # all leaves: every child of a branch is on one level
+                stack.append(kid)
+        return live
 
     def _unlink(self) -> None:
         """Clear the links (``Node.ch``) by which a cached branch reaches a node not in

@@ -725,3 +725,49 @@ def test_eviction_gets_the_cache_down_even_when_branches_fill_it(tmp_path):
             env._remember(node)
             assert env._cache_bytes <= env._cache_size
         assert len(env._cache) < 500
+
+
+def test_a_reader_beside_a_writer_evicts_old_versions_of_branches_before_its_leaves(tmp_path):
+    """Each commit of another process (here: another environment on the same files)
+    rewrites the root and the branch above the leaf it changed, at new page numbers
+    while an older snapshot is in use; a reader that begins after it decodes those
+    anew. The versions it no longer reaches are the first to go when its cache is
+    full: the leaves it still uses stay cached."""
+    path = str(tmp_path / "db")
+    keys = [b"%08d" % i for i in range(20000)]
+    with kvmm.open(path, sync=False) as writer, kvmm.open(path, cache_size=7 << 20) as reader:
+        with writer.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 100)
+        with reader.begin() as txn:
+            assert txn.stat()["depth"] == 3
+            assert all(txn.get(key) == b"v" * 100 for key in keys)
+        calls = {"evict": 0, "decode": 0}
+        evict, decode = reader._evict, reader._read_node
+
+        def counted_evict():
+            calls["evict"] += 1
+            evict()
+
+        def counted_decode(*args):
+            calls["decode"] += 1
+            return decode(*args)
+
+        reader._evict, reader._read_node = counted_evict, counted_decode
+        pin = writer.begin()  # an old snapshot: the writer cannot reuse freed pages
+        try:
+            for i in range(200):
+                key = keys[i * 7919 % len(keys)]
+                with writer.begin(write=True) as txn:
+                    txn.put(key, b"w" * 100)
+                with reader.begin() as txn:
+                    assert txn.get(key) == b"w" * 100
+        finally:
+            pin.abort()
+        assert calls["evict"] >= 1
+        branches = sum(node.kids is not None for node in reader._cache.values())
+        assert branches < 200  # two new ones a commit: the old ones were dropped
+        calls["decode"] = 0
+        with reader.begin() as txn:
+            assert sum(txn.get(key) is not None for key in keys) == len(keys)
+        assert calls["decode"] < 20, calls  # of ~570 leaves: they were still cached
