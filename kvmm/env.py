@@ -201,6 +201,10 @@ class Environment:
         # with their weights (most die with the old branch that linked them)
         self._stale: list[tuple[weakref.ref, int]] = []
         self._stale_bytes = 0
+        # Cached branches, and how many of them the snapshots in use reached when
+        # last counted (see _evict).
+        self._branches = 0
+        self._live_seen = 0
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
@@ -570,6 +574,8 @@ class Environment:
         old = cache.get(pgno)
         cache[pgno] = node
         self._cache_bytes += _node_bytes(node)
+        if node.kids is not None:
+            self._branches += 1
         if old is not None:
             self._let_go(old)
         if self._cache_bytes + self._stale_bytes > self._cache_size:
@@ -579,6 +585,8 @@ class Environment:
         """``old`` just left the cache: count it as replaced while it may be alive."""
         weight = _node_bytes(old)
         self._cache_bytes -= weight
+        if old.kids is not None:
+            self._branches -= 1
         self._stale_bytes += weight
         self._stale.append((weakref.ref(old), weight))
 
@@ -595,34 +603,40 @@ class Environment:
             self._evict()
 
     def _evict(self) -> None:
-        """Drop the oldest nodes until the cache is down to 7/8 of ``cache_size``,
+        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
         then clear the links that could keep a dropped or replaced node alive.
-        Branches that the snapshots in use reach (about one page in a hundred, and
-        on every descent) stay, moved to the young end, so a read misses at most on
-        its leaf. Other branches are old versions, which a process reading beside a
-        busy writer decodes by the thousand (each commit rewrites the branches above
-        the leaf it changed): they go first, whatever their age. Should live branches
-        alone fill the cache, the oldest go too, so the cache always gets down to its
-        goal."""
+        Branches (about one page in a hundred, and on every descent) stay, moved to
+        the young end, so a read misses at most on its leaf; but not old versions of
+        them, which a process reading beside a busy writer decodes by the thousand
+        (each commit rewrites the branches above the leaf it changed): once cached
+        branches are more than twice those the snapshots in use reached when last
+        counted, the ones they no longer reach go first, however young. Should live
+        branches alone fill the cache, the oldest go too, so the cache always gets
+        down to its goal."""
         cache = self._cache
         goal = self._cache_size * 7 // 8
-        live = self._live_branches()
-        for pgno, node in list(cache.items()):
-            if node.kids is not None and id(node) not in live:
-                del cache[pgno]
-                self._cache_bytes -= _node_bytes(node)
+        if self._branches > 2 * self._live_seen + 16:
+            live = self._live_branches()
+            for pgno, node in list(cache.items()):
+                if node.kids is not None and id(node) not in live:
+                    del cache[pgno]
+                    self._cache_bytes -= _node_bytes(node)
+                    self._branches -= 1
+            self._live_seen = self._branches
         for _ in range(8):
             if self._cache_bytes <= goal:
                 break
             for pgno in list(islice(cache, len(cache) // 8 + 1)):
                 old = cache.pop(pgno)
-                if id(old) in live:
+                if old.kids is not None:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
         if self._cache_bytes > goal:
             for pgno in list(cache):
-                self._cache_bytes -= _node_bytes(cache.pop(pgno))
+                old = cache.pop(pgno)
+                self._cache_bytes -= _node_bytes(old)
+                self._branches -= old.kids is not None
                 if self._cache_bytes <= goal:
                     break
         self._unlink()
@@ -630,12 +644,11 @@ class Environment:
     def _live_branches(self) -> set:
         """The ids of the cached branches under the roots of this process's open
         transactions and of the newest snapshot it has seen (a child is found by its
-        link, else in the cache). O(those branches x fan-out)."""
+        link, else in the cache). O(those branches x fan-out), leaves not visited."""
         cache = self._cache
-        roots = []
+        roots = []  # DbState, and the dirty pages of its write transaction
         if self._meta_pick is not None:
-            main = DbState(self._meta_pick[0].main)
-            roots.append((main.root, main.root_txnid, None))
+            roots.append((DbState(self._meta_pick[0].main), None))
         for ref in list(self._txns.values()):
             txn = ref()
             if txn is None or txn._done:
@@ -644,20 +657,22 @@ class Environment:
             states = list(txn._dbs.values())
             if dirty is not None:
                 states.append(txn.free_db)
-            roots.extend((state.root, state.root_txnid, dirty) for state in states)
+            roots.extend((state, dirty) for state in states)
         live: set = set()
-        stack = []
-        for pgno, txnid, dirty in roots:
-            node = cache.get(pgno)
-            if (node is None or node.txnid != txnid) and dirty is not None:
-                node = dirty.get(pgno)
-            if node is not None and node.txnid == txnid and node.kids is not None:
-                stack.append(node)
+        stack = []  # (branch, its height: 2 when its children are leaves)
+        for state, dirty in roots:
+            node = cache.get(state.root)
+            if (node is None or node.txnid != state.root_txnid) and dirty is not None:
+                node = dirty.get(state.root)
+            if node is not None and node.txnid == state.root_txnid and node.kids is not None:
+                stack.append((node, state.depth))
         while stack:
-            node = stack.pop()
+            node, height = stack.pop()
             if id(node) in live:
                 continue
             live.add(id(node))
+            if height <= 2:
+                continue
             ch, ktxn = node.ch, node.ktxn
             for i, pgno in enumerate(node.kids):
                 kid = ch[i]
@@ -665,9 +680,8 @@ class Environment:
                     kid = cache.get(pgno)
                     if kid is None or kid.txnid != ktxn[i]:
                         continue
-                if kid.kids is None:
-                    break  # all leaves: every child of a branch is on one level
-                stack.append(kid)
+                if kid.kids is not None:
+                    stack.append((kid, height - 1))
         return live
 
     def _unlink(self) -> None:
@@ -1158,6 +1172,7 @@ class Environment:
         self._map.close()
         self._cache.clear()
         self._cache_bytes = 0
+        self._branches = 0
         self._stale = []
         self._stale_bytes = 0
         if not self._forked:
