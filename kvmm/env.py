@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from itertools import islice
 
 from . import format as fmt
 from .btree import DbState, Node
@@ -205,6 +204,11 @@ class Environment:
         # last counted (see _evict).
         self._branches = 0
         self._live_seen = 0
+        # Held by the thread trimming the cache. Other threads using this environment
+        # go on reading and caching meanwhile: the trim works on snapshots of the
+        # cache and tolerates entries that come and go (its counts may drift a
+        # little, never below what is cached).
+        self._trimming = threading.Lock()
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
@@ -595,12 +599,18 @@ class Environment:
         replaced nodes something still holds (most died with the old version of
         their parent, which the commit dropped, see ``_publish``); evict unless that
         leaves a sixteenth of ``cache_size`` free. Either way a sixteenth is then
-        free, so the next trim (and its pass over ``_stale``) is that far off."""
-        live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
-        self._stale = live
-        self._stale_bytes = sum(weight for _, weight in live)
-        if self._cache_bytes + self._stale_bytes > self._cache_size - self._cache_size // 16:
-            self._evict()
+        free, so the next trim (and its pass over ``_stale``) is that far off. A thread
+        that finds another one trimming leaves it to that one."""
+        if not self._trimming.acquire(blocking=False):
+            return
+        try:
+            live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
+            self._stale = live
+            self._stale_bytes = sum(weight for _, weight in live)
+            if self._cache_bytes + self._stale_bytes > self._cache_size - self._cache_size // 16:
+                self._evict()
+        finally:
+            self._trimming.release()
 
     def _evict(self) -> None:
         """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
@@ -615,26 +625,34 @@ class Environment:
         down to its goal."""
         cache = self._cache
         goal = self._cache_size * 7 // 8
+        # Other threads may cache and drop nodes meanwhile: walk private copies, and
+        # let entries that went away go.
         if self._branches > 2 * self._live_seen + 16:
             live = self._live_branches()
-            for pgno, node in list(cache.items()):
-                if node.kids is not None and id(node) not in live:
+            for pgno, node in cache.copy().items():
+                if node.kids is not None and id(node) not in live and cache.get(pgno) is node:
                     del cache[pgno]
                     self._cache_bytes -= _node_bytes(node)
                     self._branches -= 1
             self._live_seen = self._branches
-        for _ in range(8):
+        oldest = list(cache.copy())
+        chunk = len(oldest) // 8 + 1
+        for at in range(0, len(oldest), chunk):
             if self._cache_bytes <= goal:
                 break
-            for pgno in list(islice(cache, len(cache) // 8 + 1)):
-                old = cache.pop(pgno)
+            for pgno in oldest[at : at + chunk]:
+                old = cache.pop(pgno, None)
+                if old is None:
+                    continue
                 if old.kids is not None:
                     cache[pgno] = old
                 else:
                     self._cache_bytes -= _node_bytes(old)
         if self._cache_bytes > goal:
-            for pgno in list(cache):
-                old = cache.pop(pgno)
+            for pgno in list(cache.copy()):
+                old = cache.pop(pgno, None)
+                if old is None:
+                    continue
                 self._cache_bytes -= _node_bytes(old)
                 self._branches -= old.kids is not None
                 if self._cache_bytes <= goal:
@@ -673,12 +691,12 @@ class Environment:
             live.add(id(node))
             if height <= 2:
                 continue
-            ch, ktxn = node.ch, node.ktxn
-            for i, pgno in enumerate(node.kids):
-                kid = ch[i]
+            # zip: another thread's write transaction may be editing its dirty
+            # branches, one list after the other.
+            for pgno, txnid, kid in zip(node.kids, node.ktxn, node.ch):
                 if kid is None:
                     kid = cache.get(pgno)
-                    if kid is None or kid.txnid != ktxn[i]:
+                    if kid is None or kid.txnid != txnid:
                         continue
                 if kid.kids is not None:
                     stack.append((kid, height - 1))
@@ -690,7 +708,7 @@ class Environment:
         links to branches the cache no longer holds. Every node reachable by links
         from the cache is then in the cache. O(cached branches x fan-out)."""
         cache = self._cache
-        for node in cache.values():
+        for node in cache.copy().values():  # another thread may cache nodes meanwhile
             ch = node.ch
             if ch is None:
                 continue

@@ -587,7 +587,7 @@ class Transaction:
         # the committed pages this commit freed.
         env._publish(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
-            for node in env._cache.values():
+            for node in env._cache.copy().values():  # other threads go on caching
                 if node.kids is not None and (wrong := links_wrong(node)):
                     raise CorruptedError("strict mode: " + wrong)
             env._strict_check()

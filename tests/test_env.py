@@ -772,3 +772,64 @@ def test_a_reader_beside_a_writer_evicts_old_versions_of_branches_before_its_lea
         with reader.begin() as txn:
             assert sum(txn.get(key) is not None for key in keys) == len(keys)
         assert calls["decode"] < 20, calls  # of ~570 leaves: they were still cached
+
+
+def test_threads_reading_while_a_thread_writes_and_caches_churn_raise_nothing(tmp_path):
+    """Reader threads sharing one environment with a writer thread, a cache far smaller
+    than the data: trims run in whichever thread goes over, while the others cache
+    and drop nodes (a trim once iterated the live cache and raised)."""
+    import sys
+    import threading
+    import traceback
+
+    rng = random.Random(3)
+    model = {}
+    with kvmm.open(str(tmp_path / "db"), cache_size=32 << 10, sync=False) as env:
+        with env.begin(write=True) as txn:
+            for _ in range(20000):
+                key = b"%08d" % rng.randrange(10**8)
+                txn.put(key, b"v" * 20)
+                model[key] = b"v" * 20
+        errors: list = []
+        done = threading.Event()
+
+        def writer():
+            try:
+                wrng = random.Random(4)
+                for _ in range(12):
+                    with env.begin(write=True) as txn:
+                        for _ in range(2000):
+                            key = b"%08d" % wrng.randrange(10**8)
+                            if wrng.random() < 0.7:
+                                txn.put(key, b"w" * wrng.randrange(5, 60))
+                            else:
+                                txn.delete(key)
+            except Exception:  # noqa: BLE001 - reported below
+                errors.append(traceback.format_exc())
+            finally:
+                done.set()
+
+        def reader(seed):
+            try:
+                rrng = random.Random(seed)
+                keys = list(model)
+                while not done.is_set():
+                    with env.begin() as txn:
+                        for _ in range(200):
+                            txn.get(keys[rrng.randrange(len(keys))])
+            except Exception:  # noqa: BLE001 - reported below
+                errors.append(traceback.format_exc())
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+        try:
+            threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+            threads.append(threading.Thread(target=writer))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+        finally:
+            sys.setswitchinterval(interval)
+        assert not errors, errors[0]
+        assert check_env(env) == []
