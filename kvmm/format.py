@@ -131,6 +131,8 @@ LOCK_HEADER_SIZE = 64
 # file never leaves its host, so its byte order is the host's.
 READER_SLOT = Struct("@IIQ")
 READER_SLOT_SIZE = READER_SLOT.size
+READER_SLOT_TXNID = Struct("@8xQ")  # a slot's txnid alone (pid and pad skipped)
+assert READER_SLOT_TXNID.size == READER_SLOT_SIZE
 WRITER_LOCK_BYTE = 0  # held by the process whose write transaction is open
 TABLE_LOCK_BYTE = 1  # held while a process claims or frees reader slots
 SLOT_LOCK_BASE = 1 << 20  # byte SLOT_LOCK_BASE + i is held by slot i's owner
@@ -414,7 +416,7 @@ def patch_leaf(src, pgno: int, txnid: int, keys: list, vals: list, changed) -> b
     return bytes(page)
 
 
-_HEADER_REST = Struct("<HHQQQ")  # PAGE_HEADER after its checksum
+_HEADER_REST = Struct("<" + PAGE_HEADER.format[2:])  # PAGE_HEADER after its checksum
 _ZEROS = memoryview(bytes(MAX_PAGE_SIZE))
 
 
@@ -506,7 +508,7 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     take (a Node's ``size``). Raises CorruptedError when the lengths run past the
     page."""
     try:
-        lens = _fmt(f"<{n}H{n}I").unpack_from(page, HEADER_SIZE)
+        lens = _leaf_head(n).unpack_from(page, HEADER_SIZE)
     except struct.error:
         _fail(pgno, f"{n} entries do not fit in the page")
     words = lens[n:]

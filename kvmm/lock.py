@@ -84,6 +84,7 @@ from .format import (
     LOCK_MAGIC,
     LOCK_VERSION,
     READER_SLOT,
+    READER_SLOT_TXNID,
     SLOT_LOCK_BASE,
     TABLE_LOCK_BYTE,
     WRITER_LOCK_BYTE,
@@ -199,9 +200,8 @@ class _Shared:
         assert self.table.size == lock_file_size(max_readers) - slot_offset(0)
         # ... and its txnids alone (a third of the values: the check a writer makes at
         # every begin, when usually no reader is in a transaction).
-        skip = f"{READER_SLOT.size - 8}x"
-        assert READER_SLOT.format[1:].endswith("Q")
-        self.txnid_table = Struct(READER_SLOT.format[0] + (skip + "Q") * max_readers)
+        self.txnid_table = Struct(READER_SLOT_TXNID.format[0]
+                                  + READER_SLOT_TXNID.format[1:] * max_readers)
         self.writer_lock = threading.Lock()
         self.table_lock = threading.Lock()
         self.owned: set[int] = set()
