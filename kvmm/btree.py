@@ -503,8 +503,10 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
         del node.ch[m:]
         sep = right.keys[0]
         right.keys[0] = b""
-    node.measure()
+    # Sizes by difference: a dirty node's size is exact, and a branch stores the
+    # key of its first entry empty (the separator moved up).
     right.measure()
+    node.size -= right.size if node.kids is None else right.size + len(sep)
     return sep, right
 
 

@@ -133,6 +133,7 @@ class Cursor:
         self._gen = txn._gen
         self._key = b""
         txn._cursors.add(self)
+        txn._tail = None  # its fast inserts do not tell cursors
 
     # --- internals ------------------------------------------------------------------
 

@@ -63,6 +63,8 @@ SHRINK_MIN = 4 << 20
 # flushes 16 times less often.
 AUTOSYNC_MIN = 1 << 30
 DEFAULT_CACHE_SIZE = 256 << 20
+# Replaced nodes remembered (Environment._stale) before the dead ones are forgotten.
+STALE_PRUNE = 1024
 # Runs of at most this many pages are written through the map (see _write_pages).
 MAP_WRITE_PAGES = 8
 # Commits between two attempts to give the tail back that found nothing to give.
@@ -200,6 +202,7 @@ class Environment:
         # with their weights (most die with the old branch that linked them)
         self._stale: list[tuple[weakref.ref, int]] = []
         self._stale_bytes = 0
+        self._stale_prune = STALE_PRUNE  # the length at which _let_go prunes _stale
         # Cached branches, and how many of them the snapshots in use reached when
         # last counted (see _evict).
         self._branches = 0
@@ -592,7 +595,25 @@ class Environment:
         if old.kids is not None:
             self._branches -= 1
         self._stale_bytes += weight
-        self._stale.append((weakref.ref(old), weight))
+        stale = self._stale
+        stale.append((weakref.ref(old), weight))
+        if len(stale) > self._stale_prune and self._trimming.acquire(blocking=False):
+            try:
+                self._prune_stale()
+            finally:
+                self._trimming.release()
+
+    def _prune_stale(self) -> None:
+        """Forget the replaced nodes that died (most die with the commit that replaced
+        them). Done every STALE_PRUNE replacements or so, not only when the cache is
+        full: an entry is a weak reference and a tuple, which the cyclic GC walks on
+        every full collection while they live, and which make those collections come
+        sooner (bench/smalltxn.py: ~6 µs of a one-put transaction went to the GC).
+        Amortised O(1) per replacement. The caller holds ``_trimming``."""
+        live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
+        self._stale = live
+        self._stale_bytes = sum(weight for _, weight in live)
+        self._stale_prune = 2 * len(live) + STALE_PRUNE
 
     def _trim(self) -> None:
         """The cache and the replaced nodes went over ``cache_size``. Count only the
@@ -604,9 +625,7 @@ class Environment:
         if not self._trimming.acquire(blocking=False):
             return
         try:
-            live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
-            self._stale = live
-            self._stale_bytes = sum(weight for _, weight in live)
+            self._prune_stale()
             if self._cache_bytes + self._stale_bytes > self._cache_size - self._cache_size // 16:
                 self._evict()
         finally:
@@ -902,34 +921,18 @@ class Environment:
     def _write_pages(self, txn):
         """Write the transaction's dirty pages and overflow runs, contiguous pages in
         one call. Returns, for a durable commit few enough to list in its meta, its
-        pages' (pgno, checksum) pairs flat (see ``_write_meta``), else None."""
+        pages' (pgno, checksum) pairs flat (see ``_write_meta``), else None.
+
+        Pages are encoded in page order just before the call that writes their run,
+        not all first: a large commit then reuses the memory of the runs before
+        instead of touching fresh memory for every page (8.4 against 5.2 µs to
+        encode a leaf at 10^6 records).
+        """
         ps = self._page_size
-        tid = txn.txnid
-        mm = txn._mm
-        blobs = []
-        for pgno, node in txn._dirty.items():
-            patched = node.patched
-            most = PATCH_LEAF_MAX if node.kids is None else PATCH_BRANCH_MAX
-            if patched is not None and node.src and len(patched) <= most:
-                # Changed in place only, in few entries: patch the committed source
-                # page's bytes (not reused before this commit ends: it was freed by it).
-                src = mm[node.src * ps : (node.src + 1) * ps]
-                if node.kids is None:
-                    page = fmt.patch_leaf(src, pgno, tid, node.keys, node.vals, node.patched)
-                else:
-                    page = fmt.patch_branch(src, pgno, tid, node.kids, node.ktxn,
-                                            node.patched)
-                if _STRICT:
-                    assert page == self._encode(node, pgno, tid), f"page {pgno} patched wrong"
-            else:
-                page = self._encode(node, pgno, tid)
-            blobs.append((pgno, 1, [page]))
-        for pgno, value in txn._ovf_dirty.items():
-            head, value = fmt.encode_overflow(pgno, tid, value)
-            n = fmt.overflow_pages(len(value), ps)
-            pad = n * ps - fmt.HEADER_SIZE - len(value)
-            blobs.append((pgno, n, [head, value, bytes(pad)]))
-        blobs.sort(key=lambda b: b[0])
+        dirty = txn._dirty
+        ovf = txn._ovf_dirty
+        order = sorted(dirty) if not ovf else sorted([*dirty, *ovf])
+        listed = (self._sync and len(order) <= fmt.WRITTEN_MAX) or None
         if self._map_writes and not self._reserved:
             self._reserve()
         # A run of a few pages is copied into the map: a write() of a page that is
@@ -938,26 +941,53 @@ class Environment:
         # Longer runs go in one write(), which touches no page table.
         wmap = self._map.cover(txn.next_pgno * ps) if self._map_writes else None
         write = self._datafile.write
-        run_start = None
-        run_end = 0
+        run_start = run_end = 0
         chunks: list = []
         written = 0
-        for pgno, n, parts in blobs:
+        pairs = [] if listed else None
+        for pgno in order:
+            node = dirty.get(pgno)
+            if node is not None:
+                parts = [self._page(txn, node, pgno)]
+                n = 1
+            else:
+                head, value = fmt.encode_overflow(pgno, txn.txnid, ovf[pgno])
+                n = fmt.overflow_pages(len(value), ps)
+                parts = [head, value, bytes(n * ps - fmt.HEADER_SIZE - len(value))]
             if pgno != run_end or len(chunks) >= 512:
                 if chunks:
                     self._write_run(wmap, write, run_start, run_end, chunks)
                 run_start = pgno
                 chunks = []
-            chunks.extend(parts)
+            chunks += parts
             run_end = pgno + n
             written += n
+            if listed:
+                pairs += (pgno, fmt.stored_checksum(parts[0]))
         if chunks:
             self._write_run(wmap, write, run_start, run_end, chunks)
         self._unsynced += written * ps
-        if not self._sync or len(blobs) > fmt.WRITTEN_MAX or written > fmt.WRITTEN_PAGES_MAX:
+        if not listed or written > fmt.WRITTEN_PAGES_MAX:
             return None
-        return tuple(x for pgno, _, parts in blobs
-                     for x in (pgno, fmt.stored_checksum(parts[0])))
+        return tuple(pairs)
+
+    def _page(self, txn, node, pgno: int) -> bytes:
+        """The bytes of dirty page ``pgno``."""
+        patched = node.patched
+        most = PATCH_LEAF_MAX if node.kids is None else PATCH_BRANCH_MAX
+        if patched is None or not node.src or len(patched) > most:
+            return self._encode(node, pgno, txn.txnid)
+        # Changed in place only, in few entries: patch the committed source page's
+        # bytes (not reused before this commit ends: it was freed by it).
+        ps = self._page_size
+        src = txn._mm[node.src * ps : (node.src + 1) * ps]
+        if node.kids is None:
+            page = fmt.patch_leaf(src, pgno, txn.txnid, node.keys, node.vals, patched)
+        else:
+            page = fmt.patch_branch(src, pgno, txn.txnid, node.kids, node.ktxn, patched)
+        if _STRICT:
+            assert page == self._encode(node, pgno, txn.txnid), f"page {pgno} patched wrong"
+        return page
 
     def _write_run(self, wmap, write, start: int, end: int, chunks: list) -> None:
         """Write the pages ``start .. end-1`` (``chunks`` back to back)."""

@@ -21,6 +21,7 @@ from .btree import (
     delete_in_place,
     descend,
     insert,
+    last_path,
     links_wrong,
     put_in_place,
     remove_at,
@@ -67,7 +68,9 @@ class Transaction:
         self._default_db = db if db is not None else env._main_db
         self._slot = None
         self._dbs: dict = {}
-        self._tail = None  # (db state, rightmost path, _gen) for in-order inserts
+        # (db state, _gen, rightmost leaf, its keys, its values, its path) while the
+        # tree is as it was when cached: in-order inserts go to the leaf's end.
+        self._tail = None
         self._created: list = []  # named databases this transaction created
         self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
         self.page_size = env._page_size
@@ -368,26 +371,24 @@ class Transaction:
         if value.__class__ is not bytes:
             value = as_bytes(value, "values")
         tail = self._tail
-        if tail is not None and tail[0] is state and tail[2] == self._gen:
-            # The rightmost path is cached and unchanged: a key past the last one
-            # goes to its end without a descent.
-            path = tail[1]
-            step = path[-1]
-            leaf = step[0]
-            keys = leaf.keys
+        if tail is not None and tail[0] is state and tail[1] == self._gen:
+            # The rightmost leaf is cached and unchanged since: a key past its last
+            # one goes to its end without a descent.
+            keys = tail[3]
             if key > keys[-1]:
+                leaf = tail[2]
                 entry = _ENTRY_COST + len(key) + len(value)
-                if (leaf.size + entry <= self.capacity and entry <= self._max_entry
-                        and leaf.flags is None and not self._cursors):
+                if leaf.size + entry <= self.capacity and entry <= self._max_entry:
                     # It fits: what insert() would do to a leaf already written by
-                    # this transaction, nothing else (the change counter only
-                    # matters to cursors, and there are none).
+                    # this transaction (with no flags), nothing else (the change
+                    # counter only matters to cursors, and there are none).
                     keys.append(key)
-                    leaf.vals.append(value)
+                    tail[4].append(value)
                     leaf.size += entry
                     state.entries += 1
                     return True
-                step[1] = len(keys)
+                path = tail[5]
+                path[-1][1] = len(keys)
                 return self._insert(state, path, key, value, True)
         if not append and not self._cursors:
             done = put_in_place(self, state, key, value, overwrite)
@@ -429,8 +430,13 @@ class Transaction:
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, tail)
         leaf = path[-1][0]
-        if leaf.keys and leaf.keys[-1] is key and path[0][0].pgno == state.root:
-            self._tail = (state, path, self._gen)
+        if leaf.keys[-1] is not key or path[0][0].pgno != state.root:
+            # A split moved the key to a new rightmost leaf (or a new root came).
+            path = last_path(self.load, state)
+            leaf = path[-1][0]
+        if leaf.keys[-1] is key and leaf.flags is None and not self._cursors:
+            # The fast path of put() relies on these; a cursor clears it when opened.
+            self._tail = (state, self._gen, leaf, leaf.keys, leaf.vals, path)
         else:
             self._tail = None
         return True
@@ -577,6 +583,12 @@ class Transaction:
         end = self.next_pgno * self.page_size
         env._grow(end, self)
         # 5. Write every dirty page and overflow run.
+        if _STRICT:
+            for node in self._dirty.values():  # sizes are kept by difference
+                size = node.size
+                if node.measure() != size:
+                    raise CorruptedError(f"strict mode: page {node.pgno} size {size}, "
+                                         f"measured {node.size}")
         written = env._write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
         #      steady meta, sync the meta (see Environment._write_meta).

@@ -264,6 +264,31 @@ def test_append_of_a_key_not_past_the_last_is_refused_and_changes_nothing(tmp_pa
         assert_tree_matches(env, {b"b": b"1", b"c": b"2"})
 
 
+def test_a_cursor_opened_during_an_in_order_fill_follows_the_keys_added_after_it(tmp_path):
+    """In-order puts go straight to the end of the rightmost leaf while no cursor is
+    open, telling no one; a cursor opened meanwhile must see every later put,
+    across leaf splits, and keep its place."""
+    keys = [b"key%05d" % i for i in range(3000)]
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            for key in keys[:1000]:
+                assert txn.put(key, b"v" * 50, append=True)
+            cursor = txn.cursor()
+            assert cursor.set_key(keys[500])
+            last = txn.cursor()
+            assert last.last() and last.key() == keys[999]
+            for i, key in enumerate(keys[1000:], 1000):
+                assert txn.put(key, b"w" * 50)
+                # on the last key, then on the one just put after it
+                assert last.next() and last.key() == key, (i, last.key())
+            assert cursor.next() and cursor.key() == keys[501]
+            assert [k for k, _ in cursor] == keys[501:]  # from where it is
+            assert cursor.last() and cursor.key() == keys[-1]
+            assert cursor.value() == b"w" * 50
+        assert_tree_matches(env, {k: b"v" * 50 if i < 1000 else b"w" * 50
+                                  for i, k in enumerate(keys)})
+
+
 # --- emptying -----------------------------------------------------------------------------
 
 

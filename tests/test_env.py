@@ -727,6 +727,23 @@ def test_eviction_gets_the_cache_down_even_when_branches_fill_it(tmp_path):
         assert len(env._cache) < 500
 
 
+def test_replaced_nodes_are_forgotten_as_they_die_even_while_the_cache_has_room(tmp_path):
+    """Each commit replaces the cached nodes on its path and remembers the old ones
+    (weakly) in case something still holds them. Those records are pruned as they
+    pile up, not only when the cache fills: they cost memory and GC passes."""
+    from kvmm.env import STALE_PRUNE
+
+    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
+        with env.begin(write=True) as txn:
+            for i in range(5000):
+                txn.put(b"%08d" % i, b"v" * 100)
+        for i in range(3 * STALE_PRUNE):  # >= 2 nodes replaced per commit
+            with env.begin(write=True) as txn:
+                txn.put(b"%08d" % (i * 7919 % 5000), b"w" * 100)
+        assert env._cache_bytes + env._stale_bytes < env._cache_size  # never trimmed
+        assert len(env._stale) <= 2 * STALE_PRUNE
+
+
 def test_a_reader_beside_a_writer_evicts_old_versions_of_branches_before_its_leaves(tmp_path):
     """Each commit of another process (here: another environment on the same files)
     rewrites the root and the branch above the leaf it changed, at new page numbers
