@@ -23,7 +23,6 @@ Invariants (``kvmm.check`` verifies each of them on disk):
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
 
 from .errors import CorruptedError
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
@@ -463,20 +462,30 @@ def _split_point(node: Node, tail: bool) -> int:
     n = len(node.keys)
     if tail:
         return n - 1 if node.kids is None else n - 2
-    half = node.size // 2
+    # Left takes m entries: the count that leaves the larger half smallest (the
+    # smallest such count). The larger half only shrinks towards where the halves
+    # cross, so start in the middle and step towards it. With entries of at most
+    # half a page, both halves then fit. O(n), mostly the left half's lengths in C.
+    total = node.size
+    m = n // 2
+    keys = node.keys
     if node.kids is None:
-        sizes = [LEAF_ENTRY_COST + len(k) + len(v) for k, v in zip(node.keys, node.vals)]
+        left = LEAF_ENTRY_COST * m + sum(map(len, keys[:m])) + sum(map(len, node.vals[:m]))
     else:
-        sizes = [BRANCH_ENTRY_COST + len(k) for k in node.keys]
-    acc = list(accumulate(sizes))
-    total = acc[-1]
-    # Left takes m entries (acc[m - 1] bytes): of the two counts around the middle,
-    # the one that leaves the larger half smaller. With entries of at most half a
-    # page, both halves then fit.
-    m0 = bisect_left(acc, half)
-    best = min((max(acc[m - 1], total - acc[m - 1]), m) for m in (m0, m0 + 1)
-               if 1 <= m <= n - 1)
-    return best[1]
+        left = BRANCH_ENTRY_COST * m + sum(map(len, keys[:m]))
+    while m < n - 1:
+        e = node.entry_size(m)
+        if max(left + e, total - left - e) >= max(left, total - left):
+            break
+        left += e
+        m += 1
+    while m > 1:
+        e = node.entry_size(m - 1)
+        if max(left - e, total - left + e) > max(left, total - left):
+            break
+        left -= e
+        m -= 1
+    return m
 
 
 def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
