@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import kvmm
 from kvmm import format as fmt
+from kvmm.btree import Node, _split_point
 from kvmm.check import check_env
 
 PAGE_SIZES = [4096, 16384, 65536]
@@ -287,6 +288,26 @@ def test_a_cursor_opened_during_an_in_order_fill_follows_the_keys_added_after_it
             assert cursor.value() == b"w" * 50
         assert_tree_matches(env, {k: b"v" * 50 if i < 1000 else b"w" * 50
                                   for i, k in enumerate(keys)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 600)), min_size=2, max_size=60),
+       st.booleans())
+def test_a_split_leaves_the_larger_half_as_small_as_it_can_be(entries, leaf):
+    keys = [bytes(k) for k, _ in entries]
+    if leaf:
+        node = Node(2, 1, keys, [bytes(v) for _, v in entries], None)
+    else:
+        keys[0] = b""
+        node = Node(2, 1, keys, kids=list(range(len(keys))), ktxn=[1] * len(keys))
+    node.measure()
+    sizes = [node.entry_size(i) for i in range(len(keys))]
+
+    def larger(m):
+        return max(sum(sizes[:m]), sum(sizes[m:]))
+
+    best = min(range(1, len(keys)), key=larger)  # the smallest count of the best
+    assert _split_point(node, False) == best
 
 
 # --- emptying -----------------------------------------------------------------------------
