@@ -27,6 +27,12 @@ from bisect import bisect_left, bisect_right
 from .errors import CorruptedError
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
 
+# A dirty page changed in place in at most this many entries is written by patching
+# its source page; past it, encoding it whole is cheaper (a value copy costs more than
+# a child pointer). Past it, ``Node.patched`` is dropped.
+PATCH_LEAF_MAX = 4
+PATCH_BRANCH_MAX = 32
+
 __all__ = [
     "DbState",
     "Node",
@@ -240,8 +246,7 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
                 pnode.ch[pidx] = node
-                if pnode.patched is not None:
-                    pnode.patched.add(pidx)
+                _patched(pnode, pidx, PATCH_BRANCH_MAX)
         parent = step
 
 
@@ -289,9 +294,10 @@ def put_in_place(txn, db: DbState, key: bytes, value: bytes, overwrite: bool) ->
         size = leaf.size + len(value) - old
         if size > cap or size < cap // 4:
             return None
-        if leaf.patched is not None:
-            if len(value) == old:
-                leaf.patched.add(i)
+        patched = leaf.patched
+        if patched is not None:
+            if len(value) == old and len(patched) < PATCH_LEAF_MAX:
+                patched.add(i)
             else:
                 leaf.patched = None
         vals[i] = value
@@ -363,7 +369,7 @@ def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
     old = leaf.vals[i]
     if leaf.patched is not None:
         if len(stored) == len(old) and flag == (0 if leaf.flags is None else leaf.flags[i]):
-            leaf.patched.add(i)
+            _patched(leaf, i, PATCH_LEAF_MAX)
         else:
             leaf.patched = None
     leaf.size += len(stored) - len(old)
@@ -544,9 +550,19 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
         parent.ch[i] = child
-        if parent.patched is not None:
-            parent.patched.add(i)
+        _patched(parent, i, PATCH_BRANCH_MAX)
     return child
+
+
+def _patched(node: Node, i: int, most: int) -> None:
+    """Entry ``i`` of dirty ``node`` changed in place; past ``most`` such entries the
+    commit encodes the page whole, so stop counting (``patched`` = None)."""
+    patched = node.patched
+    if patched is not None:
+        if len(patched) < most:
+            patched.add(i)
+        else:
+            node.patched = None
 
 
 def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:

@@ -70,11 +70,6 @@ MAP_WRITE_PAGES = 8
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
 RECLAIM_RETRY_MAX = 4096
-# A dirty page changed in place in at most this many entries is written by patching
-# its source page; past it, encoding it whole is cheaper (a value copy costs more than
-# a child pointer).
-PATCH_LEAF_MAX = 4
-PATCH_BRANCH_MAX = 32
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
@@ -973,9 +968,8 @@ class Environment:
 
     def _page(self, txn, node, pgno: int) -> bytes:
         """The bytes of dirty page ``pgno``."""
-        patched = node.patched
-        most = PATCH_LEAF_MAX if node.kids is None else PATCH_BRANCH_MAX
-        if patched is None or not node.src or len(patched) > most:
+        patched = node.patched  # None past PATCH_LEAF_MAX / PATCH_BRANCH_MAX entries
+        if patched is None or not node.src:
             return self._encode(node, pgno, txn.txnid)
         # Changed in place only, in few entries: patch the committed source page's
         # bytes (not reused before this commit ends: it was freed by it).
