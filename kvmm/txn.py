@@ -362,20 +362,14 @@ class Transaction:
         O(log n); O(1) for keys past the last one (``append``, or a sequential fill).
         """
         state = self._dbs.get(db if db is not None else self._default_db)
-        if state is None or not self.write or self._done:
-            state = self._writable(db)
-        if state.flags:
-            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
-        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-            key = _key_bytes(key)
-        if value.__class__ is not bytes:
-            value = as_bytes(value, "values")
         tail = self._tail
-        if tail is not None and tail[0] is state and tail[1] == self._gen:
-            # The rightmost leaf is cached and unchanged since: a key past its last
-            # one goes to its end without a descent.
+        if (tail is not None and tail[0] is state and tail[1] == self._gen
+                and key.__class__ is bytes and value.__class__ is bytes):
+            # The rightmost leaf of ``state`` is cached and unchanged since (so this
+            # is a live write transaction, and ``state`` a plain database): a key
+            # past its last one (so not empty) goes to its end without a descent.
             keys = tail[3]
-            if key > keys[-1]:
+            if key > keys[-1] and len(key) <= _MAX_KEY:
                 leaf = tail[2]
                 entry = _ENTRY_COST + len(key) + len(value)
                 if leaf.size + entry <= self.capacity and entry <= self._max_entry:
@@ -390,6 +384,14 @@ class Transaction:
                 path = tail[5]
                 path[-1][1] = len(keys)
                 return self._insert(state, path, key, value, True)
+        if state is None or not self.write or self._done:
+            state = self._writable(db)
+        if state.flags:
+            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
+            key = _key_bytes(key)
+        if value.__class__ is not bytes:
+            value = as_bytes(value, "values")
         if not append and not self._cursors:
             done = put_in_place(self, state, key, value, overwrite)
             if done is not None:
@@ -616,6 +618,7 @@ class Transaction:
         if self._done:
             return
         self._done = True
+        self._tail = None  # put's fast path is for live write transactions only
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None
