@@ -92,6 +92,7 @@ def _after_fork_in_child() -> None:
             txn = ref()
             if txn is not None:
                 txn._done = True
+                txn._tail = None
                 txn._dbs.clear()
 
 
@@ -1209,6 +1210,13 @@ class Environment:
         """Close the environment; its transactions and cursors become unusable."""
         if self._closed:
             return
+        # As py-lmdb does: open transactions are aborted (a writer's lock released),
+        # so using one afterwards raises Error, not an error of a closed file.
+        if not self._forked:
+            for ref in list(self._txns.values()):
+                txn = ref()
+                if txn is not None:
+                    txn.abort()
         self._closed = True
         _open_envs.discard(self)
         self._map.close()

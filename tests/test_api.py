@@ -186,6 +186,32 @@ def test_environment_context_manager_closes_the_environment(tmp_path):
         env.begin()
 
 
+def test_closing_the_environment_aborts_its_open_transactions(tmp_path):
+    """As in py-lmdb: what was not committed is lost, and using a transaction or
+    cursor of a closed environment raises kvmm.Error (not an error of a closed
+    file descriptor)."""
+    path = str(tmp_path / "db")
+    env = kvmm.open(path)
+    _fill(env, {b"kept": b"1"})
+    writer = env.begin(write=True)
+    for i in range(200):  # in order: the put fast path is warm
+        writer.put(b"k%04d" % i, b"v")
+    reader = env.begin()
+    cursor = reader.cursor()
+    assert cursor.first()
+    env.close()
+    with pytest.raises(kvmm.Error):
+        writer.put(b"k9999", b"v")
+    with pytest.raises(kvmm.Error):
+        writer.commit()
+    with pytest.raises(kvmm.Error):
+        reader.get(b"kept")
+    with pytest.raises(kvmm.Error):
+        cursor.next()
+    with kvmm.open(path) as env:
+        assert _contents(env) == [(b"kept", b"1")]
+
+
 def test_write_transaction_context_manager_commits_on_normal_exit(env):
     with env.begin(write=True) as txn:
         txn.put(b"k", b"v")
