@@ -294,10 +294,9 @@ def put_in_place(txn, db: DbState, key: bytes, value: bytes, overwrite: bool) ->
         size = leaf.size + len(value) - old
         if size > cap or size < cap // 4:
             return None
-        patched = leaf.patched
-        if patched is not None:
-            if len(value) == old and len(patched) < PATCH_LEAF_MAX:
-                patched.add(i)
+        if leaf.patched is not None:
+            if len(value) == old:
+                _patched(leaf, i, PATCH_LEAF_MAX)
             else:
                 leaf.patched = None
         vals[i] = value

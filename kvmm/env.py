@@ -928,7 +928,6 @@ class Environment:
         dirty = txn._dirty
         ovf = txn._ovf_dirty
         order = sorted(dirty) if not ovf else sorted([*dirty, *ovf])
-        listed = (self._sync and len(order) <= fmt.WRITTEN_MAX) or None
         if self._map_writes and not self._reserved:
             self._reserve()
         # A run of a few pages is copied into the map: a write() of a page that is
@@ -940,7 +939,8 @@ class Environment:
         run_start = run_end = 0
         chunks: list = []
         written = 0
-        pairs = [] if listed else None
+        # (pgno, checksum) of each page a durable commit may list in its meta
+        pairs = [] if self._sync and len(order) <= fmt.WRITTEN_MAX else None
         for pgno in order:
             node = dirty.get(pgno)
             if node is not None:
@@ -958,12 +958,12 @@ class Environment:
             chunks += parts
             run_end = pgno + n
             written += n
-            if listed:
+            if pairs is not None:
                 pairs += (pgno, fmt.stored_checksum(parts[0]))
         if chunks:
             self._write_run(wmap, write, run_start, run_end, chunks)
         self._unsynced += written * ps
-        if not listed or written > fmt.WRITTEN_PAGES_MAX:
+        if pairs is None or written > fmt.WRITTEN_PAGES_MAX:
             return None
         return tuple(pairs)
 
