@@ -25,7 +25,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 from .errors import CorruptedError
-from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST
+from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST, u64_array
 
 # A dirty page changed in place in at most this many entries is written by patching
 # its source page; past it, encoding it whole is cheaper (a value copy costs more than
@@ -60,9 +60,11 @@ class Node:
     each child up (see ``child``). Every edit of a dirty branch's ``kids`` edits
     ``ch`` alike; a committed node's links stay true, as its children never change.
     ``size`` is the node's encoded size without the page header; it is kept up to date
-    on dirty nodes only. A node decoded from a committed page holds tuples (never
-    changed; tuples of bytes are left alone by the cyclic GC); a dirty copy holds
-    lists.
+    on dirty nodes only. A branch holds ``kids`` and ``ktxn`` as u64 arrays. A
+    committed node holds its keys, values and flags as tuples (never changed; tuples
+    of bytes are left alone by the cyclic GC); a dirty copy holds lists, but for a
+    dirty branch's keys: they stay its source's tuple until a child is added or
+    removed (see ``_own_keys``).
     """
 
     __slots__ = ("__weakref__", "ch", "flags", "keys", "kids", "ktxn", "patched", "pgno",
@@ -106,9 +108,12 @@ class Node:
             flags = None if self.flags is None else list(self.flags)
             n = Node(pgno, txnid, list(self.keys), list(self.vals), flags)
         else:
-            n = Node(pgno, txnid, list(self.keys), kids=list(self.kids),
-                     ktxn=list(self.ktxn))
-            n.ch = list(self.ch)
+            # The keys are shared and the arrays copied whole: no key or child number
+            # is touched (such objects are the least likely to be in the CPU's
+            # caches). The links are copied: gets that pass later would look up again
+            # each child they reach.
+            n = Node(pgno, txnid, self.keys, kids=self.kids[:], ktxn=self.ktxn[:])
+            n.ch = self.ch[:]
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
         n.src = self.pgno
@@ -442,8 +447,8 @@ def _fix_root(txn, db: DbState, root: Node) -> None:
             sep, right = _split(txn, db, root, False)
             new = txn.new_node(db, leaf=False)
             new.keys = [b"", sep]
-            new.kids = [root.pgno, right.pgno]
-            new.ktxn = [root.txnid, right.txnid]
+            new.kids = u64_array((root.pgno, right.pgno))
+            new.ktxn = u64_array((root.txnid, right.txnid))
             new.ch = [root, right]
             new.measure()
             db.root, db.root_txnid = new.pgno, new.txnid
@@ -498,6 +503,7 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     separator and the sibling."""
     m = _split_point(node, tail)
     node.patched = None
+    _own_keys(node)
     right = txn.new_node(db, leaf=node.kids is None)
     right.keys = node.keys[m:]
     del node.keys[m:]
@@ -524,8 +530,16 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     return sep, right
 
 
+def _own_keys(node: Node) -> None:
+    """Give dirty ``node`` a list of keys of its own before they change: a dirty
+    branch shares its committed source's tuple until then (see ``Node.copy``)."""
+    if type(node.keys) is tuple:
+        node.keys = list(node.keys)
+
+
 def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
     parent.patched = None
+    _own_keys(parent)
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
@@ -535,6 +549,7 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
 
 def _branch_remove(parent: Node, i: int) -> None:
     parent.patched = None
+    _own_keys(parent)
     parent.size -= BRANCH_ENTRY_COST + len(parent.keys[i])
     del parent.keys[i]
     del parent.kids[i]
@@ -575,6 +590,9 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
     sep = parent.keys[ri]
     leaf = node.kids is None
     left.patched = right.patched = parent.patched = None  # entries move between them
+    _own_keys(left)
+    _own_keys(right)
+    _own_keys(parent)
     merged = left.size + right.size + (0 if leaf else len(sep))
     if merged <= txn.capacity:
         if leaf:

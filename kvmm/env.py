@@ -749,12 +749,12 @@ class Environment:
             if old is not None:
                 self._let_go(old)
         for node in nodes:
+            # Committed now, never changed again: it holds tuples, as decoded nodes
+            # do, which the cyclic GC stops tracking (a large write otherwise leaves
+            # every leaf's lists for each collection to walk), and which a dirty copy
+            # of a branch may share (``Node.copy``).
+            node.keys = tuple(node.keys)
             if node.kids is None:
-                # Committed now, never changed again: a leaf holds tuples, as decoded
-                # ones do, which the cyclic GC stops tracking (a large write otherwise
-                # leaves every leaf's lists for each collection to walk). Branches,
-                # about one node in a hundred, keep their lists.
-                node.keys = tuple(node.keys)
                 node.vals = tuple(node.vals)
                 if node.flags is not None:
                     node.flags = tuple(node.flags)

@@ -53,7 +53,9 @@ changed, and each slot's owner while it lives.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from array import array
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -369,13 +371,44 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
     return _finish(LEAF, n, pgno, txnid, 0, b"".join((head, *keys, *vals)), page_size)
 
 
-def encode_branch(pgno: int, txnid: int, keys: list, kids: list, kid_txnids: list,
-                  page_size: int) -> bytes:
+def encode_branch(pgno: int, txnid: int, keys, kids, kid_txnids, page_size: int) -> bytes:
+    """Serialise a branch; ``kids`` and ``kid_txnids`` are u64 arrays (or sequences)."""
     n = len(keys)
     klens = list(map(len, keys))
     klens[0] = 0  # key 0 is stored empty
-    head = _fmt(f"<{n}Q{n}Q{n}H").pack(*kids, *kid_txnids, *klens)
-    return _finish(BRANCH, n, pgno, txnid, 0, b"".join((head, *keys[1:])), page_size)
+    head = _fmt(f"<{n}H").pack(*klens)
+    body = b"".join((u64_bytes(kids), u64_bytes(kid_txnids), head, *keys[1:]))
+    return _finish(BRANCH, n, pgno, txnid, 0, body, page_size)
+
+
+# A branch's child pgnos and txnids are held as arrays of u64 (``u64_array``): copied
+# and written whole with one memcpy, where a tuple would hold an int object per child.
+if array("Q").itemsize != 8:
+    raise ImportError("kvmm needs 8-byte array('Q') items")
+_SWAP = sys.byteorder != "little"  # the file's integers are little-endian
+
+
+def u64_array(items=()) -> array:
+    """An array of u64, as a branch's ``kids`` and ``ktxn`` are held."""
+    return array("Q", items)
+
+
+def _u64s(page, at: int, n: int) -> array:
+    """``n`` little-endian u64 from ``page[at:]`` as an array."""
+    out = array("Q")
+    out.frombytes(page[at : at + 8 * n])
+    if _SWAP:
+        out.byteswap()
+    return out
+
+
+def u64_bytes(items) -> bytes:
+    """The little-endian bytes of u64 ``items`` (an array or a sequence of ints)."""
+    if type(items) is not array or _SWAP:
+        items = array("Q", items)  # a copy, which byteswap may change
+        if _SWAP:
+            items.byteswap()
+    return items.tobytes()
 
 
 _PGNO_TXNID = Struct("<QQ")  # the header's pgno and txnid, at _PATCH_AT
@@ -522,16 +555,17 @@ def decode_leaf(page: bytes, pgno: int, n: int):
 
 
 def decode_branch(page: bytes, pgno: int, n: int):
-    """Return (keys, kids, kid_txnids, used) of a checked branch page as tuples (see
-    decode_leaf)."""
+    """Return (keys, kids, kid_txnids, used) of a checked branch page: keys as a
+    tuple, kids and kid_txnids as u64 arrays (see decode_leaf)."""
     if n == 0:
         _fail(pgno, "branch page without children")
-    try:
-        fields = _fmt(f"<{n}Q{n}Q{n}H").unpack_from(page, HEADER_SIZE)
-    except struct.error:
+    if HEADER_SIZE + 18 * n > len(page):
         _fail(pgno, f"{n} children do not fit in the page")
-    keys, end = _split(page, pgno, HEADER_SIZE + 18 * n, fields[2 * n + 1 :])
-    return (b"",) + keys, fields[:n], fields[n : 2 * n], end - HEADER_SIZE
+    klens = _fmt(f"<{n - 1}H").unpack_from(page, HEADER_SIZE + 16 * n + 2)
+    keys, end = _split(page, pgno, HEADER_SIZE + 18 * n, klens)
+    kids = _u64s(page, HEADER_SIZE, n)
+    ktxn = _u64s(page, HEADER_SIZE + 8 * n, n)
+    return (b"",) + keys, kids, ktxn, end - HEADER_SIZE
 
 
 def decode_overflow_ref(stored: bytes) -> tuple[int, int, int]:

@@ -36,7 +36,7 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF
+from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
@@ -155,7 +155,7 @@ class Transaction:
             node = Node(pgno, self.txnid, [], [], None)
             db.leaf_pages += 1
         else:
-            node = Node(pgno, self.txnid, [], kids=[], ktxn=[])
+            node = Node(pgno, self.txnid, [], kids=u64_array(), ktxn=u64_array())
             db.branch_pages += 1
         node.size = 0
         self._dirty[pgno] = node
@@ -604,6 +604,8 @@ class Transaction:
             for node in env._cache.copy().values():  # other threads go on caching
                 if node.kids is not None and (wrong := links_wrong(node)):
                     raise CorruptedError("strict mode: " + wrong)
+                if type(node.keys) is not tuple:  # a dirty branch copy may share them
+                    raise CorruptedError(f"strict mode: page {node.pgno}: keys not a tuple")
             env._strict_check()
 
     def abort(self) -> None:

@@ -460,3 +460,35 @@ def test_a_commit_leaves_its_cached_leaves_as_tuples_the_gc_does_not_track(tmp_p
                        for f in (node.keys, node.vals)), node
         with env.begin() as txn:
             assert txn.get(b"004999") == b"v" * 50
+
+
+def test_a_branch_copy_shares_its_keys_until_a_split_and_the_snapshot_before_keeps_them(
+    tmp_path,
+):
+    """Node.copy gives a dirty branch its source's key tuple and copies of its child
+    arrays; the first change of its keys (a child's split) gives it a list of its own,
+    and the committed branch, still read by an older snapshot, stays as it was."""
+    with kvmm.open(str(tmp_path)) as env:
+        keys = [b"%08d" % (i * 10) for i in range(3000)]
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 40)
+        reader = env.begin()
+        root = reader.load(reader._state(None).root, reader._state(None).root_txnid)
+        assert root.kids is not None and type(root.keys) is tuple
+        before = (root.keys, list(root.kids), list(root.ktxn))
+        with env.begin(write=True) as txn:
+            txn.put(keys[5], b"w" * 40)  # replaced in place: no key of a branch changes
+            state = txn._state(None)
+            dirty_root = txn._dirty[state.root]
+            assert dirty_root.keys is root.keys and dirty_root.kids is not root.kids
+            assert dirty_root.kids.typecode == "Q" and dirty_root.ktxn.typecode == "Q"
+            for i in range(2000):  # new keys between the old ones split leaves
+                txn.put(b"%08d" % (i * 10 + 5), b"x" * 40)
+            assert type(dirty_root.keys) is list and len(dirty_root.keys) > len(root.keys)
+        assert (root.keys, list(root.kids), list(root.ktxn)) == before
+        assert reader.get(keys[5]) == b"v" * 40 and reader.get(b"%08d" % 5) is None
+        reader.abort()
+        with env.begin() as txn:
+            assert txn.get(keys[5]) == b"w" * 40 and txn.get(b"%08d" % 19995) == b"x" * 40
+        assert not check_env(env)
