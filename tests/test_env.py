@@ -711,6 +711,31 @@ def test_reclaim_attempts_that_cut_only_a_few_pages_back_off(tmp_path):
         assert env._reclaim_tries == 0 and env._reclaim_wait == kvmm.env.RECLAIM_RETRY
 
 
+def test_reclaim_attempts_while_free_pages_are_pinned_wait_in_proportion_to_their_cost(
+        tmp_path):
+    """While most free pages wait for a reader or a sync, an attempt is retried soon,
+    but not before one commit per RECLAIM_PAGES_PER_COMMIT pages it had to gather:
+    with 10^4 reusable pages, an attempt every 8 commits made each commit several
+    times slower."""
+    from types import SimpleNamespace
+
+    with kvmm.open(str(tmp_path / "db")) as env:
+        txn = SimpleNamespace(txnid=100, next_pgno=100_000,
+                              free_db=SimpleNamespace(entries=50_000),
+                              freelist=SimpleNamespace(inline=()),
+                              meta=SimpleNamespace(inline_free=()))
+        assert env._want_reclaim(txn)
+        env._reclaimed(txn, 0, 10_000)  # a fifth of the free pages reusable: pinned
+        wait = 10_000 // kvmm.env.RECLAIM_PAGES_PER_COMMIT
+        assert wait > kvmm.env.RECLAIM_RETRY
+        for txnid, want in ((101, False), (100 + wait - 1, False), (100 + wait, True)):
+            txn.txnid = txnid
+            assert env._want_reclaim(txn) is want, txnid
+        env._reclaimed(txn, 0, 100)  # few reusable pages: retried after a few commits
+        txn.txnid += kvmm.env.RECLAIM_RETRY // 8
+        assert env._want_reclaim(txn)
+
+
 def test_eviction_gets_the_cache_down_even_when_branches_fill_it(tmp_path):
     """Eviction drops leaves first; a reader beside a writer that keeps rewriting
     branches decodes version after version of them, so branches go too when they
