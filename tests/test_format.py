@@ -390,3 +390,21 @@ def test_free_records_sort_normal_ones_by_txnid_then_weak_ones_by_txnid():
     tags = [fmt.FREE_KEY.unpack(k)[0] for k in sorted(keys)]
     assert [(t >= fmt.WEAK_BORN, t & ~fmt.WEAK_BORN) for t in tags] == [
         (False, 9), (False, 9), (False, 12), (True, 3), (True, 7)]
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_patch_leaf_equals_encoding_the_leaf_with_the_changed_values(flagged):
+    """Values replaced in place with values of the same length, among entries with
+    flags or without (an overflow reference replaced by another one)."""
+    n = 12
+    keys = [b"key%03d" % i for i in range(n)]
+    vals = [bytes([i]) * (5 + 3 * i) for i in range(n)]
+    flags = [fmt.F_OVERFLOW if i % 4 == 1 else 0 for i in range(n)] if flagged else None
+    src = fmt.encode_leaf(40, 7, keys, vals, flags, 4096)
+    changed = {1, 6, 11}
+    new = list(vals)
+    for i in changed:
+        new[i] = bytes([200 + i]) * len(vals[i])
+    page = fmt.patch_leaf(src, 41, 8, keys, new, changed)
+    assert bytes(page) == fmt.encode_leaf(41, 8, keys, new, flags, 4096)
+    assert fmt.check_header(bytes(page), 41, 8, fmt.LEAF) == (fmt.LEAF, n, 0)
