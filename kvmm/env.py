@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 
 from . import format as fmt
@@ -70,6 +71,10 @@ MAP_WRITE_PAGES = 8
 # Commits between two attempts to give the tail back that found nothing to give.
 RECLAIM_RETRY = 64
 RECLAIM_RETRY_MAX = 4096
+# How long a look at the metas waits for a newer meta that fails its checks to become
+# whole: another process is writing it (a commit's meta is one write of a page), or a
+# crash tore it, which the wait cannot tell apart from a writer that was descheduled.
+META_WAIT = 0.05
 # While free pages are pinned, an attempt to give space back is retried after one
 # commit per this many reusable pages it had to gather (see _reclaimed).
 RECLAIM_PAGES_PER_COMMIT = 16
@@ -216,6 +221,7 @@ class Environment:
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
         self._meta_seen = None
         self._meta_pick = None
+        self._torn_seen = None  # bytes of a newer meta slot that stayed torn (a crash)
         self._main_db = _Database(self, None, 0)
         self._dbs: dict[bytes, _Database] = {}
         self._unsynced = 0
@@ -368,12 +374,32 @@ class Environment:
         return meta, newest, steady_txnid, target
 
     def _current(self, mm) -> tuple:
-        """The cached result of ``_pick``, decoded again only when a meta changed."""
+        """The cached result of ``_pick``, decoded again only when a meta changed.
+
+        A meta slot that fails its checks yet names a newer txnid than the meta
+        picked is, most likely, a commit's meta being written by another process
+        right now: with ``sync=False`` every commit rewrites the same slot, and the
+        other one holds the last steady commit, which may be far older (at first the
+        empty database). A transaction begun then must see the newest commit (SPEC:
+        "a snapshot of the last commit at begin()"), so the look waits, up to
+        META_WAIT, for the slot to become whole. A slot still torn after that was
+        torn by a crash: the steady meta is what the file holds, and the same torn
+        bytes are not waited for again.
+        """
         ps = self._page_size
         at = fmt.META_TXNID_OFFSET
         key = (mm[at : at + 8], mm[ps + at : ps + at + 8])  # each meta's txnid
         if key != self._meta_key:
             metas = self._metas(mm)
+            torn = self._newer_torn(mm, metas)
+            if torn is not None and torn != self._torn_seen:
+                deadline = time.monotonic() + META_WAIT
+                while torn is not None and time.monotonic() < deadline:
+                    time.sleep(0)  # let the writer finish its write
+                    key = (mm[at : at + 8], mm[ps + at : ps + at + 8])
+                    metas = self._metas(mm)
+                    torn = self._newer_torn(mm, metas)
+                self._torn_seen = torn
             if self._meta_undo is not None:
                 # A failed commit's meta is in the slot: what counts is what it held.
                 slot, old = self._meta_undo
@@ -385,8 +411,22 @@ class Environment:
                 metas = tuple(metas)
             self._meta_seen = metas
             self._meta_pick = self._pick(metas)
-            self._meta_key = None if self._meta_undo is not None else key
+            # A torn slot may become whole without its txnid changing: look again.
+            self._meta_key = None if self._meta_undo is not None or torn else key
         return self._meta_pick
+
+    def _newer_torn(self, mm, metas) -> bytes | None:
+        """The bytes of a meta slot that fails its checks but names a txnid above
+        every valid meta's, or None."""
+        valid = [m.txnid for m in metas if m is not None]
+        newest = max(valid, default=-1)
+        ps = self._page_size
+        for slot, meta in enumerate(metas):
+            if meta is None:
+                (txnid,) = fmt.META_TXNID.unpack_from(mm, slot * ps + fmt.META_TXNID_OFFSET)
+                if txnid > newest:
+                    return mm[slot * ps : (slot + 1) * ps]
+        return None
 
     def _put_meta(self, mm, slot: int, meta, sync: bool) -> None:
         """Write ``meta`` into ``slot`` (and sync). If that fails, the caller hears
