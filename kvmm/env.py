@@ -386,9 +386,7 @@ class Environment:
         torn by a crash: the steady meta is what the file holds, and the same torn
         bytes are not waited for again.
         """
-        ps = self._page_size
-        at = fmt.META_TXNID_OFFSET
-        key = (mm[at : at + 8], mm[ps + at : ps + at + 8])  # each meta's txnid
+        key = self._meta_txnids(mm)
         if key != self._meta_key:
             metas = self._metas(mm)
             torn = self._newer_torn(mm, metas)
@@ -396,7 +394,7 @@ class Environment:
                 deadline = time.monotonic() + META_WAIT
                 while torn is not None and time.monotonic() < deadline:
                     time.sleep(0)  # let the writer finish its write
-                    key = (mm[at : at + 8], mm[ps + at : ps + at + 8])
+                    key = self._meta_txnids(mm)
                     metas = self._metas(mm)
                     torn = self._newer_torn(mm, metas)
                 self._torn_seen = torn
@@ -414,6 +412,12 @@ class Environment:
             # A torn slot may become whole without its txnid changing: look again.
             self._meta_key = None if self._meta_undo is not None or torn else key
         return self._meta_pick
+
+    def _meta_txnids(self, mm) -> tuple:
+        """The raw txnid field of each meta slot: what ``_current`` keys its cache on."""
+        ps = self._page_size
+        at = fmt.META_TXNID_OFFSET
+        return tuple(mm[s * ps + at : s * ps + at + 8] for s in range(fmt.NUM_METAS))
 
     def _newer_torn(self, mm, metas) -> bytes | None:
         """The bytes of a meta slot that fails its checks but names a txnid above
