@@ -68,6 +68,10 @@ class Transaction:
         self._default_db = db if db is not None else env._main_db
         self._slot = None
         self._dbs: dict = {}
+        # A read transaction's default database: its state and root node, once a
+        # get found them (see get). None until then, after the transaction ended,
+        # and in write transactions (whose root changes).
+        self._root = None
         # (db state, _gen, rightmost leaf, its keys, its values, its path) while the
         # tree is as it was when cached: in-order inserts go to the leaf's end.
         self._tail = None
@@ -251,26 +255,34 @@ class Transaction:
 
     def get(self, key, default=None, db=None):
         """The value of ``key``, or ``default``. O(log n); O(1) per level on cache hits."""
-        state = self._dbs.get(db if db is not None else self._default_db)
-        if state is None:
-            state = self._state(db)
-        elif self._done:
-            self._live()
-        if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-            key = _key_bytes(key)
-        if state.flags:
-            return dupsort.get(self, state, key, default)
-        pgno = state.root
-        if not pgno:
-            return default
-        # The root is looked up in the page cache inline (load on a miss, a stale
-        # entry, or a dirty root of this write transaction); each branch leads to
-        # its children by its links, made on first use.
-        cache = self._cache
-        txnid = state.root_txnid
-        node = cache.get(pgno)
-        if node is None or node.txnid != txnid:
-            node = self.load(pgno, txnid)
+        root = self._root
+        if (root is not None and db is None and key.__class__ is bytes and key
+                and len(key) <= _MAX_KEY):
+            # A read transaction's snapshot never changes: the root an earlier get
+            # found is where this one starts.
+            state, node = root
+        else:
+            state = self._dbs.get(db if db is not None else self._default_db)
+            if state is None:
+                state = self._state(db)
+            elif self._done:
+                self._live()
+            if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
+                key = _key_bytes(key)
+            if state.flags:
+                return dupsort.get(self, state, key, default)
+            pgno = state.root
+            if not pgno:
+                return default
+            # The root is looked up in the page cache inline (load on a miss, a
+            # stale entry, or a dirty root of this write transaction).
+            txnid = state.root_txnid
+            node = self._cache.get(pgno)
+            if node is None or node.txnid != txnid:
+                node = self.load(pgno, txnid)
+            if db is None and not self.write and not self._buffers:
+                self._root = (state, node)
+        # Each branch leads to its children by its links, made on first use.
         depth = state.depth
         while node.kids is not None:
             depth -= 1
@@ -621,6 +633,7 @@ class Transaction:
             return
         self._done = True
         self._tail = None  # put's fast path is for live write transactions only
+        self._root = None  # nor get's for ended ones
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None

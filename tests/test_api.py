@@ -289,6 +289,39 @@ def test_read_transaction_keeps_its_snapshot_after_a_later_commit(env):
     assert _contents(env) == [(b"a", b"new"), (b"c", b"new")]
 
 
+def test_gets_of_a_read_transaction_after_its_first_follow_its_default_database(env):
+    """A read transaction's gets start from the root its first get found: they must
+    still honour db=, key checks, buffers, a named default database and the end of
+    the transaction."""
+    _fill(env, {b"k%04d" % i: b"main" for i in range(500)})
+    named = env.open_db(b"named")
+    with env.begin(write=True, db=named) as txn:
+        txn.put(b"k0001", b"named")
+    with env.begin() as reader:
+        assert reader.get(b"k0001") == b"main"
+        assert reader.get(b"k0499") == b"main"
+        assert reader.get(b"nope", b"dflt") == b"dflt"
+        assert reader.get(b"k0001", db=named) == b"named"
+        assert reader.get(bytearray(b"k0002")) == b"main"
+        with pytest.raises(kvmm.BadValsizeError):
+            reader.get(b"")
+    with env.begin() as reader:
+        assert reader.get(b"k0001", db=named) == b"named"
+        assert reader.get(b"k0001") == b"main"
+    with env.begin(db=named) as reader:
+        assert reader.get(b"k0001") == b"named"
+        assert reader.get(b"k0002") is None
+        assert reader.get(b"k0002", db=env.open_db()) == b"main"
+    with env.begin(buffers=True) as reader:
+        assert reader.get(b"k0001") == b"main"
+        assert isinstance(reader.get(b"k0003"), memoryview)
+    reader = env.begin()
+    assert reader.get(b"k0001") == b"main"
+    reader.abort()
+    with pytest.raises(kvmm.Error):
+        reader.get(b"k0001")
+
+
 def test_read_transaction_keeps_its_snapshot_across_many_commits(env):
     _fill(env, {b"k%04d" % i: b"0" * 50 for i in range(300)})
     reader = env.begin()
