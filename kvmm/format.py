@@ -76,7 +76,8 @@ OVERFLOW = 4
 
 F_OVERFLOW = 1 << 31
 F_SUBDB = 1 << 30
-LENGTH_MASK = (1 << 30) - 1
+LENGTH_BITS = 30  # of a leaf's value word; the flags above them
+LENGTH_MASK = (1 << LENGTH_BITS) - 1
 
 META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
 META_WRITTEN = 2  # meta flag: synced with its pages in one flush; it lists them
@@ -502,6 +503,17 @@ def _fmt(spec: str) -> Struct:
 # it reaches _BODY_LAYOUTS.
 _bodies: dict = {}
 _BODY_LAYOUTS = 4096
+# A leaf's lengths and value words, as bytes -> (its body's Struct, its flags), and
+# a branch's key lengths, as bytes -> its keys' Struct: see decode_leaf. Each is
+# emptied, too, when it reaches _BODY_LAYOUTS.
+_leaf_layouts: dict = {}
+_branch_layouts: dict = {}
+
+
+def _remember_layout(layouts: dict, head: bytes, layout) -> None:
+    if len(layouts) >= _BODY_LAYOUTS:
+        layouts.clear()
+    layouts[head] = layout
 
 
 def _body(lens: tuple) -> Struct | None:
@@ -517,11 +529,12 @@ def _body(lens: tuple) -> Struct | None:
 
 
 def _split(page, pgno: int, at: int, lens) -> tuple:
-    """The fields of ``lens`` bytes each, back to back from ``at``; and where they end."""
+    """The fields of ``lens`` bytes each, back to back from ``at``; where they end;
+    and the Struct that split them (None when sliced one by one)."""
     body = _body(lens)
     if body is not None:
         try:
-            return body.unpack_from(page, at), at + body.size
+            return body.unpack_from(page, at), at + body.size, body
         except struct.error:
             _fail(pgno, "entries run past the end of the page")
     fields = []
@@ -532,7 +545,10 @@ def _split(page, pgno: int, at: int, lens) -> tuple:
         at = end
     if at > len(page):
         _fail(pgno, "entries run past the end of the page")
-    return tuple(fields), at
+    return tuple(fields), at, None
+
+
+_NO_FLAG_BYTES = bytes(range(1 << (LENGTH_BITS - 24)))  # a value word's last byte, sans flags
 
 
 def decode_leaf(page: bytes, pgno: int, n: int):
@@ -540,17 +556,35 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     None when no entry has flags; ``used`` is the bytes after the header the entries
     take (a Node's ``size``). Raises CorruptedError when the lengths run past the
     page."""
+    at = HEADER_SIZE + 6 * n  # the lengths and value words end, the entries start
+    if at <= len(page):
+        # A leaf whose lengths and flags are byte for byte those of a leaf decoded
+        # before is split by that leaf's Struct, found by those bytes (as fixed-size
+        # keys and values make most leaves of n entries alike).
+        layout = _leaf_layouts.get(page[HEADER_SIZE:at])
+        if layout is not None:
+            body, flags = layout
+            try:
+                fields = body.unpack_from(page, at)
+            except struct.error:
+                _fail(pgno, "entries run past the end of the page")
+            return fields[:n], fields[n:], flags, at + body.size - HEADER_SIZE
     try:
         lens = _leaf_head(n).unpack_from(page, HEADER_SIZE)
     except struct.error:
         _fail(pgno, f"{n} entries do not fit in the page")
-    words = lens[n:]
-    if max(words, default=0) <= LENGTH_MASK:
+    # The flags are the top two bits of each little-endian value word: the words'
+    # last bytes, all below 0x40 when no entry has flags (checked without making an
+    # int of each word).
+    if not page[HEADER_SIZE + 2 * n + 3 : at : 4].translate(None, _NO_FLAG_BYTES):
         flags = None
     else:
+        words = lens[n:]
         flags = tuple([w & ~LENGTH_MASK for w in words])
         lens = lens[:n] + tuple([w & LENGTH_MASK for w in words])
-    fields, end = _split(page, pgno, HEADER_SIZE + 6 * n, lens)
+    fields, end, body = _split(page, pgno, at, lens)
+    if body is not None:
+        _remember_layout(_leaf_layouts, page[HEADER_SIZE:at], (body, flags))
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
 
 
@@ -561,8 +595,20 @@ def decode_branch(page: bytes, pgno: int, n: int):
         _fail(pgno, "branch page without children")
     if HEADER_SIZE + 18 * n > len(page):
         _fail(pgno, f"{n} children do not fit in the page")
-    klens = _fmt(f"<{n - 1}H").unpack_from(page, HEADER_SIZE + 16 * n + 2)
-    keys, end = _split(page, pgno, HEADER_SIZE + 18 * n, klens)
+    at = HEADER_SIZE + 18 * n  # the key lengths end, the keys start
+    head = page[at - 2 * (n - 1) : at]
+    body = _branch_layouts.get(head)  # as in decode_leaf
+    if body is not None:
+        try:
+            keys = body.unpack_from(page, at)
+        except struct.error:
+            _fail(pgno, "entries run past the end of the page")
+        end = at + body.size
+    else:
+        klens = _fmt(f"<{n - 1}H").unpack_from(page, at - 2 * (n - 1))
+        keys, end, body = _split(page, pgno, at, klens)
+        if body is not None:
+            _remember_layout(_branch_layouts, head, body)
     kids = _u64s(page, HEADER_SIZE, n)
     ktxn = _u64s(page, HEADER_SIZE + 8 * n, n)
     return (b"",) + keys, kids, ktxn, end - HEADER_SIZE

@@ -383,6 +383,39 @@ def test_a_layout_decoded_again_takes_the_compiled_path_and_gives_the_same_entri
     assert list(branches[0][1]) == list(range(2, 42))
 
 
+def test_pages_sharing_a_cached_layout_decode_to_their_own_entries_and_flags():
+    """decode_leaf and decode_branch find a compiled layout by the bytes of a page's
+    lengths (and value words): pages alike in those but not in their entries, their
+    flags, or their count must each decode to what was encoded."""
+    def leaf(tag, flags=None, n=12):
+        keys = [b"%c%02d" % (tag, i) for i in range(n)]
+        vals = [bytes([tag]) * 9 for _ in range(n)]
+        return keys, vals, fmt.encode_leaf(30, 2, keys, vals, flags, 4096)
+
+    for tag in b"abc":
+        keys, vals, page = leaf(tag)
+        assert fmt.decode_leaf(page, 30, 12)[:3] == (tuple(keys), tuple(vals), None)
+    flags = [fmt.F_SUBDB if i % 3 == 0 else 0 for i in range(12)]
+    keys, vals, page = leaf(ord("d"), flags)
+    for _ in range(3):
+        assert fmt.decode_leaf(page, 30, 12)[:3] == (tuple(keys), tuple(vals), tuple(flags))
+    keys, vals, page = leaf(ord("e"))
+    assert fmt.decode_leaf(page, 30, 12)[:3] == (tuple(keys), tuple(vals), None)
+    # Fewer entries, lengths alike: the count picks the layout, not a prefix of it.
+    keys, vals, page = leaf(ord("f"), n=6)
+    assert fmt.decode_leaf(page, 30, 6)[:2] == (tuple(keys), tuple(vals))
+    # A page cut inside its entries fails on the cached layout too.
+    with pytest.raises(kvmm.CorruptedError, match="page 30"):
+        fmt.decode_leaf(leaf(ord("g"))[2][:fmt.HEADER_SIZE + 6 * 12 + 20], 30, 12)
+    for tag in b"xyz":
+        keys = [b""] + [b"%c%03d" % (tag, i) for i in range(1, 30)]
+        page = fmt.encode_branch(31, 2, keys, list(range(40, 70)), [tag] * 30, 4096)
+        got = fmt.decode_branch(page, 31, 30)
+        assert got[0] == tuple(keys) and list(got[2]) == [tag] * 30
+    with pytest.raises(kvmm.CorruptedError, match="page 31"):
+        fmt.decode_branch(page[: fmt.HEADER_SIZE + 18 * 30 + 10], 31, 30)
+
+
 def test_free_records_sort_normal_ones_by_txnid_then_weak_ones_by_txnid():
     """freelist._load relies on it: the reusable records of each kind are a prefix."""
     keys = [fmt.FREE_KEY.pack(tag, seq) for tag, seq in
