@@ -70,7 +70,8 @@ class Node:
     __slots__ = ("__weakref__", "ch", "flags", "keys", "kids", "ktxn", "patched", "pgno",
                  "size", "src", "txnid", "vals")
 
-    def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
+    def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None,
+                 ch=None):
         self.pgno = pgno
         self.txnid = txnid
         self.keys = keys
@@ -85,7 +86,7 @@ class Node:
         # None once anything else changed.
         self.src = 0
         self.patched = None
-        self.ch = None if kids is None else [None] * len(kids)
+        self.ch = ch if ch is not None or kids is None else [None] * len(kids)
 
     @property
     def is_leaf(self) -> bool:
@@ -112,8 +113,8 @@ class Node:
             # is touched (such objects are the least likely to be in the CPU's
             # caches). The links are copied: gets that pass later would look up again
             # each child they reach.
-            n = Node(pgno, txnid, self.keys, kids=self.kids[:], ktxn=self.ktxn[:])
-            n.ch = self.ch[:]
+            n = Node(pgno, txnid, self.keys, kids=self.kids[:], ktxn=self.ktxn[:],
+                     ch=self.ch[:])
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
         n.src = self.pgno
