@@ -72,8 +72,9 @@ class Transaction:
         # get found them (see get). None until then, after the transaction ended,
         # and in write transactions (whose root changes).
         self._root = None
-        # (db state, _gen, rightmost leaf, its keys, its values, its path) while the
-        # tree is as it was when cached: in-order inserts go to the leaf's end.
+        # (the db argument of the put that cached it, _gen, rightmost leaf, its keys,
+        # its values, its path, the db's state) while the tree is as it was when
+        # cached: in-order inserts go to the leaf's end.
         self._tail = None
         self._created: list = []  # named databases this transaction created
         self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
@@ -373,13 +374,13 @@ class Transaction:
         False, or when ``append`` is set and ``key`` is not past the last key.
         O(log n); O(1) for keys past the last one (``append``, or a sequential fill).
         """
-        state = self._dbs.get(db if db is not None else self._default_db)
         tail = self._tail
-        if (tail is not None and tail[0] is state and tail[1] == self._gen
+        if (tail is not None and tail[0] is db and tail[1] == self._gen
                 and key.__class__ is bytes and value.__class__ is bytes):
-            # The rightmost leaf of ``state`` is cached and unchanged since (so this
-            # is a live write transaction, and ``state`` a plain database): a key
-            # past its last one (so not empty) goes to its end without a descent.
+            # The rightmost leaf of the database ``db`` names (as the put that cached
+            # it named it) is cached and unchanged since (so this is a live write
+            # transaction, and the database a plain one): a key past its last one
+            # (so not empty) goes to its end without a descent.
             keys = tail[3]
             if key > keys[-1] and len(key) <= _MAX_KEY:
                 leaf = tail[2]
@@ -391,11 +392,12 @@ class Transaction:
                     keys.append(key)
                     tail[4].append(value)
                     leaf.size += entry
-                    state.entries += 1
+                    tail[6].entries += 1
                     return True
                 path = tail[5]
                 path[-1][1] = len(keys)
-                return self._insert(state, path, key, value, True)
+                return self._insert(tail[6], path, key, value, True, db)
+        state = self._dbs.get(db if db is not None else self._default_db)
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
@@ -416,7 +418,7 @@ class Transaction:
             if i == len(leaf.keys):
                 # Past the end of a leaf: past the last key when the leaf is rightmost.
                 if all(pi == len(p.keys) - 1 for p, pi in path[:-1]):
-                    return self._insert(state, path, key, value, True)
+                    return self._insert(state, path, key, value, True, db)
                 if append:
                     return False
             elif append:
@@ -437,9 +439,10 @@ class Transaction:
         return True
 
     def _insert(self, state: DbState, path: list, key: bytes, value: bytes,
-                tail: bool) -> bool:
+                tail: bool, db) -> bool:
         """Insert at the end of the rightmost leaf (``path``), filling pages fully, and
-        keep the path cached while it stays the rightmost one."""
+        keep the path cached while it stays the rightmost one, for puts that name
+        the database as ``db`` does."""
         self._changing()
         stored, flag = self._store(state, key, value)
         insert(self, state, path, key, stored, flag, tail)
@@ -450,7 +453,7 @@ class Transaction:
             leaf = path[-1][0]
         if leaf.keys[-1] is key and leaf.flags is None and not self._cursors:
             # The fast path of put() relies on these; a cursor clears it when opened.
-            self._tail = (state, self._gen, leaf, leaf.keys, leaf.vals, path)
+            self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, state)
         else:
             self._tail = None
         return True

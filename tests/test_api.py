@@ -322,6 +322,29 @@ def test_gets_of_a_read_transaction_after_its_first_follow_its_default_database(
         reader.get(b"k0001")
 
 
+def test_in_order_puts_to_two_databases_interleaved_each_land_in_their_own(env):
+    """put's fast path for keys past the last one caches the rightmost leaf of the
+    database a put named: puts naming another database, or the same one another way
+    (None and the main database's handle), must not use it."""
+    named = env.open_db(b"another")  # its record sorts before the main keys
+    main = env.open_db()
+    with env.begin(write=True) as txn:
+        for i in range(600):
+            assert txn.put(b"m%05d" % i, b"main", append=True)
+            assert txn.put(b"m%05d" % i, b"named", db=named)  # the same keys
+            if i % 3 == 0:
+                assert txn.put(b"m%05d~" % i, b"via handle", db=main, append=True)
+        assert not txn.put(b"m00000", b"late", append=True)
+        assert txn.stat(main)["entries"] == 600 + 200 + 1  # + the record of "another"
+        assert txn.stat(named)["entries"] == 600
+    with env.begin() as txn:
+        got = dict(txn.cursor())
+        assert got.pop(b"another") is not None
+        assert got == {**{b"m%05d" % i: b"main" for i in range(600)},
+                       **{b"m%05d~" % i: b"via handle" for i in range(0, 600, 3)}}
+        assert dict(txn.cursor(db=named)) == {b"m%05d" % i: b"named" for i in range(600)}
+
+
 def test_read_transaction_keeps_its_snapshot_across_many_commits(env):
     _fill(env, {b"k%04d" % i: b"0" * 50 for i in range(300)})
     reader = env.begin()
