@@ -499,32 +499,46 @@ def _fmt(spec: str) -> Struct:
 # Structs that split a page body into fields of given lengths, keyed by the lengths:
 # pages of fixed-size keys and values repeat a few layouts, and one unpack_from is
 # about twice as fast as slicing field by field. A layout is compiled the second
-# time it is seen (compiling costs about one slow decode); the dict is emptied when
-# it reaches _BODY_LAYOUTS.
+# time it is seen (compiling costs about one slow decode). A Struct takes ~36 bytes
+# per field: every cache of layouts is emptied when the Structs compiled since hold
+# _BODY_FIELDS fields (~9 MiB), or when one of the caches reaches _BODY_LAYOUTS.
 _bodies: dict = {}
 _BODY_LAYOUTS = 4096
+_BODY_FIELDS = 1 << 18
+_body_fields = 0
 # A leaf's lengths and value words, as bytes -> (its body's Struct, its flags), and
-# a branch's key lengths, as bytes -> its keys' Struct: see decode_leaf. Each is
-# emptied, too, when it reaches _BODY_LAYOUTS.
+# a branch's key lengths, as bytes -> its keys' Struct: see decode_leaf.
 _leaf_layouts: dict = {}
 _branch_layouts: dict = {}
 
 
+def _forget_layouts() -> None:
+    global _body_fields
+    _bodies.clear()
+    _leaf_layouts.clear()
+    _branch_layouts.clear()
+    _body_fields = 0
+
+
 def _remember_layout(layouts: dict, head: bytes, layout) -> None:
     if len(layouts) >= _BODY_LAYOUTS:
-        layouts.clear()
+        _forget_layouts()
     layouts[head] = layout
 
 
 def _body(lens: tuple) -> Struct | None:
+    global _body_fields
     s = _bodies.get(lens)
     if s is None:
         if len(_bodies) >= _BODY_LAYOUTS:
-            _bodies.clear()
+            _forget_layouts()
         _bodies[lens] = False
         return None
     if s is False:
+        if _body_fields + len(lens) > _BODY_FIELDS:
+            _forget_layouts()
         s = _bodies[lens] = Struct("<" + "".join([f"{n}s" for n in lens]))
+        _body_fields += len(lens)
     return s
 
 

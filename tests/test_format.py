@@ -416,6 +416,21 @@ def test_pages_sharing_a_cached_layout_decode_to_their_own_entries_and_flags():
         fmt.decode_branch(page[: fmt.HEADER_SIZE + 18 * 30 + 10], 31, 30)
 
 
+def test_compiled_layouts_stay_within_their_field_budget_and_still_decode(monkeypatch):
+    """Each compiled layout costs memory per field: the caches are emptied before the
+    fields compiled since pass _BODY_FIELDS, and decoding goes on right."""
+    monkeypatch.setattr(fmt, "_BODY_FIELDS", 500)
+    fmt._forget_layouts()
+    for n in range(20, 80):
+        keys = [b"%03d" % i for i in range(n)]
+        vals = [b"v" * (n % 9)] * n
+        page = fmt.encode_leaf(40, 5, keys, vals, None, 4096)
+        for _ in range(3):
+            assert fmt.decode_leaf(page, 40, n)[:2] == (tuple(keys), tuple(vals))
+        assert 0 < fmt._body_fields <= 500
+    assert len(fmt._bodies) < 20  # emptied on the way
+
+
 def test_free_records_sort_normal_ones_by_txnid_then_weak_ones_by_txnid():
     """freelist._load relies on it: the reusable records of each kind are a prefix."""
     keys = [fmt.FREE_KEY.pack(tag, seq) for tag, seq in
