@@ -99,8 +99,7 @@ def _after_fork_in_child() -> None:
         for ref in list(env._txns.values()):
             txn = ref()
             if txn is not None:
-                txn._done = True
-                txn._tail = None
+                txn._mark_done()
                 txn._dbs.clear()
 
 

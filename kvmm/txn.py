@@ -631,12 +631,17 @@ class Transaction:
                 self.env._forget_db(db)
             self._end()
 
+    def _mark_done(self) -> None:
+        """Refuse further use: every entry point checks ``_done``, but for the fast
+        paths, which are turned off here (put's and get's)."""
+        self._done = True
+        self._tail = None
+        self._root = None
+
     def _end(self) -> None:
         if self._done:
             return
-        self._done = True
-        self._tail = None  # put's fast path is for live write transactions only
-        self._root = None  # nor get's for ended ones
+        self._mark_done()
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None
