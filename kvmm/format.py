@@ -507,7 +507,7 @@ _BODY_LAYOUTS = 4096
 _BODY_FIELDS = 1 << 18
 _body_fields = 0
 # A leaf's lengths and value words, as bytes -> (its body's Struct, its flags), and
-# a branch's key lengths, as bytes -> its keys' Struct: see decode_leaf.
+# a branch's key lengths, as bytes -> (its keys' Struct, None): see _split_alike.
 _leaf_layouts: dict = {}
 _branch_layouts: dict = {}
 
@@ -562,6 +562,21 @@ def _split(page, pgno: int, at: int, lens) -> tuple:
     return tuple(fields), at, None
 
 
+def _split_alike(layouts: dict, head: bytes, page, pgno: int, at: int):
+    """(fields, end, flags) of a page whose lengths (``head``, the bytes just before
+    ``at``) are byte for byte those of a page split before, by that page's Struct;
+    None when no such page was seen. Fixed-size keys and values make most pages of
+    n entries alike, and finding the Struct by these bytes is hashed in C."""
+    layout = layouts.get(head)
+    if layout is None:
+        return None
+    body, flags = layout
+    try:
+        return body.unpack_from(page, at), at + body.size, flags
+    except struct.error:
+        _fail(pgno, "entries run past the end of the page")
+
+
 _NO_FLAG_BYTES = bytes(range(1 << (LENGTH_BITS - 24)))  # a value word's last byte, sans flags
 
 
@@ -571,18 +586,11 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     take (a Node's ``size``). Raises CorruptedError when the lengths run past the
     page."""
     at = HEADER_SIZE + 6 * n  # the lengths and value words end, the entries start
-    if at <= len(page):
-        # A leaf whose lengths and flags are byte for byte those of a leaf decoded
-        # before is split by that leaf's Struct, found by those bytes (as fixed-size
-        # keys and values make most leaves of n entries alike).
-        layout = _leaf_layouts.get(page[HEADER_SIZE:at])
-        if layout is not None:
-            body, flags = layout
-            try:
-                fields = body.unpack_from(page, at)
-            except struct.error:
-                _fail(pgno, "entries run past the end of the page")
-            return fields[:n], fields[n:], flags, at + body.size - HEADER_SIZE
+    head = page[HEADER_SIZE:at]  # with the flags: alike leaves have alike flags
+    alike = _split_alike(_leaf_layouts, head, page, pgno, at)
+    if alike is not None:
+        fields, end, flags = alike
+        return fields[:n], fields[n:], flags, end - HEADER_SIZE
     try:
         lens = _leaf_head(n).unpack_from(page, HEADER_SIZE)
     except struct.error:
@@ -598,7 +606,7 @@ def decode_leaf(page: bytes, pgno: int, n: int):
         lens = lens[:n] + tuple([w & LENGTH_MASK for w in words])
     fields, end, body = _split(page, pgno, at, lens)
     if body is not None:
-        _remember_layout(_leaf_layouts, page[HEADER_SIZE:at], (body, flags))
+        _remember_layout(_leaf_layouts, head, (body, flags))
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
 
 
@@ -611,18 +619,14 @@ def decode_branch(page: bytes, pgno: int, n: int):
         _fail(pgno, f"{n} children do not fit in the page")
     at = HEADER_SIZE + 18 * n  # the key lengths end, the keys start
     head = page[at - 2 * (n - 1) : at]
-    body = _branch_layouts.get(head)  # as in decode_leaf
-    if body is not None:
-        try:
-            keys = body.unpack_from(page, at)
-        except struct.error:
-            _fail(pgno, "entries run past the end of the page")
-        end = at + body.size
+    alike = _split_alike(_branch_layouts, head, page, pgno, at)
+    if alike is not None:
+        keys, end, _ = alike
     else:
         klens = _fmt(f"<{n - 1}H").unpack_from(page, at - 2 * (n - 1))
         keys, end, body = _split(page, pgno, at, klens)
         if body is not None:
-            _remember_layout(_branch_layouts, head, body)
+            _remember_layout(_branch_layouts, head, (body, None))
     kids = _u64s(page, HEADER_SIZE, n)
     ktxn = _u64s(page, HEADER_SIZE + 8 * n, n)
     return (b"",) + keys, kids, ktxn, end - HEADER_SIZE
