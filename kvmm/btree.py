@@ -36,6 +36,7 @@ PATCH_BRANCH_MAX = 32
 __all__ = [
     "DbState",
     "Node",
+    "append_leaf",
     "child",
     "delete_in_place",
     "descend",
@@ -316,6 +317,31 @@ def put_in_place(txn, db: DbState, key: bytes, value: bytes, overwrite: bool) ->
         db.entries += 1
     leaf.size = size
     db.changed = True
+    return True
+
+
+def append_leaf(txn, db: DbState, path: list, key: bytes, value: bytes) -> bool:
+    """Start a new rightmost leaf holding only ``key`` and inline ``value``, when the
+    rightmost leaf at the end of ``path`` (all of it dirty, and rightmost at every
+    level) is too full to take them and its parent has room for the separator: what
+    :func:`insert` does there (a split that leaves every entry in place and moves the
+    new one right, see ``_split_point``), without its general steps. False when it
+    cannot (nothing changed)."""
+    if len(path) < 2:
+        return False
+    parent = path[-2][0]
+    if (parent.txnid != txn.txnid
+            or parent.size + BRANCH_ENTRY_COST + len(key) > txn.capacity):
+        return False
+    leaf = txn.new_node(db, leaf=True)
+    leaf.keys.append(key)
+    leaf.vals.append(value)
+    leaf.size = LEAF_ENTRY_COST + len(key) + len(value)
+    db.entries += 1
+    db.changed = True
+    _branch_insert(parent, len(parent.keys), key, leaf)
+    path[-2][1] = len(parent.keys) - 1
+    path[-1] = [leaf, 0]
     return True
 
 

@@ -18,6 +18,7 @@ from .btree import (
     DbState,
     Node,
     _bad_depth,
+    append_leaf,
     delete_in_place,
     descend,
     insert,
@@ -395,6 +396,11 @@ class Transaction:
                     tail[6].entries += 1
                     return True
                 path = tail[5]
+                if entry <= self._max_entry and append_leaf(self, tail[6], path, key, value):
+                    self._gen += 1  # what _changing() does when there are no cursors
+                    self._tail = (db, self._gen, path[-1][0], path[-1][0].keys,
+                                  path[-1][0].vals, path, tail[6])
+                    return True
                 path[-1][1] = len(keys)
                 return self._insert(tail[6], path, key, value, True, db)
         state = self._dbs.get(db if db is not None else self._default_db)

@@ -265,6 +265,39 @@ def test_append_of_a_key_not_past_the_last_is_refused_and_changes_nothing(tmp_pa
         assert_tree_matches(env, {b"b": b"1", b"c": b"2"})
 
 
+def test_in_order_fills_that_start_many_leaves_and_split_branches_keep_the_tree_valid(tmp_path):
+    """A put past the last key that does not fit the rightmost leaf starts a new one
+    beside it (``append_leaf``) while the parent has room, and takes the general path
+    when it has not (a branch split, a new root) or when the value overflows."""
+    rng = random.Random(5)
+    keys = [b"%06d" % i + b"k" * rng.choice((0, 40, 200, 400)) for i in range(4000)]
+    model = {}
+    with kvmm.open(str(tmp_path / "db"), map_size=1 << 26) as env:
+        with env.begin(write=True) as txn:
+            for i, key in enumerate(keys):
+                value = b"%d" % i * rng.choice((1, 10, 100, 700 if i % 97 else 2000))
+                assert txn.put(key, value, append=bool(i % 2))
+                model[key] = value
+                if i % 250 == 0:  # reads between fills see every earlier put
+                    assert txn.get(keys[i // 2]) == model[keys[i // 2]]
+        assert_tree_matches(env, model)
+        assert env.stat()["depth"] >= 3
+        with env.begin() as txn:
+            leaves = _leaves(txn, txn._state(None))
+        cap = fmt.page_capacity(4096)
+        # Each leaf was full when the next began, but the first: the root's split
+        # halves it (_fix_root does not look for a fill in order).
+        for leaf, following in pairwise(leaves[1:]):
+            assert leaf.measure() + following.entry_size(0) > cap, leaf.pgno
+
+
+def _leaves(txn, state) -> list:
+    """The leaves of a tree, left to right."""
+    nodes = [txn.load(state.root, state.root_txnid)]
+    while nodes[0].kids is not None:
+        nodes = [txn.load(kid, ktxn) for node in nodes for kid, ktxn in zip(node.kids, node.ktxn)]
+    return nodes
+
 def test_a_cursor_opened_during_an_in_order_fill_follows_the_keys_added_after_it(tmp_path):
     """In-order puts go straight to the end of the rightmost leaf while no cursor is
     open, telling no one; a cursor opened meanwhile must see every later put,
