@@ -25,7 +25,7 @@ import time
 import weakref
 
 from . import format as fmt
-from .btree import DbState, Node
+from .btree import DbState, Node, fresh_copies
 from .errors import (
     BadTxnError,
     CorruptedError,
@@ -799,11 +799,14 @@ class Environment:
             # do, which the cyclic GC stops tracking (a large write otherwise leaves
             # every leaf's lists for each collection to walk), and which a dirty copy
             # of a branch may share (``Node.copy``).
-            node.keys = tuple(node.keys)
+            keys = node.keys
             if node.kids is None:
+                node.keys = tuple(keys)
                 node.vals = tuple(node.vals)
                 if node.flags is not None:
                     node.flags = tuple(node.flags)
+            elif type(keys) is list:  # else still its source's keys (see Node.copy)
+                node.keys = fresh_copies(keys)
             node.patched = None
             self._remember(node)
 

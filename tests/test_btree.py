@@ -525,3 +525,25 @@ def test_a_branch_copy_shares_its_keys_until_a_split_and_the_snapshot_before_kee
         with env.begin() as txn:
             assert txn.get(keys[5]) == b"w" * 40 and txn.get(b"%08d" % 19995) == b"x" * 40
         assert not check_env(env)
+
+
+def test_a_committed_branch_holds_copies_of_its_separators_not_the_keys_it_was_given(
+        tmp_path, monkeypatch):
+    """Separators are compared on every descent: a committed branch keeps its own
+    copies, made together (``fresh_copies``), not the leaves' or the caller's key
+    objects, wherever those lie in memory."""
+    # Strict mode's check after each commit decodes the pages into the cache anew.
+    monkeypatch.setattr(kvmm.txn, "_STRICT", False)
+    keys = [b"key%06d" % i for i in range(3000)]
+    random.Random(2).shuffle(keys)
+    given = {id(key) for key in keys}
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 40)
+        branches = [node for node in env._cache.values() if node.kids is not None]
+        assert branches
+        for node in branches:
+            assert type(node.keys) is tuple
+            assert not given & {id(key) for key in node.keys}, node.pgno
+        assert_tree_matches(env, dict.fromkeys(keys, b"v" * 40))
