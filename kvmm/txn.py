@@ -398,8 +398,8 @@ class Transaction:
                 path = tail[5]
                 if entry <= self._max_entry and append_leaf(self, tail[6], path, key, value):
                     self._gen += 1  # what _changing() does when there are no cursors
-                    self._tail = (db, self._gen, path[-1][0], path[-1][0].keys,
-                                  path[-1][0].vals, path, tail[6])
+                    leaf = path[-1][0]  # the new one
+                    self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, tail[6])
                     return True
                 path[-1][1] = len(keys)
                 return self._insert(tail[6], path, key, value, True, db)

@@ -298,6 +298,7 @@ def _leaves(txn, state) -> list:
         nodes = [txn.load(kid, ktxn) for node in nodes for kid, ktxn in zip(node.kids, node.ktxn)]
     return nodes
 
+
 def test_a_cursor_opened_during_an_in_order_fill_follows_the_keys_added_after_it(tmp_path):
     """In-order puts go straight to the end of the rightmost leaf while no cursor is
     open, telling no one; a cursor opened meanwhile must see every later put,
