@@ -482,13 +482,16 @@ def _rebalance_up(txn, db: DbState, path: list, append: bool, shrinking: bool) -
         else:
             return
         level -= 1
-    _fix_root(txn, db, path[0][0])
+    root = path[0][0]
+    _fix_root(txn, db, root, ins == len(root.keys) - 1)
 
 
-def _fix_root(txn, db: DbState, root: Node) -> None:
+def _fix_root(txn, db: DbState, root: Node, tail: bool) -> None:
+    """Let the root grow or shrink; ``tail``: an overfull root received its last
+    entry (a split then fills pages in order, as below the root)."""
     while True:
         if root.size > txn.capacity:
-            sep, right = _split(txn, db, root, False)
+            sep, right = _split(txn, db, root, tail)
             new = txn.new_node(db, leaf=False)
             new.keys = [b"", sep]
             new.kids = u64_array((root.pgno, right.pgno))
