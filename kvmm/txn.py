@@ -386,21 +386,23 @@ class Transaction:
             if key > keys[-1] and len(key) <= _MAX_KEY:
                 leaf = tail[2]
                 entry = _ENTRY_COST + len(key) + len(value)
-                if leaf.size + entry <= self.capacity and entry <= self._max_entry:
-                    # It fits: what insert() would do to a leaf already written by
-                    # this transaction (with no flags), nothing else (the change
-                    # counter only matters to cursors, and there are none).
-                    keys.append(key)
-                    tail[4].append(value)
-                    leaf.size += entry
-                    tail[6].entries += 1
-                    return True
+                if entry <= self._max_entry:  # the value stays in the leaf
+                    if leaf.size + entry <= self.capacity:
+                        # It fits: what insert() would do to a leaf already written
+                        # by this transaction (with no flags), nothing else (the
+                        # change counter only matters to cursors, and there are none).
+                        keys.append(key)
+                        tail[4].append(value)
+                        leaf.size += entry
+                        tail[6].entries += 1
+                        return True
+                    if append_leaf(self, tail[6], tail[5], key, value):
+                        self._gen += 1  # what _changing() does with no cursors
+                        leaf = tail[5][-1][0]  # the new one
+                        self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, tail[5],
+                                      tail[6])
+                        return True
                 path = tail[5]
-                if entry <= self._max_entry and append_leaf(self, tail[6], path, key, value):
-                    self._gen += 1  # what _changing() does when there are no cursors
-                    leaf = path[-1][0]  # the new one
-                    self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, tail[6])
-                    return True
                 path[-1][1] = len(keys)
                 return self._insert(tail[6], path, key, value, True, db)
         state = self._dbs.get(db if db is not None else self._default_db)
