@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
@@ -81,6 +82,10 @@ RECLAIM_PAGES_PER_COMMIT = 16
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
+
+
+# References to an object; where there is no such count, every node counts as held.
+_refcount = getattr(sys, "getrefcount", lambda obj: 1 << 30)
 
 
 def _node_bytes(node: Node) -> int:
@@ -631,11 +636,16 @@ class Environment:
             self._trim()
 
     def _let_go(self, old: Node) -> None:
-        """``old`` just left the cache: count it as replaced while it may be alive."""
+        """``old`` just left the cache: count it as replaced while it may be alive.
+        The caller holds it by one name, the last reference most of the time (a
+        commit's replaced path, top down; a page a reader decodes again): then it is
+        not counted, which spares a weak reference for every page of a small commit."""
         weight = _node_bytes(old)
         self._cache_bytes -= weight
         if old.kids is not None:
             self._branches -= 1
+        if _refcount(old) <= 3:  # the caller's name, ours, the call's argument
+            return
         self._stale_bytes += weight
         stale = self._stale
         stale.append((weakref.ref(old), weight))
