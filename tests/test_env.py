@@ -769,6 +769,37 @@ def test_replaced_nodes_are_forgotten_as_they_die_even_while_the_cache_has_room(
         assert len(env._stale) <= 2 * STALE_PRUNE
 
 
+def test_a_replaced_node_is_recorded_only_while_something_else_holds_it(tmp_path,
+                                                                          monkeypatch):
+    """A commit replaces the cached nodes on its path. A node nothing else holds dies
+    as the cache drops it, and is not recorded in ``_stale`` (that would cost a weak
+    reference per page of every small commit); one that a reader's snapshot still
+    reaches is, and counts in ``_stale_bytes`` until it dies."""
+    monkeypatch.setattr(kvmm.txn, "_STRICT", False)  # its check decodes pages again
+    keys = [b"%08d" % i for i in range(5000)]
+    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 100)
+        with env.begin() as txn:
+            assert all(txn.get(key) == b"v" * 100 for key in keys)
+            assert txn.stat()["depth"] >= 2
+        recorded = len(env._stale)
+        for i in range(20):
+            with env.begin(write=True) as txn:
+                txn.put(keys[i * 241], b"w" * 100)
+        assert len(env._stale) == recorded
+        reader = env.begin()
+        assert reader.get(keys[7]) == b"v" * 100  # its snapshot's root is now held
+        with env.begin(write=True) as txn:
+            txn.put(keys[7], b"x" * 100)
+        held = [ref() for ref, _ in env._stale[recorded:]]
+        assert len(held) >= 2 and None not in held  # the old root, and the leaf below
+        assert sum(kvmm.env._node_bytes(node) for node in held) <= env._stale_bytes
+        assert reader.get(keys[7]) == b"v" * 100
+        reader.abort()
+
+
 def test_a_reader_beside_a_writer_evicts_old_versions_of_branches_before_its_leaves(tmp_path):
     """Each commit of another process (here: another environment on the same files)
     rewrites the root and the branch above the leaf it changed, at new page numbers
