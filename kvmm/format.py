@@ -338,14 +338,15 @@ def _fail(pgno: int, what: str):
     raise CorruptedError(f"page {pgno}: {what}")
 
 
-def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) -> tuple:
-    """Check a page's header and checksum; return (kind, count, extra).
+def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None,
+                 crc: bool = True) -> tuple:
+    """Check a page's header and (with ``crc``) checksum; return (kind, count, extra).
 
     ``txnid`` is the writer named by the reference that led here (0 to skip that
     check). Raises CorruptedError when anything disagrees.
     """
     try:
-        crc, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
+        stored, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
     except struct.error:
         _fail(pgno, "truncated page")
     if ppgno != pgno:
@@ -354,9 +355,15 @@ def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) ->
         _fail(pgno, f"written by txn {ptxnid}, expected txn {txnid} (lost or stale write)")
     if kind is not None and pkind != kind:
         _fail(pgno, f"kind {pkind}, expected {kind}")
-    if pkind != OVERFLOW and crc != _crc32(memoryview(page)[4:]):
+    if crc and pkind != OVERFLOW and stored != _crc32(memoryview(page)[4:]):
         _fail(pgno, "checksum mismatch")
     return pkind, count, extra
+
+
+def check_crc(page: bytes, pgno: int) -> None:
+    """Check a tree page's checksum (its header was checked by check_header)."""
+    if _U32.unpack_from(page)[0] != _crc32(memoryview(page)[4:]):
+        _fail(pgno, "checksum mismatch")
 
 
 def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,

@@ -23,7 +23,6 @@ from .btree import (
     descend,
     insert,
     last_path,
-    links_wrong,
     put_in_place,
     remove_at,
     replace_at,
@@ -61,6 +60,7 @@ class Transaction:
             raise ReadonlyError("the environment is read-only")
         self.env = env
         self._cache = env._cache
+        self._pages = env._pages
         self.write = write
         self._buffers = buffers
         self._done = False
@@ -92,7 +92,7 @@ class Transaction:
         else:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
-            self.load = env._loader(self._mm, self.meta.next_pgno)
+            self.load = env._pages.loader(self._mm, self.meta.next_pgno)
         env._txns[id(self)] = weakref.ref(self)
 
     def _start_write(self):
@@ -103,7 +103,7 @@ class Transaction:
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self.load = self._write_loader(env._loader(self._mm, meta.next_pgno))
+        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -284,16 +284,17 @@ class Transaction:
                 node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers:
                 self._root = (state, node)
-        # Each branch leads to its children by its links, made on first use.
+        # Each child is looked up in the page cache inline, as the root is.
         depth = state.depth
+        cached = self._cache.get
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            kid = node.ch[i]  # the branch's links to its children: see Node
-            if kid is None:
-                kid = node.ch[i] = self.load(node.kids[i], node.ktxn[i])
+            kid = cached(node.kids[i])
+            if kid is None or kid.txnid != node.ktxn[i]:
+                kid = self.load(node.kids[i], node.ktxn[i])
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)
@@ -316,8 +317,8 @@ class Transaction:
             if value is None:
                 raise CorruptedError(f"page {pgno}: dirty overflow run missing")
             return memoryview(value) if self._buffers else value
-        return self.env._read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
-                                       self._buffers)
+        return self._pages.read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
+                                         self._buffers)
 
     def cursor(self, db=None) -> Cursor:
         """A cursor on ``db`` (default: the transaction's database)."""
@@ -622,11 +623,11 @@ class Transaction:
         env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
         # the committed pages this commit freed.
-        env._publish(self._dirty.values(), freelist.freed + freelist.freed_weak)
+        for node in self._dirty.values():
+            node.freeze()
+        self._pages.published(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
-            for node in env._cache.copy().values():  # other threads go on caching
-                if node.kids is not None and (wrong := links_wrong(node)):
-                    raise CorruptedError("strict mode: " + wrong)
+            for node in env._cache.nodes():  # other threads go on caching
                 if type(node.keys) is not tuple:  # a dirty branch copy may share them
                     raise CorruptedError(f"strict mode: page {node.pgno}: keys not a tuple")
             env._strict_check()
