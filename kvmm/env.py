@@ -13,13 +13,11 @@ Invariants:
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import weakref
 
 from . import format as fmt
-from .btree import DbState
 from .errors import (
     BadTxnError,
     CorruptedError,

@@ -56,6 +56,7 @@ import struct
 import sys
 import zlib
 from array import array
+from bisect import bisect_left
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -522,6 +523,7 @@ _branch_layouts: dict = {}
 def _forget_layouts() -> None:
     global _body_fields
     _bodies.clear()
+    _key_layouts.clear()
     _leaf_layouts.clear()
     _branch_layouts.clear()
     _body_fields = 0
@@ -615,6 +617,68 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     if body is not None:
         _remember_layout(_leaf_layouts, head, (body, flags))
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
+
+
+# A leaf's key lengths, as bytes -> the Struct that splits its keys alone, or False
+# after the first sight (compiled at the second, as _body's are). Emptied with the
+# other layout caches.
+_key_layouts: dict = {}
+
+
+def leaf_find(buf, off: int, pgno: int, n: int, key: bytes, page_size: int):
+    """Find ``key`` in the checked leaf page of ``n`` entries at ``buf[off:]``, where
+    it lies: return (stored value, its flags) or None. Only what the search needs
+    is read: the lengths, the keys (split by one Struct per layout of key lengths,
+    then bisected), and the one value. Reads nothing past the page; raises
+    CorruptedError when its lengths run past it."""
+    at = off + HEADER_SIZE
+    kat = at + 6 * n  # the keys start
+    try:
+        lens = _leaf_head(n).unpack_from(buf, at)
+    except struct.error:
+        _fail(pgno, f"{n} entries do not fit in the page")
+    end = off + page_size
+    head = buf[at : at + 2 * n]
+    split = _key_layouts.get(head)
+    if split:
+        try:
+            keys = split.unpack_from(buf, kat)
+        except struct.error:
+            _fail(pgno, "entries run past the end of the page")
+        vat = kat + split.size
+    else:
+        if split is None:
+            if len(_key_layouts) >= _BODY_LAYOUTS:
+                _forget_layouts()
+            _key_layouts[head] = False
+        else:
+            global _body_fields
+            if _body_fields + n > _BODY_FIELDS:
+                _forget_layouts()
+            _key_layouts[head] = Struct("<" + "".join([f"{k}s" for k in lens[:n]]))
+            _body_fields += n
+        keys = []
+        append = keys.append
+        vat = kat
+        for k in lens[:n]:
+            append(buf[vat : vat + k])
+            vat += k
+    if vat > end:
+        _fail(pgno, "entries run past the end of the page")
+    i = bisect_left(keys, key)
+    if i == n or keys[i] != key:
+        return None
+    words = lens[n:]
+    if buf[at + 2 * n + 3 : kat : 4].translate(None, _NO_FLAG_BYTES):
+        flags = words[i] & ~LENGTH_MASK
+        words = [w & LENGTH_MASK for w in words]
+    else:
+        flags = 0
+    vat += sum(words[:i])
+    vend = vat + words[i]
+    if vend > end:
+        _fail(pgno, "entries run past the end of the page")
+    return buf[vat:vend], flags
 
 
 def decode_branch(page: bytes, pgno: int, n: int):

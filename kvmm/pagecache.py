@@ -37,7 +37,7 @@ def node_bytes(node: Node) -> int:
 class PageCache:
     """Decoded committed pages by pgno, at most ``budget`` bytes of them."""
 
-    __slots__ = ("budget", "bytes", "get", "_branch_bytes", "_lock", "_nodes")
+    __slots__ = ("_branch_bytes", "_lock", "_nodes", "budget", "bytes", "get")
 
     def __init__(self, budget: int):
         self.budget = budget

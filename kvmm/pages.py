@@ -98,6 +98,23 @@ class Pages:
             self.cache.put(node)
         return node
 
+    def find(self, mm, limit: int, pgno: int, txnid: int, key: bytes):
+        """Search leaf ``pgno`` written by ``txnid`` for ``key`` where it lies in map
+        ``mm``, without decoding or caching it: (stored value, flags) or None."""
+        if not fmt.NUM_METAS <= pgno < limit:
+            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+        ps = self.page_size
+        off = pgno * ps
+        head = mm[off : off + fmt.HEADER_SIZE]
+        kind, count, _ = fmt.check_header(head, pgno, txnid, crc=False)
+        if kind != fmt.LEAF:
+            raise CorruptedError(f"page {pgno}: kind {kind} where a leaf belongs")
+        checked = self.checked.txnids
+        if not txnid or pgno >= len(checked) or checked[pgno] != txnid:
+            fmt.check_crc(mm[off : off + ps], pgno)
+            self.checked.mark(pgno, txnid)
+        return fmt.leaf_find(mm, off, pgno, count, key, ps)
+
     def read_overflow(self, mm, limit: int, pgno: int, txnid: int, length: int,
                       buffers: bool, verify: bool = False):
         """The value of ``length`` bytes in the overflow run at ``pgno``: bytes, or a

@@ -284,7 +284,8 @@ class Transaction:
                 node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers:
                 self._root = (state, node)
-        # Each child is looked up in the page cache inline, as the root is.
+        # Each child is looked up in the page cache inline, as the root is; a
+        # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
         cached = self._cache.get
         while node.kids is not None:
@@ -292,9 +293,13 @@ class Transaction:
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            kid = cached(node.kids[i])
-            if kid is None or kid.txnid != node.ktxn[i]:
-                kid = self.load(node.kids[i], node.ktxn[i])
+            pgno = node.kids[i]
+            txnid = node.ktxn[i]
+            kid = cached(pgno)
+            if kid is None or kid.txnid != txnid:
+                if depth == 1 and (txnid != self.txnid or not self.write):
+                    return self._find(pgno, txnid, key, default)
+                kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)
@@ -303,6 +308,16 @@ class Transaction:
                 return node.vals[i]
             return self._value(node, i)
         return default
+
+    def _find(self, pgno: int, txnid: int, key: bytes, default):
+        """get's search of committed leaf ``pgno``, where it lies in the map."""
+        found = self._pages.find(self._mm, self.meta.next_pgno, pgno, txnid, key)
+        if found is None:
+            return default
+        value, flags = found
+        if flags & F_OVERFLOW:
+            return self._read_overflow(value)
+        return memoryview(value) if self._buffers else value
 
     def _value(self, leaf: Node, i: int):
         v = leaf.vals[i]

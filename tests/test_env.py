@@ -19,12 +19,12 @@ from itertools import pairwise
 import pytest
 
 import kvmm
-from kvmm.pagecache import node_bytes
 import kvmm.env
 import kvmm.txn
 from kvmm import format as fmt
 from kvmm.check import check_env
 from kvmm.mapfile import DataFile
+from kvmm.pagecache import node_bytes
 
 MIB = 1 << 20
 
@@ -588,7 +588,8 @@ def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usa
 def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path):
     """cache_size bounds the estimated memory of decoded pages: reading a database
     several times larger than it evicts leaves, never the branches, and every read
-    still returns the right value."""
+    still returns the right value. (A get searches a leaf the cache lacks in the
+    map, without caching it; a cursor decodes and caches the leaves it walks.)"""
     records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
     with kvmm.open(str(tmp_path / "db")) as env:
         put(env, records)
@@ -598,6 +599,9 @@ def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path)
             with env.begin() as txn:
                 for key, value in records.items():
                     assert txn.get(key) == value
+                    assert env._cache.bytes <= budget
+                for key, value in txn.cursor():  # a scan decodes and caches leaves
+                    assert records[key] == value
                     assert env._cache.bytes <= budget
         leaves = sum(node.kids is None for node in env._cache.nodes())
         branches = sum(node.kids is not None for node in env._cache.nodes())

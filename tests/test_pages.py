@@ -161,3 +161,59 @@ def test_a_damaged_new_version_of_a_verified_page_is_refused(tmp_path):
             f.write(bytes([byte[0] ^ 0xFF]))
         with reader.begin() as txn, pytest.raises(kvmm.CorruptedError, match="checksum"):
             txn.get(b"%08d" % 7)
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_gets_of_leaves_searched_in_the_map_match_what_was_put(tmp_path, buffers):
+    """A get in a fresh environment finds each leaf in the map without decoding it:
+    keys of every length, empty values, overflow values, missing keys."""
+    import random
+
+    rng = random.Random(7)
+    records = {}
+    for _ in range(3000):
+        key = rng.randbytes(rng.choice([1, 2, 16, 40, rng.randrange(1, 512)]))
+        records[key] = rng.randbytes(rng.choice([0, 1, 100, rng.randrange(0, 5000)]))
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for key, value in records.items():
+            txn.put(key, value)
+    with kvmm.open(path, cache_size=256 << 10) as env, env.begin(buffers=buffers) as txn:
+        for key, value in records.items():
+            got = txn.get(key)
+            assert bytes(got) == value
+            assert isinstance(got, memoryview) == buffers
+        for _ in range(2000):
+            key = rng.randbytes(rng.randrange(1, 40))
+            assert txn.get(key, b"none") == records.get(key, b"none")
+        leaves = [n for n in env._cache.nodes() if n.kids is None]
+        assert leaves == []  # no get decoded a leaf
+
+
+def test_a_leaf_whose_lengths_run_past_its_page_is_corrupted_not_read(tmp_path):
+    """A leaf whose last value length claims the whole page, with its checksum made
+    good again: only the checks of the lengths stand between it and a read past
+    the page."""
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for i in range(300):
+            txn.put(b"%08d" % i, b"x" * 100)
+    with kvmm.open(path) as env, env.begin() as txn:
+        cur = txn.cursor()
+        assert cur.set_key(b"%08d" % 3)
+        leaf = cur._path[-1][0]
+        pgno, keys = leaf.pgno, leaf.keys
+        ps = env._page_size
+    n = len(keys)
+    with open(os.path.join(path, "data.kvmm"), "r+b") as f:
+        f.seek(pgno * ps)
+        page = bytearray(f.read(ps))
+        at = fmt.HEADER_SIZE + 2 * n + 4 * (n - 1)
+        page[at : at + 4] = ps.to_bytes(4, "little")
+        page[0:4] = fmt._crc32(bytes(page[4:])).to_bytes(4, "little")
+        f.seek(pgno * ps)
+        f.write(page)
+    with kvmm.open(path) as env, env.begin() as txn:
+        assert txn.get(keys[0]) == b"x" * 100
+        with pytest.raises(kvmm.CorruptedError, match=f"page {pgno}"):
+            txn.get(keys[-1])
