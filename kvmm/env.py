@@ -49,13 +49,16 @@ GROW_MAX = 1 << 30
 # size.
 SHRINK_MIN = 4 << 20
 # With sync=False, a commit becomes steady (synced) once the bytes written since the
-# last steady commit pass AUTOSYNC_MIN and the file's size. Until then the pages the
-# steady commit reaches are not reused, but every page written after it is (see
-# freelist), so the file holds at most the steady snapshot on top of the live data,
-# however long the wait. The flush is what costs: it writes back every dirty page at
-# once, ~10 µs per one-put commit at a 64 MiB threshold (bench/smalltxn.py); 1 GiB
-# flushes 16 times less often.
-AUTOSYNC_MIN = 1 << 30
+# last steady commit pass AUTOSYNC_MIN and an AUTOSYNC_SHARE of the file's size. Until
+# then the pages the steady commit reaches are not reused, but every page written
+# after it is (see freelist): so the file holds at most about that many bytes of the
+# steady snapshot on top of the live data (a random fill of 10^7 records: an eighth,
+# where a wait of the whole file's size let the file reach twice the live data). The
+# flush is what costs: it writes back every dirty page at once, ~10 µs per one-put
+# commit at a 64 MiB threshold (bench/smalltxn.py), less per byte the larger the
+# threshold, as pages rewritten between two flushes are written back once.
+AUTOSYNC_MIN = 256 << 20
+AUTOSYNC_SHARE = 8
 DEFAULT_CACHE_SIZE = 256 << 20
 # Runs of at most this many pages are written through the map (see _write_pages).
 MAP_WRITE_PAGES = 8
@@ -791,7 +794,7 @@ class Environment:
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = txn._meta_target
-        steady = (self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
+        steady = (self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // AUTOSYNC_SHARE)
                   or self._steady_to_give_back(txn))
         sync_meta = steady and (self._metasync or not self._sync)
         if steady:

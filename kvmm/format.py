@@ -668,17 +668,17 @@ def leaf_find(buf, off: int, pgno: int, n: int, key: bytes, page_size: int):
     i = bisect_left(keys, key)
     if i == n or keys[i] != key:
         return None
-    words = lens[n:]
-    if buf[at + 2 * n + 3 : kat : 4].translate(None, _NO_FLAG_BYTES):
-        flags = words[i] & ~LENGTH_MASK
-        words = [w & LENGTH_MASK for w in words]
-    else:
-        flags = 0
-    vat += sum(words[:i])
-    vend = vat + words[i]
+    # The value words before entry i sum to less than 2**LENGTH_BITS unless one of
+    # them has flags: a page holds far fewer bytes.
+    before = sum(lens[n : n + i])
+    if before >> LENGTH_BITS:
+        before = sum([w & LENGTH_MASK for w in lens[n : n + i]])
+    word = lens[n + i]
+    vat += before
+    vend = vat + (word & LENGTH_MASK)
     if vend > end:
         _fail(pgno, "entries run past the end of the page")
-    return buf[vat:vend], flags
+    return buf[vat:vend], word & ~LENGTH_MASK
 
 
 def decode_branch(page: bytes, pgno: int, n: int):

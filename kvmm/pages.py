@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import struct
 from array import array
 
 from . import format as fmt
@@ -105,10 +106,12 @@ class Pages:
             raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
         ps = self.page_size
         off = pgno * ps
-        head = mm[off : off + fmt.HEADER_SIZE]
-        kind, count, _ = fmt.check_header(head, pgno, txnid, crc=False)
-        if kind != fmt.LEAF:
-            raise CorruptedError(f"page {pgno}: kind {kind} where a leaf belongs")
+        try:
+            _, kind, count, hpgno, htxnid, _ = fmt.PAGE_HEADER.unpack_from(mm, off)
+        except struct.error:
+            raise CorruptedError(f"page {pgno}: truncated page") from None
+        if kind != fmt.LEAF or hpgno != pgno or htxnid != txnid:
+            fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF)
         checked = self.checked.txnids
         if not txnid or pgno >= len(checked) or checked[pgno] != txnid:
             fmt.check_crc(mm[off : off + ps], pgno)
