@@ -68,7 +68,7 @@ class Node:
     removed (see ``_own_keys``).
     """
 
-    __slots__ = ("__weakref__", "flags", "keys", "kids", "ktxn", "patched", "pgno",
+    __slots__ = ("__weakref__", "flags", "keys", "kids", "ktxn", "own", "patched", "pgno",
                  "size", "src", "txnid", "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
@@ -86,6 +86,9 @@ class Node:
         # None once anything else changed.
         self.src = 0
         self.patched = None
+        # A leaf a write transaction decoded for itself, which nothing else holds (not
+        # the cache): made dirty, it is taken over rather than copied (see ``dirtied``).
+        self.own = False
 
     @property
     def is_leaf(self) -> bool:
@@ -117,6 +120,23 @@ class Node:
         n.src = self.pgno
         n.patched = set()
         return n
+
+    def dirtied(self, pgno: int, txnid: int) -> Node:
+        """This node made dirty under a new pgno: itself when it is its transaction's
+        own (no copy: its entries were just decoded, and are in the CPU's caches),
+        else a copy. O(n)."""
+        if not self.own:
+            return self.copy(pgno, txnid)
+        self.own = False
+        self.src = self.pgno
+        self.pgno = pgno
+        self.txnid = txnid
+        self.keys = list(self.keys)
+        self.vals = list(self.vals)
+        if self.flags is not None:
+            self.flags = list(self.flags)
+        self.patched = set()
+        return self
 
     def freeze(self) -> None:
         """This dirty node was committed and is never changed again: hold tuples, as

@@ -55,9 +55,10 @@ class Pages:
         self.cache = PageCache(cache_size)
         self.checked = Checked()
 
-    def loader(self, mm, limit: int):
+    def loader(self, mm, limit: int, private: bool = False):
         """A function (pgno, txnid) -> Node reading a snapshot of ``limit`` pages
-        from map ``mm``: the cached node when it is that version, else the page."""
+        from map ``mm``: the cached node when it is that version, else the page
+        (``private``: see ``read_node``)."""
         get = self.cache.get
         read = self.read_node
 
@@ -65,14 +66,17 @@ class Pages:
             node = get(pgno)
             if node is not None and node.txnid == txnid:
                 return node
-            return read(mm, limit, pgno, txnid)
+            return read(mm, limit, pgno, txnid, private=private)
 
         return load
 
-    def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False) -> Node:
-        """Decode page ``pgno`` written by ``txnid``; cache it, unless ``verify``: then
-        check its checksum even if this process verified that version before, and
-        keep it out of the cache (``kvmm check`` reads every page once)."""
+    def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,
+                  private: bool = False) -> Node:
+        """Decode page ``pgno`` written by ``txnid`` and cache it. ``verify``: check
+        its checksum even if this process verified that version before, and keep it
+        out of the cache (``kvmm check`` reads every page once). ``private``: a
+        write transaction's read, whose leaves it keeps for itself (``Node.own``):
+        most are made dirty at once, and their committed version is freed."""
         if not fmt.NUM_METAS <= pgno < limit:
             raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
         ps = self.page_size
@@ -95,7 +99,9 @@ class Pages:
         except (ValueError, IndexError, OverflowError) as e:
             raise CorruptedError(f"page {pgno}: {e}") from None
         node.size = used
-        if not verify:
+        if private and node.kids is None:
+            node.own = True
+        elif not verify:
             self.cache.put(node)
         return node
 

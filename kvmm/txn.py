@@ -103,7 +103,8 @@ class Transaction:
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno))
+        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno,
+                                                          private=True))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -150,9 +151,9 @@ class Transaction:
         """A dirty copy of committed ``node``; its old page is freed."""
         freelist = self.freelist
         pgno = freelist.alloc()
-        new = node.copy(pgno, self.txnid)
-        self._dirty[pgno] = new
         freelist.free(node.pgno, 1, node.txnid)
+        new = node.dirtied(pgno, self.txnid)
+        self._dirty[pgno] = new
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
