@@ -217,3 +217,40 @@ def test_a_leaf_whose_lengths_run_past_its_page_is_corrupted_not_read(tmp_path):
         assert txn.get(keys[0]) == b"x" * 100
         with pytest.raises(kvmm.CorruptedError, match=f"page {pgno}"):
             txn.get(keys[-1])
+
+
+def test_a_write_transaction_takes_over_the_leaves_it_decodes_and_copies_cached_ones(
+        tmp_path, monkeypatch):
+    """A leaf a write transaction decodes for itself is not cached, and becomes the
+    dirty page itself; a leaf the cache holds (shared with readers) is copied."""
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for i in range(3000):
+            txn.put(b"%08d" % i, b"x" * 100)
+    copied = []
+    real_copy = Node.copy
+
+    def counted_copy(node, pgno, txnid):
+        copied.append(node)
+        return real_copy(node, pgno, txnid)
+
+    monkeypatch.setattr(Node, "copy", counted_copy)
+    with kvmm.open(path) as env:
+        with env.begin() as txn:
+            cur = txn.cursor()
+            assert cur.set_key(b"%08d" % 10)  # a cursor caches the leaves it reads
+            cached_leaf = cur._path[-1][0]
+        assert env._cache.get(cached_leaf.pgno) is cached_leaf
+        with env.begin(write=True) as txn:
+            cur = txn.cursor()
+            assert cur.set_key(b"%08d" % 2990)
+            own = cur._path[-1][0]
+            assert own.own and env._cache.get(own.pgno) is None
+            txn.put(b"%08d" % 2990, b"y")
+            assert not [n for n in copied if n.kids is None]  # taken over
+            txn.put(b"%08d" % 10, b"y")
+            assert [n for n in copied if n.kids is None] == [cached_leaf]
+            assert cached_leaf.vals[cached_leaf.keys.index(b"%08d" % 10)] == b"x" * 100
+        with env.begin() as txn:
+            assert txn.get(b"%08d" % 2990) == b"y" and txn.get(b"%08d" % 10) == b"y"
+            assert txn.get(b"%08d" % 11) == b"x" * 100
