@@ -146,17 +146,22 @@ class Pages:
         return value
 
     def published(self, nodes, freed=()) -> None:
-        """A commit wrote ``nodes`` (committed now) and freed the pages ``freed``:
-        cache the first, which this process encoded and so trusts, and forget the
-        others (only readers of older snapshots could use them, and they read them
-        again; left in, they would push live pages out of a full cache)."""
+        """A commit wrote dirty ``nodes`` (committed now) and freed the pages
+        ``freed``. Forget the freed ones (only readers of older snapshots could use
+        them, and they read them again; left in, they would push live pages out of a
+        full cache). Cache the new branches, and the new leaves when they take less
+        than a quarter of the cache: a large commit's leaves would only push each
+        other out. This process encoded them, so their checksums need no check."""
         cache = self.cache
         for pgno in freed:
             cache.drop(pgno)
+        leaves = len(nodes) * self.page_size * 2 <= cache.budget // 4
         mark = self.checked.mark
         for node in nodes:
             mark(node.pgno, node.txnid)
-            cache.put(node)
+            if leaves or node.kids is not None:
+                node.freeze()
+                cache.put(node)
 
     def clear(self) -> None:
         self.cache.clear()

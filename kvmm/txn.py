@@ -639,8 +639,6 @@ class Transaction:
         env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
         # the committed pages this commit freed.
-        for node in self._dirty.values():
-            node.freeze()
         self._pages.published(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
             for node in env._cache.nodes():  # other threads go on caching
