@@ -12,7 +12,7 @@ import os
 import weakref
 from bisect import bisect_left, bisect_right
 
-from . import dupsort
+from . import dupsort, orders
 from . import format as fmt
 from .btree import (
     DbState,
@@ -37,7 +37,7 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
+from .format import DB_DUPSORT, F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
@@ -209,6 +209,7 @@ class Transaction:
         return self._state(self.env._main_db)
 
     def _find_db_record(self, name: bytes):
+        self._live()
         main = self._main_state()
         path = descend(self.load, main, name)
         if path is None:
@@ -222,7 +223,7 @@ class Transaction:
 
     def _create_db(self, db) -> None:
         """Create named database ``db`` in this write transaction."""
-        state = DbState((0, 0, 0, db.flags, 0, 0, 0, 0))
+        state = DbState((0, 0, 0, db._flags, 0, 0, 0, 0))
         state.changed = True
         self._dbs[db] = state
         main = self._main_state()
@@ -272,7 +273,9 @@ class Transaction:
             if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
                 key = _key_bytes(key)
             if state.flags:
-                return dupsort.get(self, state, key, default)
+                if state.flags & DB_DUPSORT:
+                    return dupsort.get(self, state, key, default)
+                key = orders.key_in(state.flags, key)
             pgno = state.root
             if not pgno:
                 return default
@@ -282,7 +285,7 @@ class Transaction:
             node = self._cache.get(pgno)
             if node is None or node.txnid != txnid:
                 node = self.load(pgno, txnid)
-            if db is None and not self.write and not self._buffers:
+            if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
         # Each branch leads to its children by its links, made on first use.
         depth = state.depth
@@ -323,9 +326,14 @@ class Transaction:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
-        if db.flags & fmt.DB_DUPSORT:
+        flags = db._flags
+        if not flags:
+            return Cursor(db, self)
+        if flags & DB_DUPSORT:
+            if flags & orders.STORED_FORM:
+                return dupsort.OrderedDupCursor(db, self)
             return dupsort.DupCursor(db, self)
-        return Cursor(db, self)
+        return orders.OrderedCursor(db, self)
 
     def stat(self, db=None) -> dict:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
@@ -409,7 +417,9 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            if state.flags & DB_DUPSORT:
+                return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            key = orders.key_in(state.flags, _key_bytes(key))
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if value.__class__ is not bytes:
@@ -459,7 +469,8 @@ class Transaction:
             # A split moved the key to a new rightmost leaf (or a new root came).
             path = last_path(self.load, state)
             leaf = path[-1][0]
-        if leaf.keys[-1] is key and leaf.flags is None and not self._cursors:
+        if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
+                and not state.flags):
             # The fast path of put() relies on these; a cursor clears it when opened.
             self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, state)
         else:
@@ -469,7 +480,7 @@ class Transaction:
     def replace(self, key, value, db=None):
         """Store ``value`` under ``key``; return the previous value or None. In a
         dupsort database every value of ``key`` is replaced; the first is returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.replace(self, db if db is not None else self._default_db, key,
                                    value)
         old = self.get(key, db=db)
@@ -481,7 +492,7 @@ class Transaction:
     def pop(self, key, db=None):
         """Delete ``key``; return its value, or None when absent. In a dupsort
         database only the first value is deleted and returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.pop(self, db if db is not None else self._default_db, key)
         old = self.get(key, db=db)
         if old is None:
@@ -498,7 +509,9 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.delete(self, state, key, value)
+            if state.flags & DB_DUPSORT:
+                return dupsort.delete(self, state, key, value)
+            key = orders.key_in(state.flags, _key_bytes(key))
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if not value and not self._cursors:

@@ -300,7 +300,7 @@ def test_restore_of_a_dupsort_block_into_the_main_database_is_a_clear_error(tmp_
     )
     code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
     assert code == 1
-    assert "dupsort main database" in one_line_error(err)
+    assert "main database with flags (dupsort)" in one_line_error(err)
 
 
 def _dupsort_pairs():
