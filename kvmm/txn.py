@@ -12,7 +12,7 @@ import os
 import weakref
 from bisect import bisect_left, bisect_right
 
-from . import dupsort, orders
+from . import dupsort, nested, orders
 from . import format as fmt
 from .btree import (
     DbState,
@@ -31,6 +31,7 @@ from .btree import (
 from .cursor import Cursor, _key_bytes, as_bytes
 from .errors import (
     BadDbiError,
+    BadTxnError,
     CorruptedError,
     Error,
     IncompatibleError,
@@ -50,12 +51,17 @@ class Transaction:
     """A read snapshot, or the write transaction, as py-lmdb's Transaction.
 
     Use as a context manager: a write transaction commits on normal exit and aborts
-    on an exception; a read transaction ends either way.
+    on an exception; a read transaction ends either way. With ``parent`` (a write
+    transaction), a nested write transaction: see :mod:`kvmm.nested`.
     """
 
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
-        if parent is not None:
-            raise NotImplementedError("nested transactions are not supported")
+        # Ended until begun: the finalizer of a transaction whose begin failed (say, a
+        # second write transaction of one thread) must not end another's.
+        self._done = True
+        self._child = None  # the open child transaction, which blocks this one
+        self._parent = None
+        self._family = None  # the lock of a transaction with children (kvmm.nested)
         env._usable()
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
@@ -63,7 +69,6 @@ class Transaction:
         self._cache = env._cache
         self.write = write
         self._buffers = buffers
-        self._done = False
         self._gen = 0
         self._cursors = set()
         self._default_db = db if db is not None else env._main_db
@@ -82,7 +87,9 @@ class Transaction:
         self.page_size = env._page_size
         self.capacity = env._capacity
         self._max_entry = env._max_entry
-        if write:
+        if parent is not None:
+            nested.begin(self, parent, write)
+        elif write:
             env._begin_write(self)
             try:
                 self._start_write()
@@ -93,6 +100,7 @@ class Transaction:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
             self.load = env._loader(self._mm, self.meta.next_pgno)
+        self._done = False
         env._txns[id(self)] = weakref.ref(self)
 
     def _start_write(self):
@@ -180,6 +188,8 @@ class Transaction:
 
     def _live(self):
         if self._done:
+            if self._child is not None:
+                raise BadTxnError("transaction has an open child transaction")
             if self.env._forked:
                 raise Error("transaction was begun before fork(); begin one in the child")
             raise Error("transaction has already ended")
@@ -252,8 +262,9 @@ class Transaction:
     # --- reading --------------------------------------------------------------------
 
     def id(self) -> int:
-        """This transaction's txnid (a read: the snapshot's)."""
-        self._live()
+        """This transaction's txnid (a read: the snapshot's; a child: its parent's)."""
+        if self._child is None:
+            self._live()
         return self.txnid
 
     def get(self, key, default=None, db=None):
@@ -337,6 +348,7 @@ class Transaction:
 
     def stat(self, db=None) -> dict:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
+        self._live()
         s = self._state(db)
         return {
             "psize": self.page_size,
@@ -353,8 +365,7 @@ class Transaction:
         if not self.write:
             raise ReadonlyError("cannot write in a read-only transaction")
         state = self._state(db)
-        if self._done:
-            raise Error("transaction has already ended")
+        self._live()
         return state
 
     def _store(self, state: DbState, key: bytes, value: bytes) -> tuple[bytes, int]:
@@ -568,8 +579,24 @@ class Transaction:
     # --- ending ---------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Make this transaction's changes visible and (with sync) durable."""
-        self._live()
+        """Make this transaction's changes visible and (with sync) durable; a child's,
+        part of its parent's. An open child is aborted first, as in py-lmdb."""
+        family = self._family
+        if family is None:
+            self._live()
+            self._commit_write()
+            return
+        with family:
+            if self._child is not None:
+                self._child.abort()
+            self._live()
+            if self._parent is not None:
+                nested.end(self, True)
+            else:
+                self._commit_write()
+
+    def _commit_write(self) -> None:
+        """The commit of a live top transaction."""
         if not self.write:
             self._end()
             return
@@ -646,8 +673,21 @@ class Transaction:
 
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
-        created become invalid, as in LMDB."""
+        created become invalid, as in LMDB. An open child is aborted first."""
+        family = self._family
+        if family is None:
+            self._abort_now()
+            return
+        with family:
+            if self._child is not None:
+                self._child.abort()
+            self._abort_now()
+
+    def _abort_now(self) -> None:
         if not self._done:
+            if self._parent is not None:
+                nested.end(self, False)
+                return
             for db in self._created:
                 self.env._forget_db(db)
             self._end()
@@ -674,7 +714,8 @@ class Transaction:
             self._dirty = {}
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
-            env._end_write(self)
+            if self._parent is None:
+                env._end_write(self)
         else:
             env._end_read(self._slot)
         self._mm = None
@@ -683,14 +724,14 @@ class Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and not self._done:
+        if exc_type is None and (not self._done or self._child is not None):
             self.commit()
         else:
             self.abort()
 
     def __del__(self):
         try:
-            if not self._done:
+            if not self._done or self._child is not None:
                 self.abort()
         except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
