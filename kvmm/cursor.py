@@ -330,7 +330,7 @@ class Cursor:
         if step is not None and self._positioned:
             leaf, i = step
             return leaf.keys[i], leaf.vals[i]
-        return self.key(), self.value()
+        return Cursor.key(self), self.value()  # the stored key: see OrderedCursor.item
 
     def get(self, key, default=None):
         """Move to ``key`` and return its value, or ``default`` when absent."""
@@ -408,10 +408,11 @@ class Cursor:
     def iterprev_nodup(self, keys=True, values=False):
         return self.iterprev(keys, values)
 
-    def _walk(self, keys: bool, values: bool, forward: bool):
+    def _walk(self, keys: bool, values: bool, forward: bool, stored: bool = False):
         """Yield entries from the current one on. A read transaction's tree never
         changes, so its leaves are walked directly; a write transaction's cursor
-        steps with next()/prev(), which follow the tree through writes."""
+        steps with next()/prev(), which follow the tree through writes. With
+        ``stored`` (a read transaction's), the tree's own bytes, never memoryviews."""
         txn = self._txn
         if txn.write:
             yield from self._walk_stepping(keys, values, forward)
@@ -419,7 +420,7 @@ class Cursor:
         self._fast = None  # the walk moves the path on its own
         load = txn.load
         step = path_next if forward else path_prev
-        buffers = txn._buffers
+        buffers = txn._buffers and not stored
         path = self._path
         while True:
             leaf_step = path[-1]

@@ -405,18 +405,18 @@ class DupCursor(Cursor):
                 yield view(k) if keys else view(v)
 
     def iternext(self, keys=True, values=True):
-        if not self._sync():
-            self.first()
+        if not self._sync() and not self.first():
+            return iter(())  # an empty database
         if self._txn.write:
             return self._iter_moves(self.next, keys, values)
-        return self._decoded(self._walk(True, False, True), keys, values)
+        return self._decoded(self._walk(True, False, True, stored=True), keys, values)
 
     def iterprev(self, keys=True, values=True):
-        if not self._sync():
-            self.last()
+        if not self._sync() and not self.last():
+            return iter(())
         if self._txn.write:
             return self._iter_moves(self.prev, keys, values)
-        return self._decoded(self._walk(True, False, False), keys, values)
+        return self._decoded(self._walk(True, False, False, stored=True), keys, values)
 
     __iter__ = iternext
 
@@ -444,7 +444,7 @@ class DupCursor(Cursor):
         low = raw[:t]
         key = self._view(split(raw)[0])
         view = self._view
-        for raw in self._walk(True, False, True):
+        for raw in self._walk(True, False, True, stored=True):
             if not raw.startswith(low):
                 path_prev(self._txn.load, self._path)
                 self._settle(True)

@@ -209,3 +209,21 @@ def test_check_reports_a_dupsort_entry_that_is_not_a_pair(tmp_path, monkeypatch)
     problems = check_env(env)
     assert any("without a key terminator" in p for p in problems), problems
     env.close()
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_read_transactions_iterate_dupsort_databases_empty_or_not(env, buffers):
+    """Iteration of a read transaction walks the leaves: an empty database yields
+    nothing, and with buffers=True the pairs are split from the tree's bytes."""
+    db = env.open_db(b"dups", dupsort=True)
+    with env.begin(db=db, buffers=buffers) as txn:
+        assert list(txn.cursor().iternext()) == list(txn.cursor().iterprev()) == []
+    with env.begin(write=True, db=db) as txn:
+        for v in (b"2", b"1", b"3"):
+            txn.put(b"k", v)
+    with env.begin(db=db, buffers=buffers) as txn:
+        got = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        cur = txn.cursor()
+        assert cur.set_key(b"k")
+        dups = [bytes(v) for v in cur.iternext_dup()]
+    assert got == [(b"k", b"1"), (b"k", b"2"), (b"k", b"3")] and dups == [b"1", b"2", b"3"]
