@@ -15,6 +15,7 @@ import io
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -347,6 +348,104 @@ def test_dupsort_dumps_round_trip_with_lmdbs_tools_both_ways(tmp_path, capsys, l
         with env.begin(db=bdb) as txn:
             assert list(txn.cursor()) == pairs
         env.close()
+
+
+#: Databases with LMDB's orders, and their records (integers in native byte order).
+FLAGGED = {
+    b"ints": ({"integerkey": True}, [(struct.pack("=I", n), b"v%d" % n)
+                                     for n in (1, 256, 2, 70000, 0)]),
+    b"longs": ({"integerkey": True, "dupsort": True},
+               [(struct.pack("=Q", n), v) for n in (5, 1 << 40) for v in (b"b", b"a")]),
+    b"rev": ({"reverse_key": True}, [(k, b"x") for k in (b"ab", b"ba", b"b", b"cab")]),
+    b"fixed": ({"dupfixed": True}, [(b"k", v) for v in (b"zz", b"aa", b"mm")]),
+    b"idup": ({"integerdup": True}, [(b"k", struct.pack("=I", n)) for n in (3, 256, 1)]),
+}
+
+
+def _flagged_contents(mod, path) -> dict:
+    env = mod.open(str(path), map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin() as txn:
+        out = {}
+        for name in FLAGGED:
+            db = env.open_db(name, txn=txn, create=False)
+            out[name] = (db.flags(), [(bytes(k), bytes(v)) for k, v in txn.cursor(db)])
+    env.close()
+    return out
+
+
+def _make_flagged(mod, path) -> str:
+    os.makedirs(path, exist_ok=True)
+    env = mod.open(str(path), map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for name, (flags, records) in FLAGGED.items():
+            db = env.open_db(name, txn=txn, **flags)
+            for k, v in records:
+                txn.put(k, v, db=db)
+    env.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("printable", [False, True], ids=["bytevalue", "print"])
+def test_dump_of_databases_with_orders_is_mdb_dumps_text(tmp_path, lmdb_tools, py_lmdb,
+                                                         printable):
+    """The flag lines of the header (reversekey=1, integerkey=1, dupfixed=1, ...) and
+    the records in the user's form and the database's order, as mdb_dump writes them."""
+    src = _make_flagged(kvmm, tmp_path / "kvmm")
+    ref = _make_flagged(py_lmdb, tmp_path / "lmdb")
+    args = ["-a"] + (["-p"] if printable else [])
+    want = tool("mdb_dump", *args, ref).splitlines()
+    assert main(["dump", *args, "-f", str(tmp_path / "out"), src]) == 0
+    got = (tmp_path / "out").read_bytes().splitlines()
+    assert b"integerdup=1" in got and b"reversekey=1" in got
+    assert [ln for ln in got if not ln.startswith(b"mapsize=")] == [
+        ln for ln in want if not ln.startswith(b"mapsize=")
+    ]
+
+
+def test_databases_with_orders_round_trip_with_lmdbs_tools(tmp_path, capsys, lmdb_tools,
+                                                           py_lmdb):
+    """mdb_dump -> kvmm restore, and kvmm dump -> mdb_load: flags and records arrive."""
+    want = _flagged_contents(py_lmdb, _make_flagged(py_lmdb, tmp_path / "lmdb"))
+    (tmp_path / "dump").write_bytes(tool("mdb_dump", "-a", str(tmp_path / "lmdb")))
+    assert run(capsys, "restore", "-f", tmp_path / "dump", tmp_path / "kvmm") == (0, "", "")
+    assert _flagged_contents(kvmm, tmp_path / "kvmm") == want
+    assert run(capsys, "check", tmp_path / "kvmm")[0] == 0
+    code, out, err = run(capsys, "dump", "-a", tmp_path / "kvmm")
+    assert code == 0, err
+    (tmp_path / "back").mkdir()
+    tool("mdb_load", str(tmp_path / "back"), stdin=out.encode("latin-1"))
+    assert _flagged_contents(py_lmdb, tmp_path / "back") == want
+
+
+def test_restore_into_a_database_with_other_flags_is_a_clear_error(tmp_path, capsys):
+    env = kvmm.open(str(tmp_path / "db"), max_dbs=2)
+    env.open_db(b"sub", dupsort=True)
+    env.close()
+    dump = tmp_path / "d"
+    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nintegerkey=1\nHEADER=END\n"
+                     b" abcd\n v\nDATA=END\n")
+    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    assert code == 1
+    assert one_line_error(err) == (
+        "kvmm: line 5: database sub exists with other flags (dupsort)")
+
+
+def test_restore_of_reversedup_is_a_clear_error(tmp_path, capsys):
+    dump = tmp_path / "d"
+    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nduplicates=1\n"
+                     b"reversedup=1\nHEADER=END\n a\n b\nDATA=END\n")
+    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    assert code == 1
+    assert "reversedup databases are not supported by kvmm" in one_line_error(err)
+
+
+def test_restore_of_integer_keys_of_another_width_names_the_line(tmp_path, capsys):
+    dump = tmp_path / "d"
+    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nintegerkey=1\nHEADER=END\n"
+                     b" abcd\n v\n abc\n v\nDATA=END\n")
+    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    assert code == 1
+    assert one_line_error(err).startswith("kvmm: line 8: integerkey key of 3 bytes")
 
 
 def test_restore_into_a_key_that_is_not_a_database_names_the_block(tmp_path, capsys):
