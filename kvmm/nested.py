@@ -112,6 +112,31 @@ def _set_record(state, record: tuple, changed: bool) -> None:
     state.changed = changed
 
 
+class Ending:
+    """Held while a member of a family commits or aborts: the family's lock, under
+    which the member's open child (and so its descendants) is aborted first."""
+
+    __slots__ = ("lock", "txn")
+
+    def __init__(self, txn):
+        self.txn = txn
+        self.lock = txn._family
+
+    def __enter__(self):
+        self.lock.acquire()
+        try:
+            child = self.txn._child
+            if child is not None:
+                child.abort()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 def begin(child, parent, write: bool) -> None:
     """Make ``child`` (a Transaction being built) a child of write transaction
     ``parent``: share its state, save what the child's abort restores, take over its

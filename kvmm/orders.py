@@ -82,16 +82,15 @@ def flag_dict(flags: int) -> dict:
     return {name: bool(flags & bit) for name, bit in FLAG_NAMES}
 
 
-def _int_width(length: int, what: str) -> None:
-    if length not in INT_SIZES:
-        raise BadValsizeError(f"{what} of {length} bytes: integers are 4 or 8 bytes")
+def _stored(data: bytes, integer: bool, flip: bool, what: str) -> bytes:
+    if integer and len(data) not in INT_SIZES:
+        raise BadValsizeError(f"{what} of {len(data)} bytes: integers are 4 or 8 bytes")
+    return data[::-1] if flip else data
 
 
 def key_in(flags: int, key: bytes) -> bytes:
     """The stored form of a (validated) key. O(len)."""
-    if flags & DB_INTEGERKEY:
-        _int_width(len(key), "integerkey key")
-    return key[::-1] if flags & FLIP_KEY else key
+    return _stored(key, flags & DB_INTEGERKEY, flags & FLIP_KEY, "integerkey key")
 
 
 def key_out(flags: int, stored: bytes) -> bytes:
@@ -101,9 +100,7 @@ def key_out(flags: int, stored: bytes) -> bytes:
 
 def value_in(flags: int, value: bytes) -> bytes:
     """The stored form of a (validated) dupsort value. O(len)."""
-    if flags & DB_INTEGERDUP:
-        _int_width(len(value), "integerdup value")
-    return value[::-1] if flags & FLIP_VALUE else value
+    return _stored(value, flags & DB_INTEGERDUP, flags & FLIP_VALUE, "integerdup value")
 
 
 def value_out(flags: int, stored: bytes) -> bytes:

@@ -8,6 +8,7 @@ numbered recipe in :meth:`Transaction.commit`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from bisect import bisect_left, bisect_right
@@ -45,6 +46,8 @@ from .reclaim import relocate_tail
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
+#: What a commit or an abort of a transaction without a family holds: nothing.
+_ALONE = contextlib.nullcontext()
 
 
 class Transaction:
@@ -578,25 +581,22 @@ class Transaction:
 
     # --- ending ---------------------------------------------------------------------
 
+    def _ending(self):
+        """What a commit or an abort holds: for a member of a family with children,
+        the family's lock, its open child aborted first (see kvmm.nested)."""
+        return _ALONE if self._family is None else nested.Ending(self)
+
     def commit(self) -> None:
         """Make this transaction's changes visible and (with sync) durable; a child's,
         part of its parent's. An open child is aborted first, as in py-lmdb."""
-        family = self._family
-        if family is None:
-            self._live()
-            self._commit_write()
-            return
-        with family:
-            if self._child is not None:
-                self._child.abort()
+        with self._ending():
             self._live()
             if self._parent is not None:
                 nested.end(self, True)
             else:
-                self._commit_write()
+                self._commit_top()
 
-    def _commit_write(self) -> None:
-        """The commit of a live top transaction."""
+    def _commit_top(self) -> None:
         if not self.write:
             self._end()
             return
@@ -674,17 +674,9 @@ class Transaction:
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
         created become invalid, as in LMDB. An open child is aborted first."""
-        family = self._family
-        if family is None:
-            self._abort_now()
-            return
-        with family:
-            if self._child is not None:
-                self._child.abort()
-            self._abort_now()
-
-    def _abort_now(self) -> None:
-        if not self._done:
+        with self._ending():
+            if self._done:
+                return
             if self._parent is not None:
                 nested.end(self, False)
                 return

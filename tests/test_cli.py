@@ -417,35 +417,29 @@ def test_databases_with_orders_round_trip_with_lmdbs_tools(tmp_path, capsys, lmd
     assert _flagged_contents(py_lmdb, tmp_path / "back") == want
 
 
-def test_restore_into_a_database_with_other_flags_is_a_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        # A database that exists (dupsort, see below) with other flags.
+        (b"integerkey=1", b" abcd\n v\n",
+         "kvmm: line 5: database sub exists with other flags (dupsort)"),
+        (b"duplicates=1\nreversedup=1", b" a\n b\n",
+         "kvmm: line 5: reversedup=1: reversedup databases are not supported by kvmm"),
+        (b"database=new\nintegerkey=1", b" abcd\n v\n abc\n v\n",
+         "kvmm: line 9: integerkey key of 3 bytes: integers are 4 or 8 bytes"),
+    ],
+    ids=["other-flags", "reversedup", "integer-width"],
+)
+def test_restore_of_databases_with_orders_stops_at_a_clear_error(tmp_path, capsys, header,
+                                                                 data, message):
     env = kvmm.open(str(tmp_path / "db"), max_dbs=2)
     env.open_db(b"sub", dupsort=True)
     env.close()
     dump = tmp_path / "d"
-    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nintegerkey=1\nHEADER=END\n"
-                     b" abcd\n v\nDATA=END\n")
+    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\n" + header + b"\nHEADER=END\n"
+                     + data + b"DATA=END\n")
     code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
-    assert code == 1
-    assert one_line_error(err) == (
-        "kvmm: line 5: database sub exists with other flags (dupsort)")
-
-
-def test_restore_of_reversedup_is_a_clear_error(tmp_path, capsys):
-    dump = tmp_path / "d"
-    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nduplicates=1\n"
-                     b"reversedup=1\nHEADER=END\n a\n b\nDATA=END\n")
-    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
-    assert code == 1
-    assert "reversedup databases are not supported by kvmm" in one_line_error(err)
-
-
-def test_restore_of_integer_keys_of_another_width_names_the_line(tmp_path, capsys):
-    dump = tmp_path / "d"
-    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\nintegerkey=1\nHEADER=END\n"
-                     b" abcd\n v\n abc\n v\nDATA=END\n")
-    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
-    assert code == 1
-    assert one_line_error(err).startswith("kvmm: line 8: integerkey key of 3 bytes")
+    assert (code, one_line_error(err)) == (1, message)
 
 
 def test_restore_into_a_key_that_is_not_a_database_names_the_block(tmp_path, capsys):
