@@ -66,7 +66,8 @@ class Checker:
 
     def read(self, pgno: int, txnid: int):
         try:
-            return self.env._read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid)
+            return self.env._pages.read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                             verify=True)
         except Error as e:
             self.problem(str(e))
             return None
@@ -187,8 +188,8 @@ class Checker:
         if not self.use(pgno, n, f"{name} overflow run of page {leaf_pgno}"):
             return
         try:
-            self.env._read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid, length,
-                                    False)
+            self.env._pages.read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                          length, False, verify=True)
         except Error as e:
             self.problem(str(e))
 

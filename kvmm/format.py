@@ -56,6 +56,7 @@ import struct
 import sys
 import zlib
 from array import array
+from bisect import bisect_left
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -344,14 +345,15 @@ def _fail(pgno: int, what: str):
     raise CorruptedError(f"page {pgno}: {what}")
 
 
-def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) -> tuple:
-    """Check a page's header and checksum; return (kind, count, extra).
+def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None,
+                 crc: bool = True) -> tuple:
+    """Check a page's header and (with ``crc``) checksum; return (kind, count, extra).
 
     ``txnid`` is the writer named by the reference that led here (0 to skip that
     check). Raises CorruptedError when anything disagrees.
     """
     try:
-        crc, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
+        stored, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
     except struct.error:
         _fail(pgno, "truncated page")
     if ppgno != pgno:
@@ -360,9 +362,15 @@ def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) ->
         _fail(pgno, f"written by txn {ptxnid}, expected txn {txnid} (lost or stale write)")
     if kind is not None and pkind != kind:
         _fail(pgno, f"kind {pkind}, expected {kind}")
-    if pkind != OVERFLOW and crc != _crc32(memoryview(page)[4:]):
+    if crc and pkind != OVERFLOW and stored != _crc32(memoryview(page)[4:]):
         _fail(pgno, "checksum mismatch")
     return pkind, count, extra
+
+
+def check_crc(page: bytes, pgno: int) -> None:
+    """Check a tree page's checksum (its header was checked by check_header)."""
+    if _U32.unpack_from(page)[0] != _crc32(memoryview(page)[4:]):
+        _fail(pgno, "checksum mismatch")
 
 
 def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,
@@ -521,6 +529,7 @@ _branch_layouts: dict = {}
 def _forget_layouts() -> None:
     global _body_fields
     _bodies.clear()
+    _key_layouts.clear()
     _leaf_layouts.clear()
     _branch_layouts.clear()
     _body_fields = 0
@@ -614,6 +623,68 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     if body is not None:
         _remember_layout(_leaf_layouts, head, (body, flags))
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
+
+
+# A leaf's key lengths, as bytes -> the Struct that splits its keys alone, or False
+# after the first sight (compiled at the second, as _body's are). Emptied with the
+# other layout caches.
+_key_layouts: dict = {}
+
+
+def leaf_find(buf, off: int, pgno: int, n: int, key: bytes, page_size: int):
+    """Find ``key`` in the checked leaf page of ``n`` entries at ``buf[off:]``, where
+    it lies: return (stored value, its flags) or None. Only what the search needs
+    is read: the lengths, the keys (split by one Struct per layout of key lengths,
+    then bisected), and the one value. Reads nothing past the page; raises
+    CorruptedError when its lengths run past it."""
+    at = off + HEADER_SIZE
+    kat = at + 6 * n  # the keys start
+    try:
+        lens = _leaf_head(n).unpack_from(buf, at)
+    except struct.error:
+        _fail(pgno, f"{n} entries do not fit in the page")
+    end = off + page_size
+    head = buf[at : at + 2 * n]
+    split = _key_layouts.get(head)
+    if split:
+        try:
+            keys = split.unpack_from(buf, kat)
+        except struct.error:
+            _fail(pgno, "entries run past the end of the page")
+        vat = kat + split.size
+    else:
+        if split is None:
+            if len(_key_layouts) >= _BODY_LAYOUTS:
+                _forget_layouts()
+            _key_layouts[head] = False
+        else:
+            global _body_fields
+            if _body_fields + n > _BODY_FIELDS:
+                _forget_layouts()
+            _key_layouts[head] = Struct("<" + "".join([f"{k}s" for k in lens[:n]]))
+            _body_fields += n
+        keys = []
+        append = keys.append
+        vat = kat
+        for k in lens[:n]:
+            append(buf[vat : vat + k])
+            vat += k
+    if vat > end:
+        _fail(pgno, "entries run past the end of the page")
+    i = bisect_left(keys, key)
+    if i == n or keys[i] != key:
+        return None
+    # The value words before entry i sum to less than 2**LENGTH_BITS unless one of
+    # them has flags: a page holds far fewer bytes.
+    before = sum(lens[n : n + i])
+    if before >> LENGTH_BITS:
+        before = sum([w & LENGTH_MASK for w in lens[n : n + i]])
+    word = lens[n + i]
+    vat += before
+    vend = vat + (word & LENGTH_MASK)
+    if vend > end:
+        _fail(pgno, "entries run past the end of the page")
+    return buf[vat:vend], word & ~LENGTH_MASK
 
 
 def decode_branch(page: bytes, pgno: int, n: int):

@@ -52,7 +52,7 @@ from .errors import InvalidParameterError
 SHARED = ("meta", "txnid", "next_pgno", "_mm", "_dirty", "load", "_ovf_dirty", "main_db",
           "free_db", "_dbs", "freelist", "_reclaim", "_meta_target")
 #: What of a dirty node edits change in place (its pgno and txnid never change).
-NODE_FIELDS = ("keys", "vals", "flags", "kids", "ktxn", "ch", "size", "src", "patched")
+NODE_FIELDS = ("keys", "vals", "flags", "kids", "ktxn", "size", "src", "patched")
 #: What of the free list its allocations and frees change.
 FREELIST_FIELDS = ("reuse", "pending", "inline", "freed", "freed_weak", "consumed",
                    "next_key", "exhausted", "saving", "extend_only")

@@ -24,7 +24,6 @@ from .btree import (
     descend,
     insert,
     last_path,
-    links_wrong,
     put_in_place,
     remove_at,
     replace_at,
@@ -70,6 +69,7 @@ class Transaction:
             raise ReadonlyError("the environment is read-only")
         self.env = env
         self._cache = env._cache
+        self._pages = env._pages
         self.write = write
         self._buffers = buffers
         self._gen = 0
@@ -102,7 +102,7 @@ class Transaction:
         else:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
-            self.load = env._loader(self._mm, self.meta.next_pgno)
+            self.load = env._pages.loader(self._mm, self.meta.next_pgno)
         self._done = False
         env._txns[id(self)] = weakref.ref(self)
 
@@ -114,7 +114,8 @@ class Transaction:
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self.load = self._write_loader(env._loader(self._mm, meta.next_pgno))
+        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno,
+                                                          private=True))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -161,9 +162,9 @@ class Transaction:
         """A dirty copy of committed ``node``; its old page is freed."""
         freelist = self.freelist
         pgno = freelist.alloc()
-        new = node.copy(pgno, self.txnid)
-        self._dirty[pgno] = new
         freelist.free(node.pgno, 1, node.txnid)
+        new = node.dirtied(pgno, self.txnid)
+        self._dirty[pgno] = new
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
@@ -301,16 +302,22 @@ class Transaction:
                 node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
-        # Each branch leads to its children by its links, made on first use.
+        # Each child is looked up in the page cache inline, as the root is; a
+        # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
+        cached = self._cache.get
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            kid = node.ch[i]  # the branch's links to its children: see Node
-            if kid is None:
-                kid = node.ch[i] = self.load(node.kids[i], node.ktxn[i])
+            pgno = node.kids[i]
+            txnid = node.ktxn[i]
+            kid = cached(pgno)
+            if kid is None or kid.txnid != txnid:
+                if depth == 1 and (txnid != self.txnid or not self.write):
+                    return self._find(pgno, txnid, key, default)
+                kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)
@@ -319,6 +326,16 @@ class Transaction:
                 return node.vals[i]
             return self._value(node, i)
         return default
+
+    def _find(self, pgno: int, txnid: int, key: bytes, default):
+        """get's search of committed leaf ``pgno``, where it lies in the map."""
+        found = self._pages.find(self._mm, self.meta.next_pgno, pgno, txnid, key)
+        if found is None:
+            return default
+        value, flags = found
+        if flags & F_OVERFLOW:
+            return self._read_overflow(value)
+        return memoryview(value) if self._buffers else value
 
     def _value(self, leaf: Node, i: int):
         v = leaf.vals[i]
@@ -333,8 +350,8 @@ class Transaction:
             if value is None:
                 raise CorruptedError(f"page {pgno}: dirty overflow run missing")
             return memoryview(value) if self._buffers else value
-        return self.env._read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
-                                       self._buffers)
+        return self._pages.read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
+                                         self._buffers)
 
     def cursor(self, db=None) -> Cursor:
         """A cursor on ``db`` (default: the transaction's database)."""
@@ -662,11 +679,11 @@ class Transaction:
         env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
         # the committed pages this commit freed.
-        env._publish(self._dirty.values(), freelist.freed + freelist.freed_weak)
+        for node in self._dirty.values():
+            node.freeze()
+        self._pages.published(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
-            for node in env._cache.copy().values():  # other threads go on caching
-                if node.kids is not None and (wrong := links_wrong(node)):
-                    raise CorruptedError("strict mode: " + wrong)
+            for node in env._cache.nodes():  # other threads go on caching
                 if type(node.keys) is not tuple:  # a dirty branch copy may share them
                     raise CorruptedError(f"strict mode: page {node.pgno}: keys not a tuple")
             env._strict_check()
