@@ -491,7 +491,8 @@ class Environment:
             raise Error("environment was opened before fork(); open it again in the child")
 
     def begin(self, db=None, parent=None, write=False, buffers=False) -> Transaction:
-        """Begin a read (default) or write transaction. A write waits for the writer."""
+        """Begin a read (default) or write transaction. A write waits for the writer;
+        with ``parent`` (a write transaction) it is a nested one (kvmm.nested)."""
         return Transaction(self, db=db, parent=parent, write=write, buffers=buffers)
 
     def _begin_read(self):

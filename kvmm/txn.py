@@ -3,7 +3,9 @@
 A read transaction pins the snapshot of the last commit at ``begin()`` by publishing
 its txnid in a reader slot; it never sees later commits. A write transaction edits
 copies of the pages it touches (see :mod:`kvmm.btree`) and makes them visible with the
-numbered recipe in :meth:`Transaction.commit`.
+numbered recipe in :meth:`Transaction._commit`. A nested write transaction works on
+its parent's state (see :mod:`kvmm.nested`); databases with other orders than byte
+order take the paths of :mod:`kvmm.orders` and :mod:`kvmm.dupsort`.
 """
 
 from __future__ import annotations
