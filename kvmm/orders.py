@@ -50,6 +50,8 @@ FLIP_KEY = DB_REVERSEKEY | (DB_INTEGERKEY if _LITTLE else 0)
 #: Flags whose stored (dupsort) values are the user's bytes reversed.
 FLIP_VALUE = DB_INTEGERDUP if _LITTLE else 0
 
+#: Flags under which keys are not in byte order.
+KEY_ORDERS = DB_REVERSEKEY | DB_INTEGERKEY
 #: Flags that give keys or (dupsort) values a stored form, or widths to check.
 STORED_FORM = DB_REVERSEKEY | DB_INTEGERKEY | DB_INTEGERDUP
 

@@ -822,6 +822,23 @@ def test_stat_shows_every_section(tmp_path, capsys):
     assert f"Entries: {len(NAMED[b'sub'])}" in sections[2]
 
 
+def test_scan_with_a_prefix_of_a_reverse_key_database_finds_every_match(tmp_path,
+                                                                         capsysbinary):
+    """Keys with a prefix are apart in reverse_key order: the scan looks at them all,
+    in the database's order, up to --limit matches."""
+    env = kvmm.open(str(tmp_path / "db"), max_dbs=2)
+    db = env.open_db(b"rev", reverse_key=True)
+    with env.begin(write=True, db=db) as txn:
+        for key in (b"ab", b"b", b"ac", b"xa", b"a"):
+            txn.put(key, b"1")
+    env.close()
+    assert main(["scan", "-s", "rev", "--keys", str(tmp_path / "db"), "--prefix", "a"]) == 0
+    assert capsysbinary.readouterr().out == b"a\nab\nac\n"
+    assert main(["scan", "-s", "rev", "--keys", "--limit", "2", str(tmp_path / "db"),
+                 "--prefix", "a"]) == 0
+    assert capsysbinary.readouterr().out == b"a\nab\n"
+
+
 def test_get_put_del_scan_in_text_and_hex(tmp_path, capsysbinary, monkeypatch):
     db = str(tmp_path / "db")
     assert main(["put", db, "apple", "red"]) == 0

@@ -945,6 +945,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         """A put adds a value to the key's set: refused (False) with overwrite=False
         when the key has values, with dupdata=False when the pair exists."""
         key, value = self.fix_key(d, key), self.fix_value(d, value)
+        self.mutated()
         values = self.model[d].get(key, frozenset())
         if (values and not overwrite) or (value in values and not dupdata):
             expected = False
@@ -968,6 +969,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def dup_delete(self, d, key, value):
         """delete(key, value) removes the pair; delete(key) every value of the key."""
         key = self.fix_key(d, key)
+        self.mutated()
         values = self.model[d].get(key, frozenset())
         if value:
             value = self.fix_value(d, value)
@@ -994,6 +996,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         puts one value in place of all of them and answers the first old one."""
         key, value = self.fix_key(d, key), self.fix_value(d, value)
         first = self.first_value(d, key)
+        if call != "get":
+            self.mutated()
         if call == "pop" and first is not None:
             rest = self.model[d][key] - {first}
             if rest:
@@ -1123,6 +1127,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def dup_cursor_delete(self, d, key, value, every):
         """A cursor on a pair deletes it (with dupdata=True, every value of its key)."""
         key, value = self.fix_key(d, key), self.fix_value(d, value)
+        self.mutated()
         values = self.model[d].get(key, frozenset())
         found = value in values
         if found:
