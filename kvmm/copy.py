@@ -75,10 +75,9 @@ def _copy_compact(env, path: str, txn, progress) -> None:
         names: list = []
         _copy_db(txn, None, dst, None, progress, names)
         for name in names:
-            dup = bool(txn._find_db_record(name)[3] & fmt.DB_DUPSORT)
-            src_db = env.open_db(name, txn=txn, create=False, dupsort=dup)
+            src_db = env.open_db(name, txn=txn, create=False)
             wtxn = dst.begin(write=True)
-            dst_db = dst.open_db(name, txn=wtxn, dupsort=dup)
+            dst_db = dst.open_db(name, txn=wtxn, **src_db.flags())
             wtxn.commit()
             _copy_db(txn, src_db, dst, dst_db, progress, [])
         dst.sync(True)
@@ -91,9 +90,9 @@ def _copy_compact(env, path: str, txn, progress) -> None:
 
 
 def _entries(txn, db, names):
-    """Yield (key, value) of plain entries (pairs, of a dupsort database); collect
-    named-database keys in ``names``."""
-    if db is not None and db.flags & fmt.DB_DUPSORT:
+    """Yield (key, value) of plain entries (pairs, of a dupsort database; in the user's
+    form, of a database with stored forms); collect named-database keys in ``names``."""
+    if db is not None and db._flags:
         yield from txn.cursor(db)
         return
     cur = txn.cursor(db)

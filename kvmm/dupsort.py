@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from .btree import descend, insert, remove_range
 from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
-from .errors import BadValsizeError, CorruptedError
-from .format import MAX_KEY_SIZE
+from .errors import BadValsizeError, CorruptedError, IncompatibleError
+from .format import DB_DUPFIXED, MAX_KEY_SIZE
+from .orders import key_in, key_out, seek_stored_key, value_in, value_out
 
 TERMINATOR = b"\x00\x00"
 _ESCAPED_NUL = b"\x00\xff"
@@ -95,11 +96,12 @@ def _first_at(txn, state, raw: bytes):
 
 def get(txn, state, key: bytes, default):
     """The first value of ``key``. O(log n)."""
-    low = floor(key)
+    flags = state.flags
+    low = floor(key_in(flags, key))
     _, raw = _first_at(txn, state, low)
     if raw is None or not raw.startswith(low):
         return default
-    value = raw[len(low) :]
+    value = value_out(flags, raw[len(low) :])
     return memoryview(value) if txn._buffers else value
 
 
@@ -107,12 +109,18 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
     """Add ``value`` to the values of ``key``. False when ``overwrite`` is off and the
     key has values, when ``dupdata`` is off and the pair exists, or when ``append`` is
     on and the pair does not sort last. O(log n)."""
-    key = _key_bytes(key)
-    value = _value_bytes(value)
+    flags = state.flags
+    key = key_in(flags, _key_bytes(key))
+    value = value_in(flags, _value_bytes(value))
     low = floor(key)
     _, first = _first_at(txn, state, low)
-    if not overwrite and first is not None and first.startswith(low):
-        return False
+    if first is not None and first.startswith(low):
+        if not overwrite:
+            return False
+        if flags & DB_DUPFIXED and len(first) - len(low) != len(value):
+            raise BadValsizeError(
+                f"value of {len(value)} bytes: the values of this key in a dupfixed "
+                f"database are {len(first) - len(low)} bytes")
     raw = low + value
     path = descend(txn.load, state, raw)
     if path is not None:
@@ -131,9 +139,10 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
 def delete(txn, state, key, value) -> bool:
     """Delete the pair (key, value), or every value of ``key`` when ``value`` is
     empty. O(log n) per leaf of values."""
-    key = _key_bytes(key)
+    flags = state.flags
+    key = key_in(flags, _key_bytes(key))
     if value:
-        raw = pair(key, _value_bytes(value))
+        raw = pair(key, value_in(flags, _value_bytes(value)))
         path = descend(txn.load, state, raw)
         if path is None:
             return False
@@ -165,7 +174,7 @@ def delete_all(txn, state, key: bytes) -> bool:
 
 
 def pop(txn, db, key):
-    cur = DupCursor(db, txn)
+    cur = txn.cursor(db)
     try:
         return cur.pop(key)
     finally:
@@ -173,7 +182,7 @@ def pop(txn, db, key):
 
 
 def replace(txn, db, key, value):
-    cur = DupCursor(db, txn)
+    cur = txn.cursor(db)
     try:
         return cur.replace(key, value)
     finally:
@@ -195,20 +204,25 @@ class DupCursor(Cursor):
     def _view(self, b: bytes):
         return memoryview(b) if self._txn._buffers else b
 
+    #: (key, value) as the user knows them, of a stored pair (see OrderedDupCursor).
+    _pair_out = staticmethod(split)
+    #: A (validated) value's stored form.
+    _value_in = staticmethod(_value_bytes)
+
     def key(self):
         if not self._sync():
             return b""
-        return self._view(split(self._raw())[0])
+        return self._view(self._pair_out(self._raw())[0])
 
     def value(self):
         if not self._sync():
             return b""
-        return self._view(split(self._raw())[1])
+        return self._view(self._pair_out(self._raw())[1])
 
     def item(self) -> tuple:
         if not self._sync():
             return b"", b""
-        k, v = split(self._raw())
+        k, v = self._pair_out(self._raw())
         return self._view(k), self._view(v)
 
     # --- positioning ----------------------------------------------------------------
@@ -235,7 +249,7 @@ class DupCursor(Cursor):
         empty or too long value: dupsort values are 1 to 511 bytes)."""
         key = self._seek_key(key)
         try:
-            value = _value_bytes(value)
+            value = self._value_in(value)
         except BadValsizeError:
             self._positioned = False
             return None
@@ -363,48 +377,52 @@ class DupCursor(Cursor):
             return self.value()
         return default
 
-    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False):
-        """[(key, value)]: the first value of each present key, or every value with
-        ``dupdata``."""
-        out = []
-        for key in keys:
-            if self.set_key(key):
-                if dupdata:
-                    out.extend(self.iternext_dup(keys=True, values=True))
-                else:
-                    out.append(self.item())
-        return out
+    def _multi(self, dupdata: bool, dupfixed_bytes) -> list:
+        """getmulti's pairs of the key the cursor stands on: its first value, or with
+        ``dupdata`` all of them, in pieces of ``dupfixed_bytes`` when given."""
+        if not dupdata:
+            return [self.item()]
+        found = list(self.iternext_dup(keys=True, values=True))
+        if not dupfixed_bytes:
+            return found
+        if not self._db._flags & DB_DUPFIXED:
+            raise IncompatibleError("getmulti(dupfixed_bytes=...) needs a dupfixed database")
+        key = found[0][0]
+        blob = b"".join(bytes(v) for _, v in found)
+        n = dupfixed_bytes
+        return [(key, self._view(blob[i : i + n])) for i in range(0, len(blob), n)]
 
     # --- iteration ------------------------------------------------------------------
 
     def _decoded(self, raws, keys: bool, values: bool):
         view = self._view
+        pair_out = self._pair_out
         for raw in raws:
-            k, v = split(raw)
+            k, v = pair_out(raw)
             if keys and values:
                 yield view(k), view(v)
             else:
                 yield view(k) if keys else view(v)
 
     def iternext(self, keys=True, values=True):
-        if not self._sync():
-            self.first()
+        if not self._sync() and not self.first():
+            return iter(())  # an empty database
         if self._txn.write:
             return self._iter_moves(self.next, keys, values)
-        return self._decoded(self._walk(True, False, True), keys, values)
+        return self._decoded(self._walk(True, False, True, stored=True), keys, values)
 
     def iterprev(self, keys=True, values=True):
-        if not self._sync():
-            self.last()
+        if not self._sync() and not self.last():
+            return iter(())
         if self._txn.write:
             return self._iter_moves(self.prev, keys, values)
-        return self._decoded(self._walk(True, False, False), keys, values)
+        return self._decoded(self._walk(True, False, False, stored=True), keys, values)
 
     __iter__ = iternext
 
     def _iter_moves(self, move, keys: bool, values: bool):
         while self._sync():
-            k, v = split(self._raw())
+            k, v = self._pair_out(self._raw())
             if keys and values:
                 yield self._view(k), self._view(v)
             else:
@@ -426,7 +444,7 @@ class DupCursor(Cursor):
         low = raw[:t]
         key = self._view(split(raw)[0])
         view = self._view
-        for raw in self._walk(True, False, True):
+        for raw in self._walk(True, False, True, stored=True):
             if not raw.startswith(low):
                 path_prev(self._txn.load, self._path)
                 self._settle(True)
@@ -498,3 +516,25 @@ class DupCursor(Cursor):
         old = bytes(self.value())
         self.delete()
         return old
+
+
+class OrderedDupCursor(DupCursor):
+    """A cursor on a dupsort database whose keys or values have a stored form
+    (``reverse_key``, ``integerkey``, ``integerdup``; see :mod:`kvmm.orders`): they
+    are turned into it on the way in and back on the way out."""
+
+    __slots__ = ()
+
+    def _pair_out(self, raw: bytes) -> tuple:
+        key, value = split(raw)
+        flags = self._db._flags
+        return key_out(flags, key), value_out(flags, value)
+
+    def _value_in(self, value) -> bytes:
+        return value_in(self._db._flags, _value_bytes(value))
+
+    _seek_key = seek_stored_key
+
+    def iternext_dup(self, keys=False, values=True):
+        # Through the moves, which give the user's form (the leaf walk gives the stored).
+        return self._iter_moves(self.next_dup, keys, values)

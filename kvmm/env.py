@@ -18,6 +18,7 @@ import time
 import weakref
 
 from . import format as fmt
+from . import orders
 from .errors import (
     BadTxnError,
     CorruptedError,
@@ -105,15 +106,23 @@ BOOT_ID = _read_boot_id()
 
 
 class _Database:
-    """A handle on the main database (name None) or a named one, as py-lmdb's."""
+    """A handle on the main database (name None) or a named one, as py-lmdb's.
+    ``_flags`` are its record's flags (``format.DB_*``)."""
 
-    __slots__ = ("__weakref__", "_dropped", "env", "flags", "name")
+    __slots__ = ("__weakref__", "_dropped", "_flags", "env", "name")
 
     def __init__(self, env, name, flags):
         self.env = env
         self.name = name
-        self.flags = flags
+        self._flags = flags
         self._dropped = False
+
+    def flags(self, *args) -> dict:
+        """py-lmdb's dict of the database's ``open_db`` flags (a transaction may be
+        passed, as to py-lmdb's; the handle knows them)."""
+        if len(args) > 1:
+            raise TypeError("flags takes 0 or 1 arguments")
+        return orders.flag_dict(self._flags)
 
     def __repr__(self) -> str:
         return f"<kvmm database {self.name!r}>"
@@ -482,7 +491,8 @@ class Environment:
             raise Error("environment was opened before fork(); open it again in the child")
 
     def begin(self, db=None, parent=None, write=False, buffers=False) -> Transaction:
-        """Begin a read (default) or write transaction. A write waits for the writer."""
+        """Begin a read (default) or write transaction. A write waits for the writer;
+        with ``parent`` (a write transaction) it is a nested one (kvmm.nested)."""
         return Transaction(self, db=db, parent=parent, write=write, buffers=buffers)
 
     def _begin_read(self):
@@ -844,22 +854,21 @@ class Environment:
     def open_db(self, key=None, txn=None, reverse_key=False, dupsort=False, create=True,
                 integerkey=False, integerdup=False, dupfixed=False):
         """A handle on the main database (``key=None``) or on named database ``key``,
-        created when missing (in ``txn``, or in a transaction of its own)."""
+        created when missing (in ``txn``, or in a transaction of its own), with the
+        orders of :mod:`kvmm.orders`. As in py-lmdb, the flags are those the database
+        was created with: for an existing one the arguments are ignored."""
         self._usable()
         if key is None:
+            if reverse_key or dupsort or integerkey or integerdup or dupfixed:
+                raise ValueError("May not set flags on the main database")
             return self._main_db
         if isinstance(key, str):
             raise TypeError("database names are bytes")
         key = bytes(key)
-        if reverse_key or integerkey or integerdup or dupfixed:
-            raise NotImplementedError("reverse_key, integerkey, integerdup and dupfixed "
-                                      "databases are not supported")
-        flags = fmt.DB_DUPSORT if dupsort else 0
         db = self._dbs.get(key)
         if db is not None:
-            if db.flags != flags:
-                raise IncompatibleError(f"database {key!r} is open with other flags")
             return db
+        flags = orders.db_flags(reverse_key, dupsort, integerkey, integerdup, dupfixed)
         if len(self._dbs) >= self._max_dbs:
             raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open")
         db = _Database(self, key, flags)
@@ -874,8 +883,11 @@ class Environment:
                 if not txn.write:
                     raise ReadonlyError(f"cannot create database {key!r} read-only")
                 txn._create_db(db)
-            elif (record[3] & fmt.DB_DUPSORT) != flags:
-                raise IncompatibleError(f"database {key!r} was created with other flags")
+            else:
+                problem = orders.flags_problem(record[3])
+                if problem is not None:
+                    raise IncompatibleError(f"database {key!r}: {problem}")
+                db._flags = record[3]
             if own:
                 txn.commit()
         except BaseException:

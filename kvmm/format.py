@@ -83,8 +83,14 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
 META_WRITTEN = 2  # meta flag: synced with its pages in one flush; it lists them
 
-# Named-database flags kept in a database record. Only DUPSORT exists today.
+# Named-database flags kept in a database record, with LMDB's values (so a dump's
+# header and an LMDB user read them alike). Which orders they give: kvmm.orders.
+DB_REVERSEKEY = 0x02
 DB_DUPSORT = 0x04
+DB_INTEGERKEY = 0x08
+DB_DUPFIXED = 0x10
+DB_INTEGERDUP = 0x20
+DB_FLAGS = DB_REVERSEKEY | DB_DUPSORT | DB_INTEGERKEY | DB_DUPFIXED | DB_INTEGERDUP
 
 # --- sizes ------------------------------------------------------------------------
 

@@ -3,16 +3,19 @@
 A read transaction pins the snapshot of the last commit at ``begin()`` by publishing
 its txnid in a reader slot; it never sees later commits. A write transaction edits
 copies of the pages it touches (see :mod:`kvmm.btree`) and makes them visible with the
-numbered recipe in :meth:`Transaction.commit`.
+numbered recipe in :meth:`Transaction._commit`. A nested write transaction works on
+its parent's state (see :mod:`kvmm.nested`); databases with other orders than byte
+order take the paths of :mod:`kvmm.orders` and :mod:`kvmm.dupsort`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from bisect import bisect_left, bisect_right
 
-from . import dupsort
+from . import dupsort, nested, orders
 from . import format as fmt
 from .btree import (
     DbState,
@@ -30,31 +33,39 @@ from .btree import (
 from .cursor import Cursor, _key_bytes, as_bytes
 from .errors import (
     BadDbiError,
+    BadTxnError,
     CorruptedError,
     Error,
     IncompatibleError,
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
+from .format import DB_DUPSORT, F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
+#: What a commit or an abort of a transaction without a family holds: nothing.
+_ALONE = contextlib.nullcontext()
 
 
 class Transaction:
     """A read snapshot, or the write transaction, as py-lmdb's Transaction.
 
     Use as a context manager: a write transaction commits on normal exit and aborts
-    on an exception; a read transaction ends either way.
+    on an exception; a read transaction ends either way. With ``parent`` (a write
+    transaction), a nested write transaction: see :mod:`kvmm.nested`.
     """
 
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
-        if parent is not None:
-            raise NotImplementedError("nested transactions are not supported")
+        # Ended until begun: the finalizer of a transaction whose begin failed (say, a
+        # second write transaction of one thread) must not end another's.
+        self._done = True
+        self._child = None  # the open child transaction, which blocks this one
+        self._parent = None
+        self._family = None  # the lock of a transaction with children (kvmm.nested)
         env._usable()
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
@@ -63,7 +74,6 @@ class Transaction:
         self._pages = env._pages
         self.write = write
         self._buffers = buffers
-        self._done = False
         self._gen = 0
         self._cursors = set()
         self._default_db = db if db is not None else env._main_db
@@ -82,7 +92,9 @@ class Transaction:
         self.page_size = env._page_size
         self.capacity = env._capacity
         self._max_entry = env._max_entry
-        if write:
+        if parent is not None:
+            nested.begin(self, parent, write)
+        elif write:
             env._begin_write(self)
             try:
                 self._start_write()
@@ -93,6 +105,7 @@ class Transaction:
             self.meta, self._slot, self._mm = env._begin_read()
             self.txnid = self.meta.txnid
             self.load = env._pages.loader(self._mm, self.meta.next_pgno)
+        self._done = False
         env._txns[id(self)] = weakref.ref(self)
 
     def _start_write(self):
@@ -181,6 +194,8 @@ class Transaction:
 
     def _live(self):
         if self._done:
+            if self._child is not None:
+                raise BadTxnError("transaction has an open child transaction")
             if self.env._forked:
                 raise Error("transaction was begun before fork(); begin one in the child")
             raise Error("transaction has already ended")
@@ -210,6 +225,7 @@ class Transaction:
         return self._state(self.env._main_db)
 
     def _find_db_record(self, name: bytes):
+        self._live()
         main = self._main_state()
         path = descend(self.load, main, name)
         if path is None:
@@ -223,7 +239,7 @@ class Transaction:
 
     def _create_db(self, db) -> None:
         """Create named database ``db`` in this write transaction."""
-        state = DbState((0, 0, 0, db.flags, 0, 0, 0, 0))
+        state = DbState((0, 0, 0, db._flags, 0, 0, 0, 0))
         state.changed = True
         self._dbs[db] = state
         main = self._main_state()
@@ -252,8 +268,9 @@ class Transaction:
     # --- reading --------------------------------------------------------------------
 
     def id(self) -> int:
-        """This transaction's txnid (a read: the snapshot's)."""
-        self._live()
+        """This transaction's txnid (a read: the snapshot's; a child: its parent's)."""
+        if self._child is None:
+            self._live()
         return self.txnid
 
     def get(self, key, default=None, db=None):
@@ -273,7 +290,9 @@ class Transaction:
             if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
                 key = _key_bytes(key)
             if state.flags:
-                return dupsort.get(self, state, key, default)
+                if state.flags & DB_DUPSORT:
+                    return dupsort.get(self, state, key, default)
+                key = orders.key_in(state.flags, key)
             pgno = state.root
             if not pgno:
                 return default
@@ -283,7 +302,7 @@ class Transaction:
             node = self._cache.get(pgno)
             if node is None or node.txnid != txnid:
                 node = self.load(pgno, txnid)
-            if db is None and not self.write and not self._buffers:
+            if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
         # Each child is looked up in the page cache inline, as the root is; a
         # committed leaf that is not there is searched where it lies in the map.
@@ -340,12 +359,18 @@ class Transaction:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
-        if db.flags & fmt.DB_DUPSORT:
+        flags = db._flags
+        if not flags:
+            return Cursor(db, self)
+        if flags & DB_DUPSORT:
+            if flags & orders.STORED_FORM:
+                return dupsort.OrderedDupCursor(db, self)
             return dupsort.DupCursor(db, self)
-        return Cursor(db, self)
+        return orders.OrderedCursor(db, self)
 
     def stat(self, db=None) -> dict:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
+        self._live()
         s = self._state(db)
         return {
             "psize": self.page_size,
@@ -362,8 +387,7 @@ class Transaction:
         if not self.write:
             raise ReadonlyError("cannot write in a read-only transaction")
         state = self._state(db)
-        if self._done:
-            raise Error("transaction has already ended")
+        self._live()
         return state
 
     def _store(self, state: DbState, key: bytes, value: bytes) -> tuple[bytes, int]:
@@ -426,7 +450,9 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            if state.flags & DB_DUPSORT:
+                return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            key = orders.key_in(state.flags, _key_bytes(key))
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if value.__class__ is not bytes:
@@ -476,7 +502,8 @@ class Transaction:
             # A split moved the key to a new rightmost leaf (or a new root came).
             path = last_path(self.load, state)
             leaf = path[-1][0]
-        if leaf.keys[-1] is key and leaf.flags is None and not self._cursors:
+        if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
+                and not state.flags):
             # The fast path of put() relies on these; a cursor clears it when opened.
             self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, state)
         else:
@@ -486,7 +513,7 @@ class Transaction:
     def replace(self, key, value, db=None):
         """Store ``value`` under ``key``; return the previous value or None. In a
         dupsort database every value of ``key`` is replaced; the first is returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.replace(self, db if db is not None else self._default_db, key,
                                    value)
         old = self.get(key, db=db)
@@ -498,7 +525,7 @@ class Transaction:
     def pop(self, key, db=None):
         """Delete ``key``; return its value, or None when absent. In a dupsort
         database only the first value is deleted and returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.pop(self, db if db is not None else self._default_db, key)
         old = self.get(key, db=db)
         if old is None:
@@ -515,7 +542,9 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.delete(self, state, key, value)
+            if state.flags & DB_DUPSORT:
+                return dupsort.delete(self, state, key, value)
+            key = orders.key_in(state.flags, _key_bytes(key))
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if not value and not self._cursors:
@@ -571,9 +600,22 @@ class Transaction:
 
     # --- ending ---------------------------------------------------------------------
 
+    def _ending(self):
+        """What a commit or an abort holds: for a member of a family with children,
+        the family's lock, its open child aborted first (see kvmm.nested)."""
+        return _ALONE if self._family is None else nested.Ending(self)
+
     def commit(self) -> None:
-        """Make this transaction's changes visible and (with sync) durable."""
-        self._live()
+        """Make this transaction's changes visible and (with sync) durable; a child's,
+        part of its parent's. An open child is aborted first, as in py-lmdb."""
+        with self._ending():
+            self._live()
+            if self._parent is not None:
+                nested.end(self, True)
+            else:
+                self._commit_top()
+
+    def _commit_top(self) -> None:
         if not self.write:
             self._end()
             return
@@ -648,8 +690,13 @@ class Transaction:
 
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
-        created become invalid, as in LMDB."""
-        if not self._done:
+        created become invalid, as in LMDB. An open child is aborted first."""
+        with self._ending():
+            if self._done:
+                return
+            if self._parent is not None:
+                nested.end(self, False)
+                return
             for db in self._created:
                 self.env._forget_db(db)
             self._end()
@@ -676,7 +723,8 @@ class Transaction:
             self._dirty = {}
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
-            env._end_write(self)
+            if self._parent is None:
+                env._end_write(self)
         else:
             env._end_read(self._slot)
         self._mm = None
@@ -685,14 +733,14 @@ class Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and not self._done:
+        if exc_type is None and (not self._done or self._child is not None):
             self.commit()
         else:
             self.abort()
 
     def __del__(self):
         try:
-            if not self._done:
+            if not self._done or self._child is not None:
                 self.abort()
         except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
