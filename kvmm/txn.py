@@ -21,6 +21,7 @@ from .btree import (
     append_leaf,
     delete_in_place,
     descend,
+    first_path,
     insert,
     last_path,
     links_wrong,
@@ -28,12 +29,13 @@ from .btree import (
     remove_at,
     replace_at,
 )
-from .cursor import Cursor, _key_bytes, as_bytes
+from .cursor import Cursor, _key_bytes, as_bytes, path_next
 from .errors import (
     BadDbiError,
     CorruptedError,
     Error,
     IncompatibleError,
+    InvalidParameterError,
     NotFoundError,
     ReadonlyError,
 )
@@ -54,16 +56,20 @@ class Transaction:
     """
 
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
+        # Ended until begun: a transaction whose begin fails must release nothing
+        # when it is dropped (the writer lock it did not get is another's).
+        self._done = True
         if parent is not None:
             raise NotImplementedError("nested transactions are not supported")
         env._usable()
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
+        if db is not None and getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
         self.env = env
         self._cache = env._cache
         self.write = write
         self._buffers = buffers
-        self._done = False
         self._gen = 0
         self._cursors = set()
         self._default_db = db if db is not None else env._main_db
@@ -77,7 +83,9 @@ class Transaction:
         # its values, its path, the db's state) while the tree is as it was when
         # cached: in-order inserts go to the leaf's end.
         self._tail = None
-        self._created: list = []  # named databases this transaction created
+        # Handles of named databases open_db opened in this transaction: its commit
+        # shares them with every transaction, its abort closes them (as LMDB).
+        self._opened: list = []
         self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
         self.page_size = env._page_size
         self.capacity = env._capacity
@@ -94,6 +102,7 @@ class Transaction:
             self.txnid = self.meta.txnid
             self.load = env._loader(self._mm, self.meta.next_pgno)
         env._txns[id(self)] = weakref.ref(self)
+        self._done = False
 
     def _start_write(self):
         env = self.env
@@ -193,8 +202,17 @@ class Transaction:
         if db is None:
             return self._state(self._default_db)
         env = self.env
-        if getattr(db, "env", None) is not env or db._dropped:
-            raise BadDbiError("database handle is closed, dropped or of another environment")
+        if getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
+        if db._dropped:
+            raise InvalidParameterError(
+                f"the handle of database {db.name!r} was dropped or closed (by drop() or "
+                "the abort of the transaction that opened it)")
+        owner = db._txn
+        if owner is not None and owner() is not self:
+            raise InvalidParameterError(
+                f"database {db.name!r} was opened in a transaction that has not ended: "
+                "its handle is usable by other transactions once that one commits")
         if db is env._main_db:
             state = DbState(self.meta.main)
         else:
@@ -220,9 +238,26 @@ class Transaction:
             return fmt.decode_db_record(leaf.vals[i])
         return None
 
+    def _db_names(self) -> list:
+        """The names of the named databases: the keys of the main database whose
+        entries are database records, in key order. O(entries of the main
+        database); leaves without flags are passed over whole."""
+        path = first_path(self.load, self._main_state())
+        names: list = []
+        while path is not None:
+            leaf, i = path[-1]
+            flags = leaf.flags
+            if flags is None:
+                path[-1][1] = len(leaf.keys) - 1  # no record in this leaf
+            elif i < len(flags) and flags[i] & F_SUBDB:
+                names.append(leaf.keys[i])
+            if not path_next(self.load, path):
+                break
+        return names
+
     def _create_db(self, db) -> None:
         """Create named database ``db`` in this write transaction."""
-        state = DbState((0, 0, 0, db.flags, 0, 0, 0, 0))
+        state = DbState((0, 0, 0, db.flag_bits, 0, 0, 0, 0))
         state.changed = True
         self._dbs[db] = state
         main = self._main_state()
@@ -230,7 +265,6 @@ class Transaction:
         self._changing()
         insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
                False)
-        self._created.append(db)
 
     def _changing(self) -> None:
         """The tree is about to change: cursors find their place again afterwards."""
@@ -323,7 +357,7 @@ class Transaction:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
-        if db.flags & fmt.DB_DUPSORT:
+        if db.flag_bits & fmt.DB_DUPSORT:
             return dupsort.DupCursor(db, self)
         return Cursor(db, self)
 
@@ -558,6 +592,7 @@ class Transaction:
         """Make this transaction's changes visible and (with sync) durable."""
         self._live()
         if not self.write:
+            self._share_opened()
             self._end()
             return
         give_back = False
@@ -570,10 +605,15 @@ class Transaction:
         except BaseException:
             self.abort()
             raise
-        self._created = []
+        self._share_opened()
         self._end()
         if give_back:
             self.env._give_back()
+
+    def _share_opened(self) -> None:
+        """The commit's part for the handles it opened: every transaction may use them."""
+        for db in self._opened:
+            db._txn = None
 
     def _commit(self) -> None:
         """The commit recipe. Step 7 writes the meta, the commit point; step 6 (sync
@@ -633,9 +673,9 @@ class Transaction:
 
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
-        created become invalid, as in LMDB."""
+        opened are closed, as in LMDB."""
         if not self._done:
-            for db in self._created:
+            for db in self._opened:
                 self.env._forget_db(db)
             self._end()
 
@@ -649,14 +689,17 @@ class Transaction:
     def _end(self) -> None:
         if self._done:
             return
+        env = self.env
+        # Whoever takes the transaction out of env._txns ends it, once: another
+        # thread's close() or set_mapsize() may end it while its own thread does.
+        if env._txns.pop(id(self), None) is None:
+            return
         self._mark_done()
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None
             cur._fast = None
         self._cursors.clear()
-        env = self.env
-        env._txns.pop(id(self), None)
         if self.write:
             self._dirty = {}
             self._ovf_dirty = {}

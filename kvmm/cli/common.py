@@ -107,7 +107,7 @@ def plain_entries(txn, db):
     """
     value_of = txn._value
     subdb = fmt.F_SUBDB
-    if db.flags & fmt.DB_DUPSORT:
+    if db.flag_bits & fmt.DB_DUPSORT:
         for leaf in tree_leaves(txn, txn._state(db).record()):
             yield from map(dupsort.split, leaf.keys)
         return

@@ -73,7 +73,7 @@ def run(args) -> int:
             try:
                 head = dumpfmt.header(
                     name, args.printable, mapsize, info["max_readers"], txn.page_size,
-                    dupsort=bool(db.flags & DB_DUPSORT),
+                    dupsort=bool(db.flag_bits & DB_DUPSORT),
                 )
             except ValueError as e:
                 raise CliError(str(e)) from None
