@@ -152,6 +152,20 @@ class _Wrapper:
         raise AttributeError(f"{type(self).__name__} has no method {name!r}")
 
 
+class _InTurn(_Wrapper):
+    """A transaction's or cursor's wrapper: its calls take turns with the other
+    calls of its transaction (``_lock``, shared by the transaction's cursors)."""
+
+    __slots__ = ()
+
+    async def _run(self, call):
+        async with self._lock:
+            return await super()._run(call)
+
+    async def __aenter__(self):
+        return self
+
+
 # --- the environment ------------------------------------------------------------------
 
 
@@ -202,7 +216,7 @@ _add_methods(AsyncEnvironment, _public_methods(Environment),
 # --- transactions ---------------------------------------------------------------------
 
 
-class AsyncTransaction(_Wrapper):
+class AsyncTransaction(_InTurn):
     """A transaction for asyncio code; made by ``AsyncEnvironment.begin``. ``async
     with`` commits at the block's end, or aborts on an exception, unless
     ``commit()`` or ``abort()`` ended it already."""
@@ -219,13 +233,6 @@ class AsyncTransaction(_Wrapper):
 
     def _wrapped(self):
         return self._txn
-
-    async def _run(self, call):
-        async with self._lock:
-            return await super()._run(call)
-
-    async def __aenter__(self):
-        return self
 
     async def __aexit__(self, exc_type, exc, tb):
         if not self._done:
@@ -266,7 +273,7 @@ _add_methods(AsyncTransaction, _public_methods(Transaction), direct={"id"},
 # --- cursors --------------------------------------------------------------------------
 
 
-class AsyncCursor(_Wrapper):
+class AsyncCursor(_InTurn):
     """A cursor for asyncio code; made by ``AsyncTransaction.cursor``. Its calls run
     in its transaction's executor, in turn with the transaction's; iterators
     (``iternext()``...) come back as lists. ``async with`` closes it."""
@@ -281,13 +288,6 @@ class AsyncCursor(_Wrapper):
 
     def _wrapped(self):
         return self._cursor
-
-    async def _run(self, call):
-        async with self._lock:
-            return await super()._run(call)
-
-    async def __aenter__(self):
-        return self
 
     async def __aexit__(self, *exc):
         await self._run(self._cursor.close)

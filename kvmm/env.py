@@ -169,13 +169,13 @@ class _Database:
         return f"<kvmm database {self.name!r}>"
 
 
-# py-lmdb's names of a database's flags, with LMDB's bits.
+# py-lmdb's names of a database's flags, with their bits.
 DB_FLAG_NAMES = (
-    ("reverse_key", 0x02),
+    ("reverse_key", fmt.DB_REVERSEKEY),
     ("dupsort", fmt.DB_DUPSORT),
-    ("integerkey", 0x08),
-    ("dupfixed", 0x10),
-    ("integerdup", 0x20),
+    ("integerkey", fmt.DB_INTEGERKEY),
+    ("dupfixed", fmt.DB_DUPFIXED),
+    ("integerdup", fmt.DB_INTEGERDUP),
 )
 
 
@@ -1354,7 +1354,8 @@ class Environment:
     def readers(self) -> str:
         """The reader table as py-lmdb prints it: a line per slot a process holds
         (its pid, a thread column kvmm does not track, and the txnid it reads, or
-        "-" between transactions), or "(no active readers)"."""
+        "-" between transactions; a snapshot of txnid 0, the empty first commit,
+        shows as "-" too: it pins no page), or "(no active readers)"."""
         self._usable()
         slots = self._lock.readers() if self._lock is not None else []
         if not slots:

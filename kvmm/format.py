@@ -82,8 +82,13 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
 META_WRITTEN = 2  # meta flag: synced with its pages in one flush; it lists them
 
-# Named-database flags kept in a database record. Only DUPSORT exists today.
+# Named-database flags kept in a database record, LMDB's bits. Only DUPSORT changes
+# how kvmm stores a database today; the others are named for py-lmdb's flags().
+DB_REVERSEKEY = 0x02
 DB_DUPSORT = 0x04
+DB_INTEGERKEY = 0x08
+DB_DUPFIXED = 0x10
+DB_INTEGERDUP = 0x20
 
 # --- sizes ------------------------------------------------------------------------
 

@@ -181,7 +181,9 @@ def test_reader_check_returns_how_many_stale_slots_it_cleared(tmp_path):
             held = [env.begin(), env.begin()]  # open when the process dies
             os._exit(0)
         """)
-        subprocess.run([sys.executable, "-c", code, path], check=True, timeout=60)
+        root = os.path.dirname(os.path.dirname(kvmm.__file__))  # the child imports this kvmm
+        subprocess.run([sys.executable, "-c", code, path], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": root})
         assert len(_reader_lines(env)) == 3
         assert env.reader_check() == 2
         assert env.reader_check() == 0

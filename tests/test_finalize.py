@@ -10,10 +10,14 @@ a child that never finishes (killed after TIMEOUT seconds), not as a hung test r
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import kvmm
+
+KVMM_ROOT = os.path.dirname(os.path.dirname(kvmm.__file__))  # the child imports this kvmm
 TIMEOUT = 60  # the child takes well under a second unless it deadlocks
 
 PRELUDE = """
@@ -38,7 +42,8 @@ def run_child(tmp_path, body: str) -> str:
     code = textwrap.dedent(PRELUDE) + textwrap.dedent(body)
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False,
-                              capture_output=True, text=True, timeout=TIMEOUT)
+                              capture_output=True, text=True, timeout=TIMEOUT,
+                              env={**os.environ, "PYTHONPATH": KVMM_ROOT})
     except subprocess.TimeoutExpired:
         raise AssertionError("the child deadlocked: a finalizer waited for a lock its "
                              "own thread held") from None

@@ -70,11 +70,12 @@ def test_info_reports_the_cap_and_without_one_the_file_size(tmp_path):
 
 
 def test_set_mapsize_moves_the_cap(tmp_path):
+    big = b"v" * 1000
     with kvmm.open(str(tmp_path / "db"), map_size=16 * PS) as env:
-        n = _put_until_full(env)
-        env.set_mapsize(64 * PS)
-        assert env.info()["map_size"] == 64 * PS
-        assert _put_until_full(env) > n
+        n = _put_until_full(env, big)
+        env.set_mapsize(48 * PS)
+        assert env.info()["map_size"] == 48 * PS
+        assert _put_until_full(env, big) > n
         used = (env.info()["last_pgno"] + 1) * PS
         env.set_mapsize(PS)  # below the pages in use: raised to them
         assert env.info()["map_size"] == used
