@@ -9,6 +9,7 @@ no free pages.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from . import format as fmt
 
@@ -38,9 +39,11 @@ def copy_env(env, path: str, compact: bool = False, txn=None, progress=None) -> 
 
 
 def copy_to_fd(env, fd: int, compact: bool = False, txn=None, progress=None) -> None:
-    """Write the pages of one snapshot to ``fd``, with its meta in both slots."""
+    """Write the pages of one snapshot to ``fd``, with its meta in both slots; or,
+    with ``compact``, a compacted copy's data file."""
     if compact:
-        raise NotImplementedError("a compacted copy needs a path, not a descriptor")
+        _copy_compact_to_fd(env, fd, txn, progress)
+        return
     own = txn is None
     if own:
         txn = env.begin()
@@ -87,6 +90,24 @@ def _copy_compact(env, path: str, txn, progress) -> None:
         dst.close()
         if own:
             txn.abort()
+
+
+def _copy_compact_to_fd(env, fd: int, txn, progress) -> None:
+    """A compacted copy is built by a kvmm environment, so it is made in a temporary
+    directory first; its data file is then written to ``fd``."""
+    from .env import DATA_NAME
+
+    chunk_size = COPY_CHUNK_PAGES * env._page_size
+    with tempfile.TemporaryDirectory(prefix="kvmm-compact-") as tmp:
+        _copy_compact(env, tmp, txn, progress)
+        with open(os.path.join(tmp, DATA_NAME), "rb") as src:
+            at = 0
+            while chunk := src.read(chunk_size):
+                done = 0
+                while done < len(chunk):
+                    done += os.pwrite(fd, chunk[done:], at + done)
+                at += len(chunk)
+    os.fsync(fd)
 
 
 def _entries(txn, db, names):

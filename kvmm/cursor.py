@@ -28,7 +28,13 @@ Invariants:
 from __future__ import annotations
 
 from .btree import child, descend, first_path
-from .errors import BadValsizeError, CorruptedError, Error, IncompatibleError
+from .errors import (
+    BadValsizeError,
+    CorruptedError,
+    Error,
+    IncompatibleError,
+    InvalidParameterError,
+)
 from .format import MAX_KEY_SIZE
 
 
@@ -339,9 +345,18 @@ class Cursor:
         return default
 
     def count(self) -> int:
-        """Values of the current key: 1 in a database without duplicates."""
+        """Values of the current key: 1 in a database without duplicates (where
+        LMDB's count raises IncompatibleError), 0 after a failed move.
+        InvalidParameterError before the cursor was ever positioned, as LMDB's."""
         self._sync()
+        self._require_path("count")
         return 1 if self._positioned else 0
+
+    def _require_path(self, what: str) -> None:
+        """InvalidParameterError when the cursor was never positioned (LMDB's EINVAL for
+        moves relative to the current entry)."""
+        if self._path is None:
+            raise InvalidParameterError(f"{what}() needs a cursor positioned by a move first")
 
     def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False,
                  values=True):

@@ -271,13 +271,17 @@ class DupCursor(Cursor):
         return ok
 
     def first_dup(self) -> bool:
-        """Move to the first value of the current key."""
+        """Move to the first value of the current key. InvalidParameterError when the
+        cursor was never positioned, as LMDB's."""
         key = self._anchor()
+        self._require_path("first_dup")
         return key is not None and self._seek(floor(key))
 
     def last_dup(self) -> bool:
-        """Move to the last value of the current key."""
+        """Move to the last value of the current key. InvalidParameterError when the
+        cursor was never positioned, as LMDB's."""
         key = self._anchor()
+        self._require_path("last_dup")
         if key is None:
             return False
         if self._seek(ceiling(key)):
@@ -307,19 +311,31 @@ class DupCursor(Cursor):
         self._eof = False
 
     def next_dup(self) -> bool:
-        """Move to the next value of the current key; False after its last."""
+        """Move to the next value of the current key; False after its last. A cursor
+        never positioned moves to the first pair, as LMDB's."""
+        if self._path is None:
+            return self.next()
         return self._step_within(True)
 
     def prev_dup(self) -> bool:
-        """Move to the previous value of the current key; False before its first."""
+        """Move to the previous value of the current key; False before its first. A
+        cursor never positioned moves to the last pair, as LMDB's."""
+        if self._path is None:
+            return self.prev()
         return self._step_within(False)
 
     def _anchor(self):
         """The key of the pair the cursor's path points at, positioned or not (after
         a miss LMDB's cursor still stands at the insertion point); None when the
-        path points past the end."""
+        path points past the end. After the tree changed under a positioned cursor,
+        the key of the pair it stood on, whether or not that pair is still there:
+        moves by key go on from where the cursor was."""
+        txn = self._check()
+        stood = self._key if self._positioned and self._gen != txn._gen else None
         if not self._sync() and self._path is None:
             return None
+        if stood is not None:
+            return split(stood)[0]
         leaf, i = self._path[-1]
         return split(leaf.keys[i])[0] if 0 <= i < len(leaf.keys) else None
 
@@ -351,8 +367,11 @@ class DupCursor(Cursor):
         return False
 
     def count(self) -> int:
-        """How many values the current key has. O(log n + values / leaf)."""
+        """How many values the current key has. O(log n + values / leaf).
+        InvalidParameterError when the cursor was never positioned, as LMDB's."""
+        self._sync()  # the key counted is the one key() returns
         key = self._anchor()
+        self._require_path("count")
         if key is None:
             return 0
         txn = self._txn

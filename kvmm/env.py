@@ -107,15 +107,21 @@ BOOT_ID = _read_boot_id()
 
 class _Database:
     """A handle on the main database (name None) or a named one, as py-lmdb's.
-    ``_flags`` are its record's flags (``format.DB_*``)."""
 
-    __slots__ = ("__weakref__", "_dropped", "_flags", "env", "name")
+    ``_flags`` are its record's flags (``format.DB_*``). A handle that
+    ``open_db(txn=...)`` opened belongs to that transaction (and its children) until
+    it ends (``_txn``, a weak reference): its commit shares the handle with every
+    transaction, its abort closes it, as in LMDB.
+    """
+
+    __slots__ = ("__weakref__", "_dropped", "_flags", "_txn", "env", "name")
 
     def __init__(self, env, name, flags):
         self.env = env
         self.name = name
         self._flags = flags
         self._dropped = False
+        self._txn = None
 
     def flags(self, *args) -> dict:
         """py-lmdb's dict of the database's ``open_db`` flags (a transaction may be
@@ -128,10 +134,20 @@ class _Database:
         return f"<kvmm database {self.name!r}>"
 
 
+def _count(name: str, value) -> int:
+    """An option that counts something: an int, TypeError otherwise; OverflowError
+    when negative, as py-lmdb's."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise OverflowError(f"{name} must be >= 0, not {value}")
+    return value
+
+
 class Environment:
     """An open kvmm environment (py-lmdb's ``Environment``); see SPEC section 3."""
 
-    def __init__(self, path, map_size=10485760, subdir=True, readonly=False,
+    def __init__(self, path, map_size=None, subdir=True, readonly=False,
                  metasync=True, sync=True, map_async=False, mode=0o644, create=True,
                  readahead=True, writemap=False, meminit=True, max_readers=126,
                  max_dbs=0, max_spare_txns=1, lock=True, page_size=fmt.DEFAULT_PAGE_SIZE,
@@ -143,41 +159,69 @@ class Environment:
             path = os.fsdecode(path)
         if not fmt.valid_page_size(page_size):
             raise InvalidParameterError(f"page_size {page_size}: a power of two, 4096-65536")
+        if map_size is not None:
+            _count("map_size", map_size)
+        for name, value in (("max_readers", max_readers), ("max_dbs", max_dbs),
+                            ("max_spare_txns", max_spare_txns)):
+            _count(name, value)
         self._path = path
         self._subdir = subdir
         self._readonly = readonly
         self._sync = sync
         self._metasync = metasync
         self._lock_enabled = lock
+        # What flags() reports: every option as given, as py-lmdb's.
+        self._flags = {"subdir": bool(subdir), "readonly": bool(readonly),
+                       "metasync": bool(metasync), "sync": bool(sync),
+                       "map_async": bool(map_async), "readahead": bool(readahead),
+                       "writemap": bool(writemap), "meminit": bool(meminit),
+                       "lock": bool(lock)}
         self._max_dbs = max_dbs
         self._max_size = max_size
+        self._map_size = None  # the cap map_size sets; see _set_cap
         self._mode = mode
         self._boot_id = BOOT_ID
+        # As LMDB: the directory gets ``mode`` (and x where it has r, so that a mode
+        # meant for files leaves it usable), the files ``mode`` without x.
+        file_mode = mode & ~0o111
         if subdir:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InvalidError(f"{path} is a file, not an environment directory "
+                                   "(a file is opened with subdir=False)")
             if not os.path.isdir(path):
                 if not create or readonly:
                     raise NotFoundError(f"{path}: no such environment directory")
-                os.makedirs(path, mode=0o775, exist_ok=True)
+                try:
+                    os.mkdir(path, mode | (mode & 0o444) >> 2)
+                except FileExistsError:
+                    pass  # made by another process meanwhile
+                except FileNotFoundError:
+                    raise NotFoundError(f"{path}: its parent directory does not exist") from None
             data_path = os.path.join(path, DATA_NAME)
             lock_path = os.path.join(path, LOCK_NAME)
         else:
             data_path = path
             lock_path = path + LOCK_SUFFIX
-        if not os.path.exists(data_path) and (not create or readonly):
+        # ``create`` is about the directory, as in py-lmdb: files are made in it.
+        if readonly and not os.path.exists(data_path):
             raise NotFoundError(f"{data_path}: no such file")
         self._data_path = data_path
         self._lock = None
         self._thread_writer = threading.Lock()  # used when lock=False
         self._writer_owner = None
         # The I/O seam: tests pass a subclass that injects faults or loses writes.
-        self._datafile = datafile_class(data_path, readonly=readonly, create=create,
-                                        mode=mode)
+        try:
+            self._datafile = datafile_class(data_path, readonly=readonly, create=True,
+                                            mode=file_mode)
+        except FileNotFoundError:
+            raise NotFoundError(f"{data_path}: no such file or directory") from None
         try:
             # A file that is not kvmm's is refused before a lock file is made for it.
             if self._datafile.size():
                 self._open_file(page_size, may_create=False)
             if lock:
-                self._lock = LockFile(lock_path, max_readers, mode, create)
+                self._lock = LockFile(lock_path, max_readers, file_mode, True,
+                                      spare=max_spare_txns)
             self._page_size = self._open_file(page_size)
         except BaseException:
             self._datafile.close()
@@ -220,6 +264,8 @@ class Environment:
         _open_envs.add(self)
         if not readonly:
             self._mend_metas()
+        if map_size is not None:
+            self._set_cap(map_size)
 
     # --- opening --------------------------------------------------------------------
 
@@ -676,11 +722,13 @@ class Environment:
             self._reclaim_wait = min(2 * self._reclaim_wait, RECLAIM_RETRY_MAX)
 
     def _grow(self, end: int, txn) -> None:
-        """Make the file at least ``end`` bytes (geometric steps); note its size for
-        the rest of the commit (the writer lock is held: nobody else resizes it)."""
-        if self._max_size is not None and end > self._max_size:
-            raise MapFullError(
-                f"commit needs {end} bytes, past max_size {self._max_size}")
+        """Make the file at least ``end`` bytes (geometric steps, up to the cap); note
+        its size for the rest of the commit (the writer lock is held: nobody else
+        resizes it). MapFullError when ``end`` passes the cap."""
+        cap = self._cap()
+        if cap is not None and end > cap:
+            raise MapFullError(f"commit needs {end} bytes, past the cap of {cap} bytes "
+                               "(map_size or max_size; set_mapsize moves it)")
         txnid, size = self._size_after
         if txnid != txn.txnid - 1:
             size = self._datafile.size()
@@ -691,8 +739,8 @@ class Environment:
         new = max(end, size + step)
         ps = self._page_size
         new = (new + ps - 1) // ps * ps
-        if self._max_size is not None:
-            new = max(end, min(new, self._max_size // ps * ps))
+        if cap is not None:
+            new = max(end, min(new, cap // ps * ps))
         self._datafile.truncate(new)
         self._file_size = new
         if self._map_writes and not self._datafile.allocate(size, new - size):
@@ -890,6 +938,10 @@ class Environment:
                 db._flags = record[3]
             if own:
                 txn.commit()
+            else:
+                # The handle is the transaction's until it ends (see _Database).
+                db._txn = weakref.ref(txn)
+                txn._opened.append(db)
         except BaseException:
             if own:
                 txn.abort()
@@ -908,15 +960,30 @@ class Environment:
         with self.begin() as txn:
             return txn.stat()
 
+    def dbs(self, txn=None) -> list:
+        """The names of the named databases, in key order (in ``txn``'s view, else
+        in a read transaction of its own). O(entries of the main database)."""
+        self._usable()
+        own = txn is None
+        if own:
+            txn = self.begin()
+        try:
+            return txn._db_names()
+        finally:
+            if own:
+                txn.abort()
+
     def info(self) -> dict:
-        """map_size, last_pgno, last_txnid, max_readers, num_readers."""
+        """map_size (the cap when one is set, else the file's size), last_pgno,
+        last_txnid, max_readers, num_readers."""
         self._usable()
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         meta = self._current(mm)[0]
         readers = self._lock.readers() if self._lock is not None else []
+        cap = self._cap()
         return {
             "map_addr": 0,
-            "map_size": self._datafile.size(),
+            "map_size": self._datafile.size() if cap is None else cap,
             "last_pgno": meta.next_pgno - 1,
             "last_txnid": meta.txnid,
             "max_readers": self.max_readers(),
@@ -924,38 +991,69 @@ class Environment:
         }
 
     def path(self) -> str:
+        """The path the environment was opened with."""
+        self._usable()
         return self._path
 
     def max_key_size(self) -> int:
+        """The longest key (and dupsort value) in bytes."""
+        self._usable()
         return fmt.MAX_KEY_SIZE
 
     def max_readers(self) -> int:
+        """The size of the reader table (0 with lock=False)."""
+        self._usable()
         return self._lock.max_readers if self._lock is not None else 0
 
     def flags(self) -> dict:
-        return {
-            "subdir": self._subdir,
-            "readonly": self._readonly,
-            "metasync": self._metasync,
-            "sync": self._sync,
-            "map_async": False,
-            "readahead": True,
-            "writemap": False,
-            "meminit": True,
-            "lock": self._lock_enabled,
-        }
+        """The options the environment was opened with, by py-lmdb's names."""
+        self._usable()
+        return dict(self._flags)
+
+    # --- the map size cap -------------------------------------------------------------
+
+    def _cap(self) -> int | None:
+        """The most bytes the file's pages may take: the smaller of map_size and
+        max_size, or None when neither is set."""
+        caps = [c for c in (self._map_size, self._max_size) if c is not None]
+        return min(caps) if caps else None
+
+    def _set_cap(self, map_size: int) -> None:
+        """Make ``map_size`` the cap, but never below the pages in use (as LMDB)."""
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        used = self._current(mm)[0].next_pgno * self._page_size
+        self._map_size = max(map_size, used)
 
     def set_mapsize(self, map_size: int) -> None:
-        """Accepted for py-lmdb compatibility: the file grows by itself."""
+        """Move the cap (map_size) to ``map_size`` bytes, at least the pages in use;
+        0 adopts the data file's current size (which other processes may have
+        grown). As py-lmdb: refused (BadTxnError) while a write transaction of this
+        environment is open, and this environment's read transactions end (their
+        cursors with them)."""
         self._usable()
+        _count("map_size", map_size)
+        if self._writer_owner is not None:
+            raise BadTxnError("cannot set_mapsize while a write transaction is open")
+        for ref in list(self._txns.values()):
+            txn = ref()
+            if txn is not None and not txn.write:
+                txn.abort()
+        self._set_cap(map_size or self._datafile.size())
+
+    # --- readers ------------------------------------------------------------------------
 
     def readers(self) -> str:
-        """The reader table, one line per slot in use, as py-lmdb formats it."""
+        """The reader table as py-lmdb prints it: a line per slot a process holds
+        (its pid, a thread column kvmm does not track, and the txnid it reads, or
+        "-" between transactions; a snapshot of txnid 0, the empty first commit,
+        shows as "-" too: it pins no page), or "(no active readers)"."""
         self._usable()
+        slots = self._lock.readers() if self._lock is not None else []
+        if not slots:
+            return "(no active readers)\n"
         lines = ["    pid     thread     txnid"]
-        if self._lock is not None:
-            for _slot, pid, txnid, _alive in self._lock.readers():
-                lines.append(f"{pid:>10} {0:>10x} {txnid:>10}")
+        for _slot, pid, txnid, _alive in slots:
+            lines.append(f"{pid:>10} {0:x} {txnid or '-'}")
         return "\n".join(lines) + "\n"
 
     def reader_check(self) -> int:
@@ -990,15 +1088,31 @@ class Environment:
             self._unlock_writer()
 
     def copy(self, path, compact=False, txn=None) -> None:
-        """Write a consistent copy of the environment into directory ``path``."""
+        """Write a consistent copy of the environment into directory ``path``: of
+        the snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the
+        last commit."""
         from .copy import copy_env
 
+        self._copy_txn(compact, txn)
         copy_env(self, os.fspath(path), compact=compact, txn=txn)
 
     def copyfd(self, fd, compact=False, txn=None) -> None:
+        """Write a consistent copy of the environment's data file to descriptor
+        ``fd``; ``compact`` and ``txn`` as in copy()."""
         from .copy import copy_to_fd
 
+        self._copy_txn(compact, txn)
         copy_to_fd(self, fd, compact=compact, txn=txn)
+
+    def _copy_txn(self, compact: bool, txn) -> None:
+        """Refuse what py-lmdb refuses: a copy of a given snapshot that is not
+        compacted, or of another environment's."""
+        self._usable()
+        if txn is not None:
+            if not compact:
+                raise InvalidParameterError("copy(txn=...) needs compact=True, as in py-lmdb")
+            if txn.env is not self:
+                raise InvalidParameterError("the transaction belongs to another environment")
 
     def close(self) -> None:
         """Close the environment; its transactions and cursors become unusable."""

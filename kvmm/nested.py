@@ -43,6 +43,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+import weakref
 from array import array
 
 from .btree import DbState
@@ -180,13 +181,15 @@ def end(child, commit: bool) -> None:
     env = child.env
     if commit:
         parent.next_pgno = child.next_pgno
-        parent._created += child._created
+        parent._opened += child._opened
+        for db in child._opened:
+            db._txn = weakref.ref(parent)
         child._changing()  # positioned cursors note their keys, found again in the parent
     else:
-        for db in child._created:
+        for db in child._opened:
             env._forget_db(db)
         savepoint.restore(parent)
-    child._created = []
+    child._opened = []
     parent.freelist.txn = parent
     parent._gen = child._gen + 1
     for cur, values in savepoint.cursors:

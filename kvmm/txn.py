@@ -24,19 +24,21 @@ from .btree import (
     append_leaf,
     delete_in_place,
     descend,
+    first_path,
     insert,
     last_path,
     put_in_place,
     remove_at,
     replace_at,
 )
-from .cursor import Cursor, _key_bytes, as_bytes
+from .cursor import Cursor, _key_bytes, as_bytes, path_next
 from .errors import (
     BadDbiError,
     BadTxnError,
     CorruptedError,
     Error,
     IncompatibleError,
+    InvalidParameterError,
     NotFoundError,
     ReadonlyError,
 )
@@ -69,6 +71,8 @@ class Transaction:
         env._usable()
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
+        if db is not None and getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
         self.env = env
         self._cache = env._cache
         self._pages = env._pages
@@ -87,7 +91,9 @@ class Transaction:
         # its values, its path, the db's state) while the tree is as it was when
         # cached: in-order inserts go to the leaf's end.
         self._tail = None
-        self._created: list = []  # named databases this transaction created
+        # Handles of named databases open_db opened in this transaction: its commit
+        # shares them with every transaction, its abort closes them (as LMDB).
+        self._opened: list = []
         self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
         self.page_size = env._page_size
         self.capacity = env._capacity
@@ -107,6 +113,7 @@ class Transaction:
             self.load = env._pages.loader(self._mm, self.meta.next_pgno)
         self._done = False
         env._txns[id(self)] = weakref.ref(self)
+        self._done = False
 
     def _start_write(self):
         env = self.env
@@ -209,8 +216,17 @@ class Transaction:
         if db is None:
             return self._state(self._default_db)
         env = self.env
-        if getattr(db, "env", None) is not env or db._dropped:
-            raise BadDbiError("database handle is closed, dropped or of another environment")
+        if getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
+        if db._dropped:
+            raise InvalidParameterError(
+                f"the handle of database {db.name!r} was dropped or closed (by drop() or "
+                "the abort of the transaction that opened it)")
+        owner = db._txn
+        if owner is not None and not self._descends_from(owner()):
+            raise InvalidParameterError(
+                f"database {db.name!r} was opened in a transaction that has not ended: "
+                "its handle is usable by other transactions once that one commits")
         if db is env._main_db:
             state = DbState(self.meta.main)
         else:
@@ -220,6 +236,15 @@ class Transaction:
             state = DbState(record)
         self._dbs[db] = state
         return state
+
+    def _descends_from(self, txn) -> bool:
+        """Whether ``txn`` is this transaction or one of its parents."""
+        mine = self
+        while mine is not None:
+            if mine is txn:
+                return True
+            mine = mine._parent
+        return False
 
     def _main_state(self) -> DbState:
         return self._state(self.env._main_db)
@@ -237,6 +262,23 @@ class Transaction:
             return fmt.decode_db_record(leaf.vals[i])
         return None
 
+    def _db_names(self) -> list:
+        """The names of the named databases: the keys of the main database whose
+        entries are database records, in key order. O(entries of the main
+        database); leaves without flags are passed over whole."""
+        path = first_path(self.load, self._main_state())
+        names: list = []
+        while path is not None:
+            leaf, i = path[-1]
+            flags = leaf.flags
+            if flags is None:
+                path[-1][1] = len(leaf.keys) - 1  # no record in this leaf
+            elif i < len(flags) and flags[i] & F_SUBDB:
+                names.append(leaf.keys[i])
+            if not path_next(self.load, path):
+                break
+        return names
+
     def _create_db(self, db) -> None:
         """Create named database ``db`` in this write transaction."""
         state = DbState((0, 0, 0, db._flags, 0, 0, 0, 0))
@@ -247,7 +289,6 @@ class Transaction:
         self._changing()
         insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
                False)
-        self._created.append(db)
 
     def _changing(self) -> None:
         """The tree is about to change: cursors find their place again afterwards."""
@@ -617,6 +658,7 @@ class Transaction:
 
     def _commit_top(self) -> None:
         if not self.write:
+            self._share_opened()
             self._end()
             return
         give_back = False
@@ -629,10 +671,15 @@ class Transaction:
         except BaseException:
             self.abort()
             raise
-        self._created = []
+        self._share_opened()
         self._end()
         if give_back:
             self.env._give_back()
+
+    def _share_opened(self) -> None:
+        """The commit's part for the handles it opened: every transaction may use them."""
+        for db in self._opened:
+            db._txn = None
 
     def _commit(self) -> None:
         """The commit recipe. Step 7 writes the meta, the commit point; step 6 (sync
@@ -697,7 +744,7 @@ class Transaction:
             if self._parent is not None:
                 nested.end(self, False)
                 return
-            for db in self._created:
+            for db in self._opened:
                 self.env._forget_db(db)
             self._end()
 
@@ -711,14 +758,17 @@ class Transaction:
     def _end(self) -> None:
         if self._done:
             return
+        env = self.env
+        # Whoever takes the transaction out of env._txns ends it, once: another
+        # thread's close() or set_mapsize() may end it while its own thread does.
+        if env._txns.pop(id(self), None) is None:
+            return
         self._mark_done()
         for cur in list(self._cursors):
             cur._txn = None
             cur._path = None
             cur._fast = None
         self._cursors.clear()
-        env = self.env
-        env._txns.pop(id(self), None)
         if self.write:
             self._dirty = {}
             self._ovf_dirty = {}

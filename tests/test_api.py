@@ -934,15 +934,6 @@ def test_commit_past_max_size_raises_map_full_error_and_keeps_previous_contents(
             assert txn.get(b"huge") is None and txn.get(b"a") is None
 
 
-def test_map_size_is_a_hint_not_a_cap(tmp_path):
-    with kvmm.open(str(tmp_path / "db"), map_size=64 * 1024) as env:
-        _fill(env, {b"k%04d" % i: b"v" * 1000 for i in range(2000)})
-        assert len(_contents(env)) == 2000
-        env.set_mapsize(1024 * 1024)
-        _fill(env, {b"more": b"x" * (3 * MIB)})
-        assert env.info()["map_size"] >= 2000 * 1000
-
-
 # -- dupsort ----------------------------------------------------------------------------
 
 
