@@ -23,26 +23,43 @@ from .errors import CorruptedError
 from .pagecache import PageCache
 
 
+CHECKED_CHUNK_BITS = 12  # pages per chunk of Checked: 4096, 32 KiB of txnids
+_CHECKED_MASK = (1 << CHECKED_CHUNK_BITS) - 1
+_NEVER = array("Q", bytes(8 << CHECKED_CHUNK_BITS))  # the chunk of pages never verified
+
+
 class Checked:
     """The txnid at which each page's checksum was last verified, by pgno (0: never).
 
-    An array of u64: 8 bytes per page of the file (0.2% of its size at 4 KiB pages),
-    grown as the file grows. O(1) per lookup and per mark.
+    8 bytes per page (0.2% of the file at 4 KiB pages), in chunks of 4096 pages
+    made when a page of theirs is first verified: a process that reads a few pages
+    of a large file holds a few chunks, and opening costs nothing. O(1) per lookup
+    (``seen``, inlined on hot paths as ``chunks[pgno >> CHECKED_CHUNK_BITS][pgno &
+    _CHECKED_MASK]``) and per mark.
     """
 
-    __slots__ = ("txnids",)
+    __slots__ = ("chunks",)
 
     def __init__(self) -> None:
-        self.txnids = array("Q")
+        self.chunks: list[array] = []
+
+    def seen(self, pgno: int, txnid: int) -> bool:
+        chunks = self.chunks
+        c = pgno >> CHECKED_CHUNK_BITS
+        return c < len(chunks) and chunks[c][pgno & _CHECKED_MASK] == txnid
 
     def mark(self, pgno: int, txnid: int) -> None:
-        txnids = self.txnids
-        if pgno >= len(txnids):
-            txnids.frombytes(bytes(8 * max(pgno + 1 - len(txnids), len(txnids))))
-        txnids[pgno] = txnid
+        chunks = self.chunks
+        c = pgno >> CHECKED_CHUNK_BITS
+        if c >= len(chunks):
+            chunks.extend([_NEVER] * (c + 1 - len(chunks)))
+        chunk = chunks[c]
+        if chunk is _NEVER:
+            chunk = chunks[c] = array("Q", _NEVER)
+        chunk[pgno & _CHECKED_MASK] = txnid
 
     def clear(self) -> None:
-        self.txnids = array("Q")
+        self.chunks = []
 
 
 class Pages:
@@ -83,8 +100,7 @@ class Pages:
         off = pgno * ps
         page = mm[off : off + ps]  # short (and refused) past the end of the map
         kind, count, _ = fmt.check_header(page, pgno, txnid, crc=False)
-        checked = self.checked.txnids
-        if verify or not txnid or pgno >= len(checked) or checked[pgno] != txnid:
+        if verify or not txnid or not self.checked.seen(pgno, txnid):
             fmt.check_crc(page, pgno)
             self.checked.mark(pgno, txnid)
         try:
@@ -118,8 +134,9 @@ class Pages:
             raise CorruptedError(f"page {pgno}: truncated page") from None
         if kind != fmt.LEAF or hpgno != pgno or htxnid != txnid:
             fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF)
-        checked = self.checked.txnids
-        if not txnid or pgno >= len(checked) or checked[pgno] != txnid:
+        chunks = self.checked.chunks  # Checked.seen, inline
+        c = pgno >> CHECKED_CHUNK_BITS
+        if not txnid or c >= len(chunks) or chunks[c][pgno & _CHECKED_MASK] != txnid:
             fmt.check_crc(mm[off : off + ps], pgno)
             self.checked.mark(pgno, txnid)
         return fmt.leaf_find(mm, off, pgno, count, key, ps)
@@ -138,8 +155,7 @@ class Pages:
             raise CorruptedError(f"page {pgno}: overflow length {extra}, expected {length}")
         start = off + fmt.HEADER_SIZE
         value = memoryview(mm)[start : start + length] if buffers else mm[start : start + length]
-        checked = self.checked.txnids
-        if verify or not txnid or pgno >= len(checked) or checked[pgno] != txnid:
+        if verify or not txnid or not self.checked.seen(pgno, txnid):
             if not fmt.overflow_crc_ok(head, value):
                 raise CorruptedError(f"page {pgno}: overflow checksum mismatch")
             self.checked.mark(pgno, txnid)
