@@ -529,7 +529,7 @@ _branch_layouts: dict = {}
 def _forget_layouts() -> None:
     global _body_fields
     _bodies.clear()
-    _key_layouts.clear()
+    _find_layouts.clear()
     _leaf_layouts.clear()
     _branch_layouts.clear()
     _body_fields = 0
@@ -625,66 +625,70 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
 
 
-# A leaf's key lengths, as bytes -> the Struct that splits its keys alone, or False
-# after the first sight (compiled at the second, as _body's are). Emptied with the
-# other layout caches.
-_key_layouts: dict = {}
+# How to search a leaf in place, by its lengths and value words (the 6n bytes after
+# its header): (Struct of its keys or None, value starts, value ends, value flags),
+# offsets from where its keys start. The Struct is compiled the second time a layout
+# is seen, as _body's are; the layouts are emptied with the other layout caches.
+_find_layouts: dict = {}
+
+
+def _find_layout(head: bytes, n: int, pgno: int, page_size: int) -> tuple:
+    """The layout of ``leaf_find`` for a leaf of ``n`` entries whose lengths and
+    value words are ``head``; CorruptedError when they run past the page."""
+    global _body_fields
+    lens = _leaf_head(n).unpack(head)
+    klens = lens[:n]
+    words = lens[n:]
+    kend = sum(klens)
+    starts, ends, flags = [], [], []
+    at = kend
+    for w in words:
+        starts.append(at)
+        at += w & LENGTH_MASK
+        ends.append(at)
+        flags.append(w & ~LENGTH_MASK)
+    if HEADER_SIZE + 6 * n + at > page_size:
+        _fail(pgno, "entries run past the end of the page")
+    seen = _find_layouts.get(head)
+    split = None
+    if seen is None:
+        if len(_find_layouts) >= _BODY_LAYOUTS:
+            _forget_layouts()
+    else:
+        if _body_fields + n > _BODY_FIELDS:
+            _forget_layouts()
+        split = Struct("<" + "".join([f"{k}s" for k in klens]))
+        _body_fields += n
+    layout = (split, tuple(starts), tuple(ends), tuple(flags), klens)
+    _find_layouts[head] = layout if split is not None else False
+    return layout
 
 
 def leaf_find(buf, off: int, pgno: int, n: int, key: bytes, page_size: int):
     """Find ``key`` in the checked leaf page of ``n`` entries at ``buf[off:]``, where
-    it lies: return (stored value, its flags) or None. Only what the search needs
-    is read: the lengths, the keys (split by one Struct per layout of key lengths,
-    then bisected), and the one value. Reads nothing past the page; raises
-    CorruptedError when its lengths run past it."""
-    at = off + HEADER_SIZE
-    kat = at + 6 * n  # the keys start
-    try:
-        lens = _leaf_head(n).unpack_from(buf, at)
-    except struct.error:
-        _fail(pgno, f"{n} entries do not fit in the page")
-    end = off + page_size
-    head = buf[at : at + 2 * n]
-    split = _key_layouts.get(head)
-    if split:
-        try:
-            keys = split.unpack_from(buf, kat)
-        except struct.error:
-            _fail(pgno, "entries run past the end of the page")
-        vat = kat + split.size
+    it lies: return (stored value, its flags) or None. Leaves of fixed-size keys
+    and values repeat a few layouts of lengths: for a layout seen before, the search
+    is one lookup of the layout by its bytes, one ``unpack_from`` of the keys, a
+    bisect and one slice of the value. Reads nothing past the page."""
+    kat = off + HEADER_SIZE + 6 * n  # the keys start
+    head = buf[off + HEADER_SIZE : kat]
+    layout = _find_layouts.get(head)
+    if not layout:
+        layout = _find_layout(head, n, pgno, page_size)
+    split, starts, ends, flags, klens = layout
+    if split is not None:
+        keys = split.unpack_from(buf, kat)
     else:
-        if split is None:
-            if len(_key_layouts) >= _BODY_LAYOUTS:
-                _forget_layouts()
-            _key_layouts[head] = False
-        else:
-            global _body_fields
-            if _body_fields + n > _BODY_FIELDS:
-                _forget_layouts()
-            _key_layouts[head] = Struct("<" + "".join([f"{k}s" for k in lens[:n]]))
-            _body_fields += n
         keys = []
         append = keys.append
-        vat = kat
-        for k in lens[:n]:
-            append(buf[vat : vat + k])
-            vat += k
-    if vat > end:
-        _fail(pgno, "entries run past the end of the page")
+        at = kat
+        for k in klens:
+            append(buf[at : at + k])
+            at += k
     i = bisect_left(keys, key)
     if i == n or keys[i] != key:
         return None
-    # The value words before entry i sum to less than 2**LENGTH_BITS unless one of
-    # them has flags: a page holds far fewer bytes.
-    before = sum(lens[n : n + i])
-    if before >> LENGTH_BITS:
-        before = sum([w & LENGTH_MASK for w in lens[n : n + i]])
-    word = lens[n + i]
-    vat += before
-    vend = vat + (word & LENGTH_MASK)
-    if vend > end:
-        _fail(pgno, "entries run past the end of the page")
-    return buf[vat:vend], word & ~LENGTH_MASK
+    return buf[kat + starts[i] : kat + ends[i]], flags[i]
 
 
 def decode_branch(page: bytes, pgno: int, n: int):

@@ -22,7 +22,6 @@ from .btree import Node
 from .errors import CorruptedError
 from .pagecache import PageCache
 
-
 CHECKED_CHUNK_BITS = 12  # pages per chunk of Checked: 4096, 32 KiB of txnids
 _CHECKED_MASK = (1 << CHECKED_CHUNK_BITS) - 1
 _NEVER = array("Q", bytes(8 << CHECKED_CHUNK_BITS))  # the chunk of pages never verified

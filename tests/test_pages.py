@@ -214,9 +214,9 @@ def test_a_leaf_whose_lengths_run_past_its_page_is_corrupted_not_read(tmp_path):
         f.seek(pgno * ps)
         f.write(page)
     with kvmm.open(path) as env, env.begin() as txn:
-        assert txn.get(keys[0]) == b"x" * 100
-        with pytest.raises(kvmm.CorruptedError, match=f"page {pgno}"):
-            txn.get(keys[-1])
+        for key in (keys[0], keys[-1]):  # the lengths are checked as a whole
+            with pytest.raises(kvmm.CorruptedError, match=f"page {pgno}"):
+                txn.get(key)
 
 
 def test_a_write_transaction_takes_over_the_leaves_it_decodes_and_copies_cached_ones(
