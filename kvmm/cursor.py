@@ -27,6 +27,8 @@ Invariants:
 
 from __future__ import annotations
 
+import weakref
+
 from .btree import child, descend, first_path
 from .errors import BadValsizeError, CorruptedError, Error
 from .format import MAX_KEY_SIZE
@@ -132,7 +134,7 @@ class Cursor:
         self._on_entry = False
         self._gen = txn._gen
         self._key = b""
-        txn._cursors.add(self)
+        txn._cursors.add(weakref.ref(self, txn._cursors.discard))
         txn._tail = None  # its fast inserts do not tell cursors
 
     # --- internals ------------------------------------------------------------------
@@ -510,7 +512,8 @@ class Cursor:
         """Forget the position; the cursor cannot be used afterwards."""
         txn = self._txn
         if txn is not None:
-            txn._cursors.discard(self)
+            # A live weak reference equals (and hashes as) another to the same cursor.
+            txn._cursors.discard(weakref.ref(self))
         self._txn = None
         self._path = None
         self._fast = None

@@ -63,9 +63,14 @@ class Transaction:
         self._cache = env._cache
         self.write = write
         self._buffers = buffers
-        self._done = False
+        # Done until begun: the finalizer of a transaction that failed to begin must
+        # not release the writer lock or reader slot of another.
+        self._done = True
         self._gen = 0
-        self._cursors = set()
+        # Weak references to the open cursors (each removes itself when it dies): a
+        # cursor keeps its transaction alive, never the other way round, so nothing
+        # holds a transaction in a reference cycle and dropping it aborts it at once.
+        self._cursors: set[weakref.ref] = set()
         self._default_db = db if db is not None else env._main_db
         self._slot = None
         self._dbs: dict = {}
@@ -89,8 +94,10 @@ class Transaction:
             except BaseException:
                 env._end_write(self)
                 raise
+            self._done = False
         else:
             self.meta, self._slot, self._mm = env._begin_read()
+            self._done = False
             self.txnid = self.meta.txnid
             self.load = env._loader(self._mm, self.meta.next_pgno)
         env._txns[id(self)] = weakref.ref(self)
@@ -242,7 +249,10 @@ class Transaction:
         """Before a change, each positioned, up-to-date cursor notes its entry's key,
         which its fast moves do not keep: it finds its place again by it."""
         gen = self._gen
-        for cur in self._cursors:
+        for ref in self._cursors:
+            cur = ref()
+            if cur is None:
+                continue
             cur._fast = None
             if cur._positioned and cur._gen == gen:
                 leaf, i = cur._path[-1]
@@ -650,10 +660,12 @@ class Transaction:
         if self._done:
             return
         self._mark_done()
-        for cur in list(self._cursors):
-            cur._txn = None
-            cur._path = None
-            cur._fast = None
+        for ref in list(self._cursors):
+            cur = ref()
+            if cur is not None:
+                cur._txn = None
+                cur._path = None
+                cur._fast = None
         self._cursors.clear()
         env = self.env
         env._txns.pop(id(self), None)

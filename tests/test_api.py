@@ -6,8 +6,11 @@ environment with ``max_dbs=8``; tests that need other options open their own.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat as stat_module
+import threading
+import weakref
 
 import lmdb
 import pytest
@@ -210,6 +213,91 @@ def test_closing_the_environment_aborts_its_open_transactions(tmp_path):
         cursor.next()
     with kvmm.open(path) as env:
         assert _contents(env) == [(b"kept", b"1")]
+
+
+@pytest.fixture
+def no_gc():
+    """The cyclic garbage collector off for the test: what it frees, reference counting
+    frees."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def _reader_txnids(env) -> list[int]:
+    """The snapshots pinned in the reader table (txnid 0: a slot that pins none)."""
+    rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
+    return [int(row[2]) for row in rows if int(row[2])]
+
+
+def _abandon(env, write, cursors, db=None) -> weakref.ref:
+    """Begin a transaction, use it (and cursors on it), and return without ending it;
+    a weak reference to it is returned."""
+    txn = env.begin(write=write, db=db)
+    if write:
+        txn.put(b"abandoned", b"1")
+    txn.get(b"abandoned")
+    if cursors:
+        cur = txn.cursor()
+        cur.first()
+        txn.cursor().set_range(b"a")  # one dropped at once, one held by a local
+    return weakref.ref(txn)
+
+
+@pytest.mark.parametrize("dupsort", [False, True])
+@pytest.mark.parametrize("cursors", [False, True])
+def test_a_dropped_write_transaction_aborts_and_frees_the_writer_lock_at_once(
+        env, no_gc, cursors, dupsort):
+    """SPEC 10, as py-lmdb: the next write transaction of the same thread begins at
+    once, sees nothing of the dropped one, and the environment closes cleanly."""
+    db = env.open_db(b"dups", dupsort=True) if dupsort else None
+    ref = _abandon(env, True, cursors, db)
+    assert ref() is None
+    with env.begin(write=True, db=db) as txn:
+        assert txn.get(b"abandoned") is None
+        txn.put(b"next", b"2")
+    env.close()
+
+
+@pytest.mark.parametrize("cursors", [False, True])
+def test_a_dropped_read_transaction_frees_its_reader_slot_at_once(env, no_gc, cursors):
+    with env.begin(write=True) as txn:
+        txn.put(b"abandoned", b"1")
+    ref = _abandon(env, False, cursors)
+    assert ref() is None
+    assert _reader_txnids(env) == []
+
+
+def test_a_write_transaction_dropped_in_another_thread_lets_this_thread_write(env, no_gc):
+    refs = []
+    worker = threading.Thread(target=lambda: refs.append(_abandon(env, True, True)))
+    worker.start()
+    worker.join()
+    assert refs[0]() is None
+    done = []
+
+    def write():
+        with env.begin(write=True) as txn:
+            done.append(txn.get(b"abandoned"))
+
+    writer = threading.Thread(target=write, daemon=True)  # a hang fails, not blocks
+    writer.start()
+    writer.join(60)
+    assert done == [None]
+
+
+def test_a_write_transaction_that_fails_to_begin_leaves_the_writer_lock_to_its_holder(env):
+    """A second begin(write=True) in the thread that writes raises BadTxnError; the
+    failed transaction's finalizer must not release the first one's lock."""
+    first = env.begin(write=True)
+    with pytest.raises(kvmm.BadTxnError):
+        env.begin(write=True)
+    gc.collect()
+    first.put(b"k", b"v")
+    first.commit()  # raised LockError when the failed begin had released the lock
+    with env.begin() as txn:
+        assert txn.get(b"k") == b"v"
 
 
 def test_write_transaction_context_manager_commits_on_normal_exit(env):
