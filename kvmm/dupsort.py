@@ -23,7 +23,7 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next, path_prev
 from .errors import BadValsizeError, CorruptedError
 from .format import MAX_KEY_SIZE
 
@@ -131,9 +131,14 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
 def delete(txn, state, key, value) -> bool:
     """Delete the pair (key, value), or every value of ``key`` when ``value`` is
     empty. O(log n) per leaf of values."""
-    key = _key_bytes(key)
+    key = _lookup_key(key)
+    if key is None:
+        return False  # too long to be stored: absent, as in py-lmdb
     if value:
-        raw = pair(key, _value_bytes(value))
+        value = as_bytes(value, "values")
+        if len(value) > MAX_KEY_SIZE:
+            return False
+        raw = pair(key, value)
         path = descend(txn.load, state, raw)
         if path is None:
             return False
@@ -197,17 +202,17 @@ class DupCursor(Cursor):
 
     def key(self):
         if not self._sync():
-            return b""
+            return self._nothing()
         return self._view(split(self._raw())[0])
 
     def value(self):
         if not self._sync():
-            return b""
+            return self._nothing()
         return self._view(split(self._raw())[1])
 
     def item(self) -> tuple:
         if not self._sync():
-            return b"", b""
+            return self._nothing(), self._nothing()
         k, v = split(self._raw())
         return self._view(k), self._view(v)
 
@@ -224,33 +229,38 @@ class DupCursor(Cursor):
         return ok
 
     def set_range(self, key) -> bool:
-        """Move to the first value of the first key >= ``key``."""
+        """Move to the first value of the first key >= ``key`` (of any length, as in
+        Cursor.set_range)."""
         if not key:
             return self.first()
-        key = self._seek_key(key)
-        return False if key is None else self._seek(floor(key))
+        return self._seek(floor(as_bytes(key, "keys")))
 
-    def _seek_pair(self, key, value):
-        """pair(key, value) for a seek, or None when no such pair can exist (an
-        empty or too long value: dupsort values are 1 to 511 bytes)."""
+    def _seek_pair(self, key, value, exact: bool):
+        """pair(key, value) for a seek, or None when the seek finds nothing: a key
+        too long to be stored, or for an ``exact`` seek such a value (a range seek
+        compares a long value as any other). An empty key or value raises
+        BadValsizeError, as in py-lmdb."""
         key = self._seek_key(key)
-        try:
-            value = _value_bytes(value)
-        except BadValsizeError:
+        value = as_bytes(value, "values")
+        if not value:
+            self._positioned = False
+            raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to {MAX_KEY_SIZE} "
+                                  "bytes")
+        if key is None or exact and len(value) > MAX_KEY_SIZE:
             self._positioned = False
             return None
-        return None if key is None else pair(key, value)
+        return pair(key, value)
 
     def set_key_dup(self, key, value) -> bool:
         """Move to the pair (key, value) exactly."""
-        raw = self._seek_pair(key, value)
+        raw = self._seek_pair(key, value, True)
         ok = raw is not None and self._seek(raw) and self._raw() == raw
         self._positioned = ok
         return ok
 
     def set_range_dup(self, key, value) -> bool:
         """Move to the first value >= ``value`` of ``key``; False when none."""
-        raw = self._seek_pair(key, value)
+        raw = self._seek_pair(key, value, False)
         ok = raw is not None and self._seek(raw) and self._raw().startswith(
             floor(split(raw)[0]))
         self._positioned = ok

@@ -1162,7 +1162,8 @@ class Environment:
                 raise IncompatibleError(f"database {key!r} is open with other flags")
             return db
         if len(self._dbs) >= self._max_dbs:
-            raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open")
+            raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open: "
+                               "open with a larger max_dbs=")
         db = _Database(self, key, flags)
         own = txn is None
         if own:
@@ -1279,7 +1280,8 @@ class Environment:
             self._unlock_writer()
 
     def copy(self, path, compact=False, txn=None) -> None:
-        """Write a consistent copy of the environment into directory ``path``."""
+        """Write a consistent copy of the environment to ``path``: a directory, or for a
+        ``subdir=False`` environment the data file, as py-lmdb's copy does."""
         from .copy import copy_env
 
         copy_env(self, os.fspath(path), compact=compact, txn=txn)

@@ -28,7 +28,7 @@ from .btree import (
     remove_at,
     replace_at,
 )
-from .cursor import Cursor, _key_bytes, as_bytes
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes
 from .errors import (
     BadDbiError,
     CorruptedError,
@@ -280,7 +280,9 @@ class Transaction:
             elif self._done:
                 self._live()
             if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-                key = _key_bytes(key)
+                key = _lookup_key(key)
+                if key is None:
+                    return default
             if state.flags:
                 return dupsort.get(self, state, key, default)
             pgno = state.root
@@ -510,7 +512,9 @@ class Transaction:
         if state.flags:
             return dupsort.delete(self, state, key, value)
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-            key = _key_bytes(key)
+            key = _lookup_key(key)
+            if key is None:
+                return False
         if not value and not self._cursors:
             done = delete_in_place(self, state, key)
             if done is not None:
