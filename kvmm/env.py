@@ -40,6 +40,7 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
+from .lmdbfiles import refuse_lmdb
 from .lock import LockFile
 from .mapfile import DataFile, Map
 from .txn import Transaction
@@ -180,6 +181,7 @@ class Environment:
         self._max_size = max_size
         self._mode = mode
         self._boot_id = BOOT_ID
+        refuse_lmdb(path, os.path.join(path, DATA_NAME) if subdir else path)
         if subdir:
             if not os.path.isdir(path):
                 if not create or readonly:

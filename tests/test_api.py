@@ -179,6 +179,55 @@ def test_a_short_file_that_is_not_kvmm_is_refused_with_invalid_error(tmp_path):
     assert data.read_bytes() == b"LMDB? no."
 
 
+def _tree_state(root) -> dict:
+    """Every path under ``root`` with its bytes (None for a directory) and mtime."""
+    return {str(p): (None if p.is_dir() else p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["read-write", "readonly"])
+@pytest.mark.parametrize("lmdb_subdir, kvmm_subdir", [(True, True), (True, False),
+                                                      (False, False), (False, True)])
+def test_an_lmdb_environment_is_refused_naming_kvmm_migrate_and_left_untouched(
+        tmp_path, lmdb_subdir, kvmm_subdir, readonly):
+    """SPEC 2: no data.kvmm appears beside LMDB's data.mdb (the data would look gone),
+    no lock file is made, no byte changes."""
+    path = str(tmp_path / ("lmdbdir" if lmdb_subdir else "lmdb.file"))
+    source = lmdb.open(path, subdir=lmdb_subdir, map_size=1 << 20)
+    with source.begin(write=True) as txn:
+        txn.put(b"kept", b"1")
+    source.close()
+    before = _tree_state(tmp_path)
+    with pytest.raises(kvmm.InvalidError) as raised:
+        kvmm.open(path, subdir=kvmm_subdir, readonly=readonly)
+    assert f"kvmm migrate {path} NEW_PATH" in str(raised.value)
+    assert _tree_state(tmp_path) == before
+
+
+def test_a_directory_holding_kvmm_and_lmdb_data_opens_as_kvmm(tmp_path):
+    path = str(tmp_path / "both")
+    with kvmm.open(path) as env:
+        _fill(env, {b"kvmm": b"1"})
+    source = lmdb.open(path, map_size=1 << 20)
+    with source.begin(write=True) as txn:
+        txn.put(b"lmdb", b"1")
+    source.close()
+    with kvmm.open(path) as env:
+        assert _contents(env) == [(b"kvmm", b"1")]
+
+
+@pytest.mark.parametrize("header, byteorder", [(16, "little"), (16, "big"), (12, "little"),
+                                               (12, "big")])
+def test_lmdb_data_files_of_32_and_64_bit_builds_in_either_byte_order_are_recognised(
+        header, byteorder):
+    from kvmm.lmdbfiles import is_lmdb_data
+
+    meta = bytes(header) + (0xBEEFC0DE).to_bytes(4, byteorder) + (1).to_bytes(4, byteorder)
+    assert is_lmdb_data(meta)
+    assert not is_lmdb_data(meta[:header + 3])
+    assert not is_lmdb_data(bytes(header) + b"kvmm" + bytes(4))
+
+
 # -- context managers -------------------------------------------------------------------
 
 
