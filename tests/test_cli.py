@@ -469,6 +469,148 @@ def test_restore_bad_header_names_its_line(tmp_path, capsys, head, what):
     assert not (tmp_path / "db").exists()
 
 
+# --- migrate from LMDB ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["py-lmdb", "mdb_dump"])
+def migrate_reader(request, monkeypatch, py_lmdb):
+    """Which way `kvmm migrate` reads LMDB: py-lmdb, or mdb_dump once ``hide()``
+    (called after the test made its LMDB environment) hides py-lmdb."""
+    if request.param == "mdb_dump":
+        need("LMDB's mdb_dump (Debian's lmdb-utils)", shutil.which("mdb_dump"))
+
+    def hide() -> str:
+        if request.param == "mdb_dump":
+            monkeypatch.setitem(sys.modules, "lmdb", None)  # as if not installed
+        return request.param
+
+    return hide
+
+
+def make_lmdb_for_migrate(lmdb, path, subdir=True) -> str:
+    """MAIN and NAMED as in the dump tests, plus a dupsort database and an empty one."""
+    env = lmdb.open(str(path), subdir=subdir, map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for key, value in MAIN.items():
+            txn.put(key, value)
+        for name, records in NAMED.items():
+            db = env.open_db(name, txn=txn)
+            for key, value in records.items():
+                txn.put(key, value, db=db)
+        dups = env.open_db(b"dups", txn=txn, dupsort=True)
+        for key, value in _dupsort_pairs():
+            txn.put(key, value, db=dups)
+        env.open_db(b"empty", txn=txn)
+    env.close()
+    return str(path)
+
+
+def migrated_contents(path) -> tuple:
+    """(main records, {name: records}, {name: dupsort}) of a kvmm database."""
+    env = kvmm.open(str(path), max_dbs=8, readonly=True)
+    names = [*NAMED, b"dups", b"empty"]
+    with env.begin() as txn:
+        main_db = {k: v for k, v in txn.cursor() if k not in names}
+        named, dupsort = {}, {}
+        for name in names:
+            dupsort[name] = bool(txn._find_db_record(name)[3] & fmt.DB_DUPSORT)
+            db = env.open_db(name, txn=txn, create=False, dupsort=dupsort[name])
+            named[name] = list(txn.cursor(db))
+    env.close()
+    return main_db, named, dupsort
+
+
+@pytest.mark.parametrize("subdir", [True, False], ids=["directory", "data-file"])
+def test_migrate_copies_every_database_of_an_lmdb_environment(
+        tmp_path, capsys, monkeypatch, py_lmdb, migrate_reader, subdir):
+    """Every named database, dupsort ones as dupsort, with a progress bar on a
+    terminal; through py-lmdb or mdb_dump alike; LMDB's data file is only read."""
+    src = make_lmdb_for_migrate(py_lmdb, tmp_path / ("lmdb" if subdir else "lmdb.file"), subdir)
+    reader = migrate_reader()
+    data = os.path.join(src, "data.mdb") if subdir else src
+    before = sha(data)  # the lock file changes: migrate reads under LMDB's locking
+    dst = tmp_path / "kvmm"
+    tty = Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    code, out, _ = run(capsys, "migrate", src, dst)
+    assert code == 0
+    assert out == f"{dst}: {len(MAIN)} records in the main database and 4 named databases, " \
+                  f"from {src}\n"
+    assert "migrate" in tty.getvalue() and "Traceback" not in tty.getvalue()
+    if reader == "py-lmdb":  # the total is known up front
+        assert "100%" in tty.getvalue()
+    main_db, named, dupsort = migrated_contents(dst)
+    assert main_db == MAIN
+    assert named == {**{n: sorted(r.items()) for n, r in NAMED.items()},
+                     b"dups": _dupsort_pairs(), b"empty": []}
+    assert dupsort == {b"sub": False, b"two words": False, b"dups": True, b"empty": False}
+    assert run(capsys, "check", dst)[0] == 0
+    assert sha(data) == before
+
+
+def test_migrate_without_py_lmdb_or_mdb_dump_says_what_to_install(tmp_path, capsys,
+                                                                   monkeypatch, py_lmdb):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"a": b"1"})
+    monkeypatch.setitem(sys.modules, "lmdb", None)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    code, _, err = run(capsys, "migrate", src, tmp_path / "kvmm")
+    assert code == 1
+    assert one_line_error(err) == (
+        "kvmm: reading LMDB needs py-lmdb (pip install lmdb) or LMDB's mdb_dump on PATH "
+        "(Debian and Ubuntu: apt install lmdb-utils)")
+    assert not (tmp_path / "kvmm").exists()
+
+
+def test_migrate_refuses_flags_kvmm_lacks_and_leaves_nothing(tmp_path, capsys, py_lmdb,
+                                                               migrate_reader):
+    env = py_lmdb.open(str(tmp_path / "lmdb"), map_size=LMDB_MAP_SIZE, max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(b"main", b"1")
+        txn.put(b"k", b"v", db=env.open_db(b"a plain one", txn=txn))
+        txn.put((7).to_bytes(8, sys.byteorder), b"v",
+                db=env.open_db(b"numbers", txn=txn, integerkey=True))
+    env.close()
+    migrate_reader()
+    code, _, err = run(capsys, "migrate", tmp_path / "lmdb", tmp_path / "kvmm")
+    assert code == 1 and "integerkey databases are not supported by kvmm" in one_line_error(err)
+    assert not (tmp_path / "kvmm").exists()
+
+
+@pytest.mark.parametrize("target", ["kvmm", "file", "nonempty"])
+def test_migrate_needs_an_lmdb_source_and_a_new_target(tmp_path, capsys, py_lmdb, target):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"a": b"1"})
+    make_kvmm(tmp_path / "kvmm", {b"b": b"2"})
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "nonempty").mkdir()
+    (tmp_path / "nonempty" / "f").write_bytes(b"x")
+    before = _files_and_bytes(tmp_path)
+    code, _, err = run(capsys, "migrate", src, tmp_path / target)
+    assert code == 1 and "exists" in one_line_error(err)
+    code, _, err = run(capsys, "migrate", tmp_path / "kvmm", tmp_path / "new")
+    assert code == 1 and "not an LMDB environment" in one_line_error(err)
+    assert _files_and_bytes(tmp_path) == before
+
+
+def _files_and_bytes(root) -> dict:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("args", [["get", "k"], ["scan"], ["stat"], ["dump", "-a"], ["check"],
+                                  ["put", "k", "v"], ["restore", "-f", "DUMP"]],
+                         ids=lambda args: args[0])
+def test_commands_on_an_lmdb_environment_name_kvmm_migrate_and_touch_nothing(
+        tmp_path, capsys, py_lmdb, args):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"k": b"1"})
+    dump = write_dump(tmp_path / "d", b" 6b\n 32\nDATA=END\n")
+    args = [dump if a == "DUMP" else a for a in args]
+    before = _files_and_bytes(tmp_path)
+    code, out, err = run(capsys, args[0], src, *args[1:]) if args[0] != "restore" else \
+        run(capsys, *args, src)
+    assert code == 1
+    assert f"kvmm migrate {src} NEW_PATH" in out + err
+    assert _files_and_bytes(tmp_path) == before
+
+
 # --- check ----------------------------------------------------------------------------
 
 

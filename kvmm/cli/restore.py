@@ -216,7 +216,7 @@ class DumpReader:
 def run(args) -> int:
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(open(args.file, "rb")) if args.file else sys.stdin.buffer
-        reader = DumpReader(stream, _warn)
+        reader = DumpReader(stream, warn)
         head = None if args.text else reader.header()
         options = {}
         if head is not None and head.page_size is not None:
@@ -282,7 +282,7 @@ class Loader:
             for key, value in records:
                 if not key:
                     # Where mdb_load places it: the line last read (the value's).
-                    _warn(str(self.fault("zero-length key ignored", False)))
+                    warn(str(self.fault("zero-length key ignored", False)))
                     continue
                 try:
                     put(key, value, overwrite=overwrite, db=db)
@@ -310,5 +310,6 @@ def _size(stream) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
+    """Print ``kvmm: text`` on stderr: a line of the input that is skipped."""
     print(f"kvmm: {text}", file=sys.stderr)
