@@ -1052,6 +1052,7 @@ def test_help_lists_every_command_with_a_line_each():
         "stat",
         "check",
         "copy",
+        "migrate",
         "readers",
         "get",
         "put",
