@@ -22,7 +22,7 @@ from .common import CliError, arg_bytes, binary_stdout, named_dbs, open_env, ope
 def add_parsers(sub) -> None:
     get = sub.add_parser(
         "get",
-        help="print the value of a key",
+        help="write the value of a key, byte for byte",
         description="Write the value of KEY to stdout byte for byte, nothing added "
         "(with -x: a line of hex).",
     )

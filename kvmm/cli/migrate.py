@@ -43,7 +43,7 @@ NEED_A_READER = (
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "migrate",
-        help="copy an LMDB environment (every named database) into a new kvmm database",
+        help="copy an LMDB environment (all its databases) into a new database",
         description="Copy the LMDB environment at LMDB_PATH (a directory holding data.mdb, "
         "or an LMDB data file), every named database included, dupsort ones as dupsort "
         "ones, into a new kvmm database at NEW_PATH. Reads LMDB with py-lmdb when it is "
