@@ -21,11 +21,16 @@ COPY_CACHE = 16 << 20  # the destination's page cache: a copy reads each page on
 
 
 def copy_env(env, path: str, compact: bool = False, txn=None, progress=None) -> None:
-    """Copy ``env`` into directory ``path`` (created when missing), as ``data.kvmm``."""
+    """Copy ``env`` to ``path``, in its layout: into directory ``path`` (created when
+    missing) as ``data.kvmm``, or for a ``subdir=False`` environment as the file
+    ``path`` itself."""
     from .env import DATA_NAME
 
-    os.makedirs(path, exist_ok=True)
-    target = os.path.join(path, DATA_NAME)
+    if env._subdir:
+        os.makedirs(path, exist_ok=True)
+        target = os.path.join(path, DATA_NAME)
+    else:
+        target = path
     if os.path.exists(target) and os.path.getsize(target):
         raise FileExistsError(f"{target} already exists")
     if compact:
@@ -72,8 +77,9 @@ def _copy_compact(env, path: str, txn, progress) -> None:
     own = txn is None
     if own:
         txn = env.begin()
-    dst = Environment(path, page_size=env._page_size, max_dbs=max(env._max_dbs, 1 << 16),
-                      sync=False, cache_size=COPY_CACHE)
+    # No lock file: nothing else uses the copy while it is built.
+    dst = Environment(path, subdir=env._subdir, lock=False, page_size=env._page_size,
+                      max_dbs=max(env._max_dbs, 1 << 16), sync=False, cache_size=COPY_CACHE)
     try:
         names: list = []
         _copy_db(txn, None, dst, None, progress, names)

@@ -27,6 +27,8 @@ Invariants:
 
 from __future__ import annotations
 
+import weakref
+
 from .btree import child, descend, first_path
 from .errors import (
     BadValsizeError,
@@ -106,6 +108,14 @@ def _key_bytes(key) -> bytes:
     return key
 
 
+def _lookup_key(key):
+    """``key`` as bytes for a lookup, or None for a key too long to be stored, which
+    no lookup finds: py-lmdb answers as for an absent key. An empty key raises
+    BadValsizeError, as in py-lmdb."""
+    key = as_bytes(key, "keys")
+    return _key_bytes(key) if len(key) <= MAX_KEY_SIZE else None
+
+
 class Cursor:
     """A position in a database, moved by ``first``/``next``/``set_range``...
 
@@ -138,7 +148,7 @@ class Cursor:
         self._on_entry = False
         self._gen = txn._gen
         self._key = b""
-        txn._cursors.add(self)
+        txn._cursors.add(weakref.ref(self, txn._cursors.discard))
         txn._tail = None  # its fast inserts do not tell cursors
 
     # --- internals ------------------------------------------------------------------
@@ -262,12 +272,13 @@ class Cursor:
         """``key`` as bytes for a seek, or None for one too long to exist. As in
         py-lmdb, a refused key leaves the cursor unpositioned."""
         try:
-            return _key_bytes(key)
+            key = _lookup_key(key)
         except BadValsizeError:
             self._positioned = False
-            if key:
-                return None
             raise
+        if key is None:
+            self._positioned = False
+        return key
 
     def set_key(self, key) -> bool:
         """Move to ``key`` exactly; False (unpositioned) when absent. O(log n)."""
@@ -283,12 +294,12 @@ class Cursor:
 
     def set_range(self, key) -> bool:
         """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
-        if key.__class__ is not bytes or not key or len(key) > MAX_KEY_SIZE:
+        if key.__class__ is not bytes or not key:
             if not key:
                 return self.first()  # as py-lmdb: an empty key means "from the start"
-            key = self._seek_key(key)
-            if key is None:
-                return False
+            key = as_bytes(key, "keys")
+        # A key too long to be stored still has its place in the order: the cursor
+        # moves to the first key after it, as py-lmdb's does.
         return self._seek(key)
 
     def _seek(self, key: bytes) -> bool:
@@ -310,28 +321,33 @@ class Cursor:
     # --- reading --------------------------------------------------------------------
 
     def key(self):
-        """The current key, or b'' when unpositioned. O(1)."""
+        """The current key, or empty when unpositioned. O(1)."""
         step = self._fast
         if step is not None and self._positioned:
             return step[0].keys[step[1]]
         if not self._sync():
-            return b""
+            return self._nothing()
         leaf, i = self._path[-1]
         k = leaf.keys[i]
         return memoryview(k) if self._txn._buffers else k
 
     def value(self):
-        """The current value, or b'' when unpositioned. O(1) (overflow: O(size))."""
+        """The current value, or empty when unpositioned. O(1) (overflow: O(size))."""
         step = self._fast
         if step is not None and self._positioned:
             return step[0].vals[step[1]]
         if not self._sync():
-            return b""
+            return self._nothing()
         leaf, i = self._path[-1]
         return self._txn._value(leaf, i)
 
+    def _nothing(self):
+        """What an unpositioned cursor reads: empty, a memoryview with ``buffers``
+        (as py-lmdb's; a new one each time, since a caller may release it)."""
+        return memoryview(b"") if self._txn._buffers else b""
+
     def item(self) -> tuple:
-        """(key, value) of the current entry, or (b'', b'')."""
+        """(key, value) of the current entry, or two empty ones."""
         step = self._fast
         if step is not None and self._positioned:
             leaf, i = step
@@ -566,7 +582,8 @@ class Cursor:
         """Forget the position; the cursor cannot be used afterwards."""
         txn = self._txn
         if txn is not None:
-            txn._cursors.discard(self)
+            # A live weak reference equals (and hashes as) another to the same cursor.
+            txn._cursors.discard(weakref.ref(self))
         self._txn = None
         self._path = None
         self._fast = None

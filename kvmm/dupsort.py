@@ -23,7 +23,7 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next, path_prev
 from .errors import BadValsizeError, CorruptedError, IncompatibleError
 from .format import DB_DUPFIXED, MAX_KEY_SIZE
 from .orders import key_in, key_out, seek_stored_key, value_in, value_out
@@ -140,8 +140,14 @@ def delete(txn, state, key, value) -> bool:
     """Delete the pair (key, value), or every value of ``key`` when ``value`` is
     empty. O(log n) per leaf of values."""
     flags = state.flags
-    key = key_in(flags, _key_bytes(key))
+    key = _lookup_key(key)
+    if key is None:
+        return False  # too long to be stored: absent, as in py-lmdb
+    key = key_in(flags, key)
     if value:
+        value = as_bytes(value, "values")
+        if len(value) > MAX_KEY_SIZE:
+            return False
         raw = pair(key, value_in(flags, _value_bytes(value)))
         path = descend(txn.load, state, raw)
         if path is None:
@@ -211,17 +217,17 @@ class DupCursor(Cursor):
 
     def key(self):
         if not self._sync():
-            return b""
+            return self._nothing()
         return self._view(self._pair_out(self._raw())[0])
 
     def value(self):
         if not self._sync():
-            return b""
+            return self._nothing()
         return self._view(self._pair_out(self._raw())[1])
 
     def item(self) -> tuple:
         if not self._sync():
-            return b"", b""
+            return self._nothing(), self._nothing()
         k, v = self._pair_out(self._raw())
         return self._view(k), self._view(v)
 
@@ -238,33 +244,43 @@ class DupCursor(Cursor):
         return ok
 
     def set_range(self, key) -> bool:
-        """Move to the first value of the first key >= ``key``."""
+        """Move to the first value of the first key >= ``key`` (of any length, as in
+        Cursor.set_range)."""
         if not key:
             return self.first()
-        key = self._seek_key(key)
-        return False if key is None else self._seek(floor(key))
+        return self._seek(floor(as_bytes(key, "keys")))
 
-    def _seek_pair(self, key, value):
-        """pair(key, value) for a seek, or None when no such pair can exist (an
-        empty or too long value: dupsort values are 1 to 511 bytes)."""
+    def _seek_pair(self, key, value, exact: bool):
+        """pair(key, value) for a seek, or None when the seek finds nothing: a key
+        too long to be stored, or for an ``exact`` seek such a value (a range seek
+        compares a long value as any other). An empty key or value raises
+        BadValsizeError, as in py-lmdb."""
         key = self._seek_key(key)
-        try:
-            value = self._value_in(value)
-        except BadValsizeError:
+        value = as_bytes(value, "values")
+        if not value:
+            self._positioned = False
+            raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to {MAX_KEY_SIZE} "
+                                  "bytes")
+        if len(value) <= MAX_KEY_SIZE:
+            try:
+                value = self._value_in(value)
+            except BadValsizeError:
+                key = None  # a value this database cannot hold: no pair has it
+        if key is None or exact and len(value) > MAX_KEY_SIZE:
             self._positioned = False
             return None
-        return None if key is None else pair(key, value)
+        return pair(key, value)
 
     def set_key_dup(self, key, value) -> bool:
         """Move to the pair (key, value) exactly."""
-        raw = self._seek_pair(key, value)
+        raw = self._seek_pair(key, value, True)
         ok = raw is not None and self._seek(raw) and self._raw() == raw
         self._positioned = ok
         return ok
 
     def set_range_dup(self, key, value) -> bool:
         """Move to the first value >= ``value`` of ``key``; False when none."""
-        raw = self._seek_pair(key, value)
+        raw = self._seek_pair(key, value, False)
         ok = raw is not None and self._seek(raw) and self._raw().startswith(
             floor(split(raw)[0]))
         self._positioned = ok
@@ -553,6 +569,14 @@ class OrderedDupCursor(DupCursor):
         return value_in(self._db._flags, _value_bytes(value))
 
     _seek_key = seek_stored_key
+
+    def set_range(self, key) -> bool:
+        """Move to the first value of the first key >= ``key`` in the database's
+        order (a key its order cannot hold: False)."""
+        if not key:
+            return self.first()
+        key = self._seek_key(key)
+        return False if key is None else self._seek(floor(key))
 
     def iternext_dup(self, keys=False, values=True):
         # Through the moves, which give the user's form (the leaf walk gives the stored).

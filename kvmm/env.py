@@ -32,6 +32,7 @@ from .errors import (
     NotFoundError,
     ReadonlyError,
 )
+from .lmdbfiles import refuse_lmdb
 from .lock import LockFile
 from .mapfile import DataFile, Map
 from .pages import Pages
@@ -181,6 +182,7 @@ class Environment:
         self._map_size = None  # the cap map_size sets; see _set_cap
         self._mode = mode
         self._boot_id = BOOT_ID
+        refuse_lmdb(path, os.path.join(path, DATA_NAME) if subdir else path)
         # As LMDB: the directory gets ``mode`` (and x where it has r, so that a mode
         # meant for files leaves it usable), the files ``mode`` without x.
         file_mode = mode & ~0o111
@@ -918,7 +920,8 @@ class Environment:
             return db
         flags = orders.db_flags(reverse_key, dupsort, integerkey, integerdup, dupfixed)
         if len(self._dbs) >= self._max_dbs:
-            raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open")
+            raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open: "
+                               "open with a larger max_dbs=")
         db = _Database(self, key, flags)
         own = txn is None
         if own:
@@ -1088,9 +1091,10 @@ class Environment:
             self._unlock_writer()
 
     def copy(self, path, compact=False, txn=None) -> None:
-        """Write a consistent copy of the environment into directory ``path``: of
-        the snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the
-        last commit."""
+        """Write a consistent copy of the environment to ``path``: a directory, or for a
+        ``subdir=False`` environment the data file, as py-lmdb's copy does; of the
+        snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the last
+        commit."""
         from .copy import copy_env
 
         self._copy_txn(compact, txn)

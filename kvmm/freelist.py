@@ -34,6 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right, insort
 from operator import neg
 
@@ -90,7 +91,10 @@ class FreeList:
     """
 
     def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
-        self.txn = txn
+        # The transaction owns its free list; a weak reference back keeps the two out
+        # of a reference cycle, so dropping the transaction aborts it at once.
+        self._txn = weakref.ref(txn)
+        self.txnid = txn.txnid
         self.reader_bound = reader_bound
         self.steady = steady
         if inline:
@@ -118,6 +122,12 @@ class FreeList:
         self.saving = False
         self.extend_only = False
 
+
+    def bind(self, txn) -> None:
+        """Allocate for ``txn`` from now on: a nested transaction shares its parent's
+        list while it is open (kvmm.nested). Weak, as in __init__: the list is the
+        transaction's and must not keep it alive."""
+        self._txn = weakref.ref(txn)
     def reusable(self, tag: int) -> bool:
         """Whether pages freed with ``tag`` (txnid, maybe | WEAK_BORN) may be reused."""
         txnid = tag & ~WEAK_BORN
@@ -139,7 +149,7 @@ class FreeList:
                 pgno = self._find_run(n)
                 if pgno is not None:
                     return pgno
-        txn = self.txn
+        txn = self._txn()
         pgno = txn.next_pgno
         txn.next_pgno += n
         return pgno
@@ -168,7 +178,7 @@ class FreeList:
         """
         if self.exhausted or self.saving:
             return False
-        txn = self.txn
+        txn = self._txn()
         load = txn.load
         db = txn.free_db
         while True:
@@ -207,7 +217,7 @@ class FreeList:
         this transaction. Pages it wrote itself were never committed: reusable at
         once. Pages written after the steady commit need not wait for a sync."""
         pages = range(pgno, pgno + n)
-        if born == self.txn.txnid:
+        if born == self.txnid:
             reuse = self.reuse
             for p in pages:
                 insort(reuse, p, key=neg)
@@ -221,7 +231,7 @@ class FreeList:
     def trim_tail(self) -> int:
         """Drop reusable pages at the end of the file from use: lowers ``next_pgno``.
         Returns how many pages were given back."""
-        txn = self.txn
+        txn = self._txn()
         reuse = self.reuse
         n = 0
         while n < len(reuse) and reuse[n] == txn.next_pgno - 1:
@@ -243,7 +253,7 @@ class FreeList:
         database frees and allocates pages itself, so repeat until a round changes
         nothing.
         """
-        txn = self.txn
+        txn = self._txn()
         db = txn.free_db
         self.saving = True
         for key in self.consumed:
@@ -287,7 +297,7 @@ class FreeList:
     def _inline(self, ntags, npgnos, freed, wtags, wpgnos) -> tuple:
         """The inline free list, sorted by tag as __init__ expects: reusable-by-anyone
         (0), then normal tags by txnid, then weak ones; flattened as (tag, pgno)."""
-        tid = self.txn.txnid
+        tid = self.txnid
         flat: list[int] = []
         for p in reversed(self.reuse):
             flat += (0, p)
@@ -314,14 +324,14 @@ class FreeList:
         return len(records)
 
     def _delete(self, db, key: bytes) -> None:
-        txn = self.txn
+        txn = self._txn()
         path = descend(txn.load, db, key)
         leaf, i = path[-1]
         db.entries -= len(leaf.vals[i]) // 8 - 1
         remove_at(txn, db, path)
 
     def _put(self, db, key: bytes, value: bytes) -> None:
-        txn = self.txn
+        txn = self._txn()
         path = descend(txn.load, db, key)
         if path is not None:
             leaf, i = path[-1]

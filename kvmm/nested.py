@@ -83,8 +83,9 @@ class Savepoint:
         self.dbs = [(db, state, state.record(), state.changed)
                     for db, state in txn._dbs.items()]
         self.free_db = (txn.free_db.record(), txn.free_db.changed)
-        self.cursors = [(cur, [getattr(cur, f) for f in CURSOR_FIELDS])
-                        for cur in txn._cursors]
+        # (weak reference, fields) of each live cursor (Transaction._cursors).
+        self.cursors = [(ref, [getattr(cur, f) for f in CURSOR_FIELDS])
+                        for ref in txn._cursors if (cur := ref()) is not None]
 
     def restore(self, txn) -> None:
         """Put ``txn``'s write state back as it was, in the same objects."""
@@ -160,13 +161,17 @@ def begin(child, parent, write: bool) -> None:
         child._savepoint = Savepoint(parent)
         for name in SHARED:
             setattr(child, name, getattr(parent, name))
-        child.freelist.txn = child
+        child.freelist.bind(child)
         child._gen = parent._gen
+        # The parent's set of cursors is lent to the child (each cursor's weak
+        # reference removes itself from that set when the cursor dies).
         child._cursors = parent._cursors
         parent._cursors = set()
-        for cur in child._cursors:
-            cur._txn = child
-            cur._fast = None
+        for ref in child._cursors:
+            cur = ref()
+            if cur is not None:
+                cur._txn = child
+                cur._fast = None
         child._parent = parent
         parent._child = child
         parent._done = True
@@ -190,18 +195,28 @@ def end(child, commit: bool) -> None:
             env._forget_db(db)
         savepoint.restore(parent)
     child._opened = []
-    parent.freelist.txn = parent
+    parent.freelist.bind(parent)
     parent._gen = child._gen + 1
-    for cur, values in savepoint.cursors:
-        if cur._txn is not child:
-            continue  # closed meanwhile
-        child._cursors.discard(cur)
+    # The lent set goes back to the parent with the parent's cursors; the child's own
+    # cursors end with it.
+    shared = child._cursors
+    saved = dict(savepoint.cursors)
+    for ref in list(shared):
+        cur = ref()
+        if cur is None or cur._txn is not child:
+            continue  # died or closed meanwhile
+        values = saved.get(ref)
+        if values is None:
+            shared.discard(ref)
+            cur._txn = cur._path = cur._fast = None
+            continue
         cur._txn = parent
         cur._fast = None
         if not commit:
             for f, value in zip(CURSOR_FIELDS, values):
                 setattr(cur, f, value)
-        parent._cursors.add(cur)
+    parent._cursors = shared
+    child._cursors = set()
     child._savepoint = None
     parent._child = None
     parent._done = False

@@ -157,7 +157,11 @@ class OrderedCursor(Cursor):
         if not key:
             return self.first()
         key = self._seek_key(key)
-        return False if key is None else self._seek(key)
+        if key is None:  # no key of this database sorts there: unpositioned
+            self._sync()  # the path up to date, so that nothing positions it again
+            self._positioned = False
+            return False
+        return self._seek(key)
 
     def _user_key(self, stored):
         return key_out(self._db._flags, bytes(stored))

@@ -31,7 +31,7 @@ from .btree import (
     remove_at,
     replace_at,
 )
-from .cursor import Cursor, _key_bytes, as_bytes, path_next
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next
 from .errors import (
     BadDbiError,
     BadTxnError,
@@ -79,7 +79,10 @@ class Transaction:
         self.write = write
         self._buffers = buffers
         self._gen = 0
-        self._cursors = set()
+        # Weak references to the open cursors (each removes itself when it dies): a
+        # cursor keeps its transaction alive, never the other way round, so nothing
+        # holds a transaction in a reference cycle and dropping it aborts it at once.
+        self._cursors: set[weakref.ref] = set()
         self._default_db = db if db is not None else env._main_db
         self._slot = None
         self._dbs: dict = {}
@@ -107,8 +110,10 @@ class Transaction:
             except BaseException:
                 env._end_write(self)
                 raise
+            self._done = False
         else:
             self.meta, self._slot, self._mm = env._begin_read()
+            self._done = False
             self.txnid = self.meta.txnid
             self.load = env._pages.loader(self._mm, self.meta.next_pgno)
         self._done = False
@@ -300,7 +305,10 @@ class Transaction:
         """Before a change, each positioned, up-to-date cursor notes its entry's key,
         which its fast moves do not keep: it finds its place again by it."""
         gen = self._gen
-        for cur in self._cursors:
+        for ref in self._cursors:
+            cur = ref()
+            if cur is None:
+                continue
             cur._fast = None
             if cur._positioned and cur._gen == gen:
                 leaf, i = cur._path[-1]
@@ -329,7 +337,9 @@ class Transaction:
             elif self._done:
                 self._live()
             if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-                key = _key_bytes(key)
+                key = _lookup_key(key)
+                if key is None:
+                    return default
             if state.flags:
                 if state.flags & DB_DUPSORT:
                     return dupsort.get(self, state, key, default)
@@ -585,9 +595,14 @@ class Transaction:
         if state.flags:
             if state.flags & DB_DUPSORT:
                 return dupsort.delete(self, state, key, value)
-            key = orders.key_in(state.flags, _key_bytes(key))
+            key = _lookup_key(key)
+            if key is None:
+                return False  # too long to be stored: absent, as in py-lmdb
+            key = orders.key_in(state.flags, key)
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-            key = _key_bytes(key)
+            key = _lookup_key(key)
+            if key is None:
+                return False
         if not value and not self._cursors:
             done = delete_in_place(self, state, key)
             if done is not None:
@@ -764,10 +779,12 @@ class Transaction:
         if env._txns.pop(id(self), None) is None:
             return
         self._mark_done()
-        for cur in list(self._cursors):
-            cur._txn = None
-            cur._path = None
-            cur._fast = None
+        for ref in list(self._cursors):
+            cur = ref()
+            if cur is not None:
+                cur._txn = None
+                cur._path = None
+                cur._fast = None
         self._cursors.clear()
         if self.write:
             self._dirty = {}

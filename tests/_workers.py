@@ -127,6 +127,15 @@ def hold_write_txn(path, holding, release, before_commit) -> None:
         txn.commit()
 
 
+def write_when_free(path, ready) -> None:
+    """Open the environment, set ``ready``, then wait for the writer lock and commit
+    b"waiter"."""
+    with kvmm.open(path) as env:
+        ready.set()
+        with env.begin(write=True) as txn:
+            txn.put(b"waiter", b"child")
+
+
 def growth_key(i: int) -> bytes:
     return b"grow%06d" % i
 

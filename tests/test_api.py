@@ -6,8 +6,11 @@ environment with ``max_dbs=8``; tests that need other options open their own.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat as stat_module
+import threading
+import weakref
 
 import lmdb
 import pytest
@@ -176,6 +179,55 @@ def test_a_short_file_that_is_not_kvmm_is_refused_with_invalid_error(tmp_path):
     assert data.read_bytes() == b"LMDB? no."
 
 
+def _tree_state(root) -> dict:
+    """Every path under ``root`` with its bytes (None for a directory) and mtime."""
+    return {str(p): (None if p.is_dir() else p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["read-write", "readonly"])
+@pytest.mark.parametrize("lmdb_subdir, kvmm_subdir", [(True, True), (True, False),
+                                                      (False, False), (False, True)])
+def test_an_lmdb_environment_is_refused_naming_kvmm_migrate_and_left_untouched(
+        tmp_path, lmdb_subdir, kvmm_subdir, readonly):
+    """SPEC 2: no data.kvmm appears beside LMDB's data.mdb (the data would look gone),
+    no lock file is made, no byte changes."""
+    path = str(tmp_path / ("lmdbdir" if lmdb_subdir else "lmdb.file"))
+    source = lmdb.open(path, subdir=lmdb_subdir, map_size=1 << 20)
+    with source.begin(write=True) as txn:
+        txn.put(b"kept", b"1")
+    source.close()
+    before = _tree_state(tmp_path)
+    with pytest.raises(kvmm.InvalidError) as raised:
+        kvmm.open(path, subdir=kvmm_subdir, readonly=readonly)
+    assert f"kvmm migrate {path} NEW_PATH" in str(raised.value)
+    assert _tree_state(tmp_path) == before
+
+
+def test_a_directory_holding_kvmm_and_lmdb_data_opens_as_kvmm(tmp_path):
+    path = str(tmp_path / "both")
+    with kvmm.open(path) as env:
+        _fill(env, {b"kvmm": b"1"})
+    source = lmdb.open(path, map_size=1 << 20)
+    with source.begin(write=True) as txn:
+        txn.put(b"lmdb", b"1")
+    source.close()
+    with kvmm.open(path) as env:
+        assert _contents(env) == [(b"kvmm", b"1")]
+
+
+@pytest.mark.parametrize("header, byteorder", [(16, "little"), (16, "big"), (12, "little"),
+                                               (12, "big")])
+def test_lmdb_data_files_of_32_and_64_bit_builds_in_either_byte_order_are_recognised(
+        header, byteorder):
+    from kvmm.lmdbfiles import is_lmdb_data
+
+    meta = bytes(header) + (0xBEEFC0DE).to_bytes(4, byteorder) + (1).to_bytes(4, byteorder)
+    assert is_lmdb_data(meta)
+    assert not is_lmdb_data(meta[:header + 3])
+    assert not is_lmdb_data(bytes(header) + b"kvmm" + bytes(4))
+
+
 # -- context managers -------------------------------------------------------------------
 
 
@@ -210,6 +262,91 @@ def test_closing_the_environment_aborts_its_open_transactions(tmp_path):
         cursor.next()
     with kvmm.open(path) as env:
         assert _contents(env) == [(b"kept", b"1")]
+
+
+@pytest.fixture
+def no_gc():
+    """The cyclic garbage collector off for the test: what it frees, reference counting
+    frees."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def _reader_txnids(env) -> list[int]:
+    """The snapshots pinned in the reader table (``-``: a slot that pins none)."""
+    rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
+    return [int(row[2]) for row in rows if row[2] not in ("-", "0")]
+
+
+def _abandon(env, write, cursors, db=None) -> weakref.ref:
+    """Begin a transaction, use it (and cursors on it), and return without ending it;
+    a weak reference to it is returned."""
+    txn = env.begin(write=write, db=db)
+    if write:
+        txn.put(b"abandoned", b"1")
+    txn.get(b"abandoned")
+    if cursors:
+        cur = txn.cursor()
+        cur.first()
+        txn.cursor().set_range(b"a")  # one dropped at once, one held by a local
+    return weakref.ref(txn)
+
+
+@pytest.mark.parametrize("dupsort", [False, True])
+@pytest.mark.parametrize("cursors", [False, True])
+def test_a_dropped_write_transaction_aborts_and_frees_the_writer_lock_at_once(
+        env, no_gc, cursors, dupsort):
+    """SPEC 10, as py-lmdb: the next write transaction of the same thread begins at
+    once, sees nothing of the dropped one, and the environment closes cleanly."""
+    db = env.open_db(b"dups", dupsort=True) if dupsort else None
+    ref = _abandon(env, True, cursors, db)
+    assert ref() is None
+    with env.begin(write=True, db=db) as txn:
+        assert txn.get(b"abandoned") is None
+        txn.put(b"next", b"2")
+    env.close()
+
+
+@pytest.mark.parametrize("cursors", [False, True])
+def test_a_dropped_read_transaction_frees_its_reader_slot_at_once(env, no_gc, cursors):
+    with env.begin(write=True) as txn:
+        txn.put(b"abandoned", b"1")
+    ref = _abandon(env, False, cursors)
+    assert ref() is None
+    assert _reader_txnids(env) == []
+
+
+def test_a_write_transaction_dropped_in_another_thread_lets_this_thread_write(env, no_gc):
+    refs = []
+    worker = threading.Thread(target=lambda: refs.append(_abandon(env, True, True)))
+    worker.start()
+    worker.join()
+    assert refs[0]() is None
+    done = []
+
+    def write():
+        with env.begin(write=True) as txn:
+            done.append(txn.get(b"abandoned"))
+
+    writer = threading.Thread(target=write, daemon=True)  # a hang fails, not blocks
+    writer.start()
+    writer.join(60)
+    assert done == [None]
+
+
+def test_a_write_transaction_that_fails_to_begin_leaves_the_writer_lock_to_its_holder(env):
+    """A second begin(write=True) in the thread that writes raises BadTxnError; the
+    failed transaction's finalizer must not release the first one's lock."""
+    first = env.begin(write=True)
+    with pytest.raises(kvmm.BadTxnError):
+        env.begin(write=True)
+    gc.collect()
+    first.put(b"k", b"v")
+    first.commit()  # raised LockError when the failed begin had released the lock
+    with env.begin() as txn:
+        assert txn.get(b"k") == b"v"
 
 
 def test_write_transaction_context_manager_commits_on_normal_exit(env):

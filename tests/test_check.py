@@ -16,6 +16,7 @@ import kvmm
 from kvmm import format as fmt
 from kvmm.btree import DbState, descend
 from kvmm.check import Checker, check, check_env
+from kvmm.lock import LockFile
 
 PS = 4096
 BIG = b"B" * 20_000  # an overflow run of several pages
@@ -232,3 +233,44 @@ def test_every_damage_at_once_is_listed_not_just_the_first(built):
     assert reported(notes, 1 - built.slot, "meta")
     assert reported(problems, last_leaf, "checksum")
     assert reported(problems, leaf.pgno, "out of order")
+
+
+def test_readers_newer_than_the_snapshot_checked_are_no_problem(tmp_path, monkeypatch):
+    """A live database: readers that began after the check's snapshot, one of them
+    while the reader table is being read (the race, made deterministic), are sound."""
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            txn.put(b"a", b"1")
+        checked = env.begin()  # the check's snapshot
+        with env.begin(write=True) as txn:
+            txn.put(b"b", b"2")
+        newer = [env.begin()]
+        read_table = LockFile.readers
+
+        def readers_while_a_writer_commits(lock):
+            slots = read_table(lock)
+            monkeypatch.undo()  # the commit below reads the table too
+            with env.begin(write=True) as txn:
+                txn.put(b"c", b"3")
+            newer.append(env.begin())
+            return slots + [s for s in read_table(lock) if s not in slots]
+
+        monkeypatch.setattr(LockFile, "readers", readers_while_a_writer_commits)
+        assert Checker(env, checked).run() == []
+        assert [t.id() for t in newer] == [checked.id() + 1, checked.id() + 2]
+        for txn in [checked, *newer]:
+            txn.abort()
+
+
+def test_a_reader_slot_newer_than_every_commit_is_reported(tmp_path):
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            txn.put(b"a", b"1")
+        reader = env.begin()
+        last = reader.id()
+        env._lock.set_slot(reader._slot, last + 5)
+        problems = check_env(env)
+        reader.abort()
+    assert len(problems) == 1
+    assert re.fullmatch(rf"reader slot \d+ \(pid \d+\): snapshot {last + 5} newer than "
+                        rf"the last commit {last}", problems[0]), problems

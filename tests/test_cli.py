@@ -193,14 +193,20 @@ def test_mdb_dump_output_restores_into_kvmm_without_loss(
 ):
     # LMDB's -a leaves the main database's own data out, so it is dumped apart.
     flag = ["-p"] if printable else []
-    main_dump = tool("mdb_dump", *flag, make_lmdb(py_lmdb, tmp_path / "a", MAIN))
-    named_dump = tool("mdb_dump", "-a", *flag, make_lmdb(py_lmdb, tmp_path / "b", {}, NAMED))
+    records, named = MAIN, NAMED
+    if printable and lmdb_tools_version() < (0, 9, 25):
+        # mdb_dump -p before 0.9.25 writes backslashes bare, which restore refuses
+        # (see test_restore_refuses_bad_escapes_naming_the_line).
+        records = without_backslashes(MAIN)
+        named = {name: without_backslashes(recs) for name, recs in NAMED.items()}
+    main_dump = tool("mdb_dump", *flag, make_lmdb(py_lmdb, tmp_path / "a", records))
+    named_dump = tool("mdb_dump", "-a", *flag, make_lmdb(py_lmdb, tmp_path / "b", {}, named))
     (tmp_path / "main.txt").write_bytes(main_dump)
     (tmp_path / "named.txt").write_bytes(named_dump)
     dst = tmp_path / "kvmm"
     assert run(capsys, "restore", "-f", tmp_path / "main.txt", dst) == (0, "", "")
     assert run(capsys, "load", "-f", tmp_path / "named.txt", dst) == (0, "", "")
-    assert kvmm_contents(dst, NAMED) == (MAIN, NAMED)
+    assert kvmm_contents(dst, named) == (records, named)
     assert run(capsys, "check", dst)[0] == 0
 
 
@@ -242,12 +248,38 @@ def test_dump_pipes_into_restore_through_python_m_kvmm(tmp_path):
 # --- restore: reading the format as mdb_load does -------------------------------------
 
 
-def test_restore_reads_lmdb_0924_bare_backslashes(tmp_path, capsys):
-    # 0.9.24's mdb_dump -p writes `a\b` for a\b; 0.9.25 writes `a\\b`. Both read back.
-    body = b" a\\b\n \\\n a\\\\c\n x\\5cy\\00\nDATA=END\n"
+def test_restore_reads_escaped_backslashes_and_hex_escapes(tmp_path, capsys):
+    body = b" a\\\\b\n \\\\\n x\\5cy\\00\n \\7e\\7E\nDATA=END\n"
     dump = write_dump(tmp_path / "d", body, printable=True)
     assert run(capsys, "restore", "-f", dump, tmp_path / "db") == (0, "", "")
-    assert kvmm_contents(tmp_path / "db")[0] == {b"a\\b": b"\\", b"a\\c": b"x\\y\x00"}
+    assert kvmm_contents(tmp_path / "db")[0] == {b"a\\b": b"\\", b"x\\y\x00": b"~~"}
+
+
+@pytest.mark.parametrize(
+    "body, line, shown",
+    [
+        (b" r\\qd\n 1\nDATA=END\n", 6, "'\\qd'"),
+        (b" k\n v\\\nDATA=END\n", 7, "'\\'"),
+        (b" k\\5\n v\nDATA=END\n", 6, "'\\5'"),
+        (b" k\\g0\n v\nDATA=END\n", 6, "'\\g0'"),
+    ],
+    ids=["not-hex", "at-the-end", "one-digit", "g"],
+)
+def test_restore_refuses_bad_escapes_naming_the_line(tmp_path, capsys, body, line, shown):
+    """As mdb_load: a backslash is followed by another or by two hex digits (LMDB
+    0.9.24's mdb_dump -p wrote bare ones, which no tool reads back exactly)."""
+    dump = write_dump(tmp_path / "d", body, printable=True)
+    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    assert code == 1
+    assert one_line_error(err).startswith(f"kvmm: line {line}: bad escape {shown}: ")
+    assert "dump without -p" in err
+    assert not (tmp_path / "db").exists()
+
+
+def test_restore_dash_t_refuses_a_bad_escape_naming_the_line(tmp_path, capsys):
+    (tmp_path / "t").write_bytes(b"k\nv\nk2\nbad\\q\n")
+    code, _, err = run(capsys, "restore", "-T", "-f", tmp_path / "t", tmp_path / "db")
+    assert code == 1 and one_line_error(err).startswith("kvmm: line 4: bad escape '\\q'")
 
 
 def test_restore_blocks_go_to_their_database_and_dash_s(tmp_path, capsys):
@@ -462,27 +494,46 @@ def test_restore_refuses_a_target_that_is_not_kvmm_and_leaves_it_alone(tmp_path,
 
 def test_restore_stops_at_a_bad_line_keeping_earlier_batches(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(restore_cmd, "BATCH", 10)
+    db = make_kvmm(tmp_path / "db", {b"existing": b"1"})
     good = b"".join(b" %s\n 76\n" % (b"%04d" % i).hex().encode() for i in range(25))
     dump = write_dump(tmp_path / "d", good + b" 7a7\n 76\nDATA=END\n")
-    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    code, _, err = run(capsys, "restore", "-f", dump, db)
     assert code == 1
     # 5 header lines, 50 good data lines: the bad key is on line 56.
     assert one_line_error(err) == "kvmm: line 56: not an even number of hex digits"
-    assert sorted(kvmm_contents(tmp_path / "db")[0]) == [b"%04d" % i for i in range(20)]
-    assert run(capsys, "check", tmp_path / "db")[0] == 0
+    assert sorted(kvmm_contents(db)[0]) == [b"%04d" % i for i in range(20)] + [b"existing"]
+    assert run(capsys, "check", db)[0] == 0
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty-directory"])
+def test_a_failed_restore_into_a_new_path_leaves_no_database(tmp_path, capsys, monkeypatch,
+                                                             made):
+    monkeypatch.setattr(restore_cmd, "BATCH", 10)  # batches were committed before the error
+    good = b"".join(b" %s\n 76\n" % (b"%04d" % i).hex().encode() for i in range(25))
+    dump = write_dump(tmp_path / "d", good + b" ZZ\n 76\nDATA=END\n")
+    target = tmp_path / "new"
+    if made:
+        target.mkdir()
+    code, _, err = run(capsys, "restore", "-f", dump, target)
+    assert code == 1 and one_line_error(err) == "kvmm: line 56: 'Z' is not a hex digit"
+    assert sorted(os.listdir(tmp_path)) == (["d", "new"] if made else ["d"])
+    if made:
+        assert os.listdir(target) == []
 
 
 @pytest.mark.parametrize(
     "body, line, what",
     [
-        (b" 61\n 6g\nDATA=END\n", 7, "hex"),
+        (b" 61\n 6g\nDATA=END\n", 7, "'g' is not a hex digit"),
+        (b" 61\n 616\nDATA=END\n", 7, "not an even number of hex digits"),
         (b" 61\n 62\n", 7, "DATA=END is missing"),
         (b" 61\nDATA=END\n", 7, "expected the value"),
         (b" 61\n", 6, "a key without its value"),
         (b"61\n 62\nDATA=END\n", 6, "expected a data line"),
         (b" %s\n 62\nDATA=END\n" % (b"6b" * 600), 6, "keys are 1 to"),
     ],
-    ids=["bad-hex", "no-data-end", "key-then-end", "key-then-eof", "no-space", "long-key"],
+    ids=["bad-hex", "odd-hex", "no-data-end", "key-then-end", "key-then-eof", "no-space",
+         "long-key"],
 )
 def test_restore_bad_input_names_its_line(tmp_path, capsys, body, line, what):
     code, _, err = run(capsys, "restore", "-f", write_dump(tmp_path / "d", body), tmp_path / "db")
@@ -498,13 +549,174 @@ def test_restore_bad_input_names_its_line(tmp_path, capsys, body, line, what):
         (b"format=base64\nHEADER=END\n", "line 1: unsupported format base64"),
         (b"type=hash\nHEADER=END\n", "line 1: unsupported type hash"),
         (b"VERSION=3\nno equals sign\nHEADER=END\n", "line 2: unexpected format"),
+        (b"VERSION=3\nHEADER=ED\n 61\n 62\nDATA=END\n",
+         "line 2: 'HEADER=ED': expected HEADER=END"),
+        (b"VERSION=3\n 61\n 62\nDATA=END\n", "line 2: ' 61': expected HEADER=END"),
     ],
-    ids=["no-header-end", "version", "format", "type", "no-equals"],
+    ids=["no-header-end", "version", "format", "type", "no-equals", "header-ed", "no-header"],
 )
 def test_restore_bad_header_names_its_line(tmp_path, capsys, head, what):
     (tmp_path / "d").write_bytes(head)
     code, _, err = run(capsys, "restore", "-f", tmp_path / "d", tmp_path / "db")
     assert code == 1 and what in one_line_error(err)
+    assert not (tmp_path / "db").exists()
+
+
+# --- migrate from LMDB ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["py-lmdb", "mdb_dump"])
+def migrate_reader(request, monkeypatch, py_lmdb):
+    """Which way `kvmm migrate` reads LMDB: py-lmdb, or mdb_dump once ``hide()``
+    (called after the test made its LMDB environment) hides py-lmdb."""
+    if request.param == "mdb_dump":
+        need("LMDB's mdb_dump (Debian's lmdb-utils)", shutil.which("mdb_dump"))
+
+    def hide() -> str:
+        if request.param == "mdb_dump":
+            monkeypatch.setitem(sys.modules, "lmdb", None)  # as if not installed
+        return request.param
+
+    return hide
+
+
+def make_lmdb_for_migrate(lmdb, path, subdir=True) -> str:
+    """MAIN and NAMED as in the dump tests, plus a dupsort database and an empty one."""
+    env = lmdb.open(str(path), subdir=subdir, map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for key, value in MAIN.items():
+            txn.put(key, value)
+        for name, records in NAMED.items():
+            db = env.open_db(name, txn=txn)
+            for key, value in records.items():
+                txn.put(key, value, db=db)
+        dups = env.open_db(b"dups", txn=txn, dupsort=True)
+        for key, value in _dupsort_pairs():
+            txn.put(key, value, db=dups)
+        env.open_db(b"empty", txn=txn)
+    env.close()
+    return str(path)
+
+
+def migrated_contents(path) -> tuple:
+    """(main records, {name: records}, {name: dupsort}) of a kvmm database."""
+    env = kvmm.open(str(path), max_dbs=8, readonly=True)
+    names = [*NAMED, b"dups", b"empty"]
+    with env.begin() as txn:
+        main_db = {k: v for k, v in txn.cursor() if k not in names}
+        named, dupsort = {}, {}
+        for name in names:
+            dupsort[name] = bool(txn._find_db_record(name)[3] & fmt.DB_DUPSORT)
+            db = env.open_db(name, txn=txn, create=False, dupsort=dupsort[name])
+            named[name] = list(txn.cursor(db))
+    env.close()
+    return main_db, named, dupsort
+
+
+@pytest.mark.parametrize("subdir", [True, False], ids=["directory", "data-file"])
+def test_migrate_copies_every_database_of_an_lmdb_environment(
+        tmp_path, capsys, monkeypatch, py_lmdb, migrate_reader, subdir):
+    """Every named database, dupsort ones as dupsort, with a progress bar on a
+    terminal; through py-lmdb or mdb_dump alike; LMDB's data file is only read."""
+    src = make_lmdb_for_migrate(py_lmdb, tmp_path / ("lmdb" if subdir else "lmdb.file"), subdir)
+    reader = migrate_reader()
+    data = os.path.join(src, "data.mdb") if subdir else src
+    before = sha(data)  # the lock file changes: migrate reads under LMDB's locking
+    dst = tmp_path / "kvmm"
+    tty = Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    code, out, _ = run(capsys, "migrate", src, dst)
+    assert code == 0
+    assert out == f"{dst}: {len(MAIN)} records in the main database and 4 named databases, " \
+                  f"from {src}\n"
+    assert "migrate" in tty.getvalue() and "Traceback" not in tty.getvalue()
+    if reader == "py-lmdb":  # the total is known up front
+        assert "100%" in tty.getvalue()
+    main_db, named, dupsort = migrated_contents(dst)
+    assert main_db == MAIN
+    assert named == {**{n: sorted(r.items()) for n, r in NAMED.items()},
+                     b"dups": _dupsort_pairs(), b"empty": []}
+    assert dupsort == {b"sub": False, b"two words": False, b"dups": True, b"empty": False}
+    assert run(capsys, "check", dst)[0] == 0
+    assert sha(data) == before
+
+
+def test_migrate_without_py_lmdb_or_mdb_dump_says_what_to_install(tmp_path, capsys,
+                                                                   monkeypatch, py_lmdb):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"a": b"1"})
+    monkeypatch.setitem(sys.modules, "lmdb", None)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    code, _, err = run(capsys, "migrate", src, tmp_path / "kvmm")
+    assert code == 1
+    assert one_line_error(err) == (
+        "kvmm: reading LMDB needs py-lmdb (pip install lmdb) or LMDB's mdb_dump on PATH "
+        "(Debian and Ubuntu: apt install lmdb-utils)")
+    assert not (tmp_path / "kvmm").exists()
+
+
+def test_migrate_carries_each_databases_flags(tmp_path, capsys, py_lmdb, migrate_reader):
+    """integerkey, reverse_key, dupsort, dupfixed and integerdup databases arrive with
+    their flags, so their keys keep LMDB's order (a main database with flags, which
+    kvmm lacks, is refused: see _unsupported)."""
+    env = py_lmdb.open(str(tmp_path / "lmdb"), map_size=LMDB_MAP_SIZE, max_dbs=4)
+    numbers = [(n).to_bytes(8, sys.byteorder) for n in (7, 300, 2**40)]
+    with env.begin(write=True) as txn:
+        txn.put(b"main", b"1")
+        for n in numbers:
+            txn.put(n, b"v", db=env.open_db(b"numbers", txn=txn, integerkey=True))
+        for k in (b"ab", b"ba", b"ca"):
+            txn.put(k, b"v", db=env.open_db(b"reversed", txn=txn, reverse_key=True))
+        dups = env.open_db(b"dups", txn=txn, dupsort=True, integerdup=True)
+        for n in numbers:
+            txn.put(b"k", n, db=dups)
+    env.close()
+    migrate_reader()
+    code, _, err = run(capsys, "migrate", tmp_path / "lmdb", tmp_path / "kvmm")
+    assert code == 0, err
+    with kvmm.open(str(tmp_path / "kvmm"), max_dbs=4, readonly=True) as new, new.begin() as txn:
+        db = new.open_db(b"numbers", txn=txn, create=False)
+        assert db.flags(txn)["integerkey"]
+        assert [k for k, _ in txn.cursor(db=db)] == numbers
+        db = new.open_db(b"reversed", txn=txn, create=False)
+        assert [k for k, _ in txn.cursor(db=db)] == [b"ba", b"ca", b"ab"]
+        db = new.open_db(b"dups", txn=txn, create=False)
+        assert db.flags(txn)["integerdup"] and db.flags(txn)["dupsort"]
+        assert [v for _, v in txn.cursor(db=db)] == numbers
+
+
+@pytest.mark.parametrize("target", ["kvmm", "file", "nonempty"])
+def test_migrate_needs_an_lmdb_source_and_a_new_target(tmp_path, capsys, py_lmdb, target):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"a": b"1"})
+    make_kvmm(tmp_path / "kvmm", {b"b": b"2"})
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "nonempty").mkdir()
+    (tmp_path / "nonempty" / "f").write_bytes(b"x")
+    before = _files_and_bytes(tmp_path)
+    code, _, err = run(capsys, "migrate", src, tmp_path / target)
+    assert code == 1 and "exists" in one_line_error(err)
+    code, _, err = run(capsys, "migrate", tmp_path / "kvmm", tmp_path / "new")
+    assert code == 1 and "not an LMDB environment" in one_line_error(err)
+    assert _files_and_bytes(tmp_path) == before
+
+
+def _files_and_bytes(root) -> dict:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("args", [["get", "k"], ["scan"], ["stat"], ["dump", "-a"], ["check"],
+                                  ["put", "k", "v"], ["restore", "-f", "DUMP"]],
+                         ids=lambda args: args[0])
+def test_commands_on_an_lmdb_environment_name_kvmm_migrate_and_touch_nothing(
+        tmp_path, capsys, py_lmdb, args):
+    src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"k": b"1"})
+    dump = write_dump(tmp_path / "d", b" 6b\n 32\nDATA=END\n")
+    args = [dump if a == "DUMP" else a for a in args]
+    before = _files_and_bytes(tmp_path)
+    code, out, err = run(capsys, args[0], src, *args[1:]) if args[0] != "restore" else \
+        run(capsys, *args, src)
+    assert code == 1
+    assert f"kvmm migrate {src} NEW_PATH" in out + err
+    assert _files_and_bytes(tmp_path) == before
 
 
 # --- check ----------------------------------------------------------------------------
@@ -764,6 +976,21 @@ def test_copy_refuses_a_target_holding_a_database(tmp_path, capsys):
     assert kvmm_contents(dst)[0] == {b"b": b"2"}
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["plain", "compact"])
+def test_copy_of_a_data_file_database_is_a_data_file(tmp_path, capsys, compact):
+    src = str(tmp_path / "src.db")
+    with kvmm.open(src, subdir=False) as env, env.begin(write=True) as txn:
+        txn.put(b"a", b"1")
+    dst = tmp_path / "copy.db"
+    assert run(capsys, "copy", *(["-c"] if compact else []), src, dst) == (0, "", "")
+    assert dst.is_file()
+    assert sorted(os.listdir(tmp_path)) == ["copy.db", "src.db", "src.db-lock"]
+    with kvmm.open(str(dst), subdir=False, readonly=True) as env, env.begin() as txn:
+        assert list(txn.cursor()) == [(b"a", b"1")]
+    code, _, err = run(capsys, "copy", src, dst)
+    assert code == 1 and "already exists" in one_line_error(err)
+
+
 # --- readers, stat, the edit commands, tour -------------------------------------------
 
 
@@ -841,7 +1068,7 @@ def test_scan_with_a_prefix_of_a_reverse_key_database_finds_every_match(tmp_path
 
 def test_get_put_del_scan_in_text_and_hex(tmp_path, capsysbinary, monkeypatch):
     db = str(tmp_path / "db")
-    assert main(["put", db, "apple", "red"]) == 0
+    assert main(["put", "--create", db, "apple", "red"]) == 0
     assert main(["put", db, "apricot", "orange"]) == 0
     assert main(["put", "-x", db, "62ff", "00ff"]) == 0
     assert main(["put", "-s", "prices", db, "apple", "0.40"]) == 0
@@ -849,11 +1076,11 @@ def test_get_put_del_scan_in_text_and_hex(tmp_path, capsysbinary, monkeypatch):
     assert main(["put", db, "cherry"]) == 0
     capsysbinary.readouterr()
     assert main(["get", db, "cherry"]) == 0
-    assert capsysbinary.readouterr().out == b"\x00from stdin\n\n"
+    assert capsysbinary.readouterr().out == b"\x00from stdin\n"
     assert main(["get", "-x", db, "62ff"]) == 0
     assert capsysbinary.readouterr().out == b"00ff\n"
     assert main(["get", "-s", "prices", db, "apple"]) == 0
-    assert capsysbinary.readouterr().out == b"0.40\n"
+    assert capsysbinary.readouterr().out == b"0.40"
     assert main(["scan", db, "--prefix", "ap"]) == 0
     assert capsysbinary.readouterr().out == b"apple\tred\napricot\torange\n"
     assert main(["scan", db, "--limit", "2", "--keys"]) == 0
@@ -876,6 +1103,41 @@ def test_get_put_del_scan_in_text_and_hex(tmp_path, capsysbinary, monkeypatch):
         {b"apricot": b"orange", b"b\xff": b"\x00\xff", b"cherry": b"\x00from stdin\n"},
         {b"prices": {b"apple": b"0.40"}},
     )
+
+
+def test_get_writes_a_value_byte_for_byte_through_python_m_kvmm(tmp_path):
+    """`kvmm get db k > f` gives the value: nothing added, whatever the bytes."""
+    value = bytes(range(256)) * 19 + b"\n\r\n"  # 4,867 bytes, line ends included
+    db = make_kvmm(tmp_path / "db", {b"k": value, b"empty": b""})
+    for key, want in ((b"k", value), (b"empty", b"")):
+        got = subprocess.run([sys.executable, "-m", "kvmm", "get", db, key.decode()],
+                             capture_output=True, check=True)
+        assert (got.stdout, got.stderr) == (want, b"")
+
+
+def test_put_on_a_missing_path_needs_create_and_makes_nothing(tmp_path, capsys):
+    before = sorted(os.listdir(tmp_path))
+    code, _, err = run(capsys, "put", tmp_path / "tpyo", "k", "v")
+    assert code == 1
+    assert one_line_error(err) == (f"kvmm: {tmp_path / 'tpyo'}: no such database "
+                                   "(put --create makes one)")
+    assert sorted(os.listdir(tmp_path)) == before
+    assert run(capsys, "put", "--create", tmp_path / "db", "k", "v") == (0, "", "")
+    assert kvmm_contents(tmp_path / "db")[0] == {b"k": b"v"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["get", "k"], ["scan"], ["stat"], ["dump"], ["check"], ["del", "k"], ["readers"]],
+    ids=lambda args: args[0],
+)
+def test_reads_and_del_on_a_missing_path_create_nothing(tmp_path, capsys, args):
+    for path in (tmp_path / "missing", tmp_path / "empty-dir"):
+        (tmp_path / "empty-dir").mkdir(exist_ok=True)
+        before = sorted(str(p) for p in tmp_path.rglob("*"))
+        code, _, err = run(capsys, args[0], path, *args[1:])
+        assert code == 1 and "kvmm: " in err
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def test_tour_runs_on_a_new_path_and_leaves_a_clean_database(tmp_path, capsys):
@@ -915,6 +1177,7 @@ def test_help_lists_every_command_with_a_line_each():
         "stat",
         "check",
         "copy",
+        "migrate",
         "readers",
         "get",
         "put",

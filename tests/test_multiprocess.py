@@ -6,6 +6,7 @@ test bounds every wait, so a deadlock fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
@@ -170,6 +171,30 @@ def test_begin_write_waits_until_another_process_commits(tmp_path, start_child):
     assert released_at and got_at >= released_at[0]
     assert got_at >= before_commit.value > 0
     assert got_at - asked_at >= hold
+
+
+def test_a_write_transaction_dropped_without_commit_lets_a_waiting_process_write(
+        tmp_path, start_child):
+    """SPEC 10: dropping the last reference aborts at once, by reference counting (the
+    cyclic collector is off), and the writer waiting in another process goes on."""
+    path = str(tmp_path / "db")
+    ready = SPAWN.Event()
+    gc.collect()
+    gc.disable()
+    try:
+        with kvmm.open(path) as env:
+            txn = env.begin(write=True)
+            txn.put(b"dropped", b"parent")
+            txn.cursor().first()
+            child = start_child(_workers.write_when_free, path, ready)
+            assert ready.wait(WAIT), "the child never opened the environment"
+            del txn
+            _join(child)
+            with env.begin() as txn:
+                assert txn.get(b"waiter") == b"child"
+                assert txn.get(b"dropped") is None
+    finally:
+        gc.enable()
 
 
 # --- growth -------------------------------------------------------------------------------

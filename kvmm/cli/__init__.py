@@ -15,7 +15,7 @@ import sys
 
 from .. import __version__
 from ..errors import Error
-from . import check, copy, dump, edit, readers, restore, stat, tour
+from . import check, copy, dump, edit, migrate, readers, restore, stat, tour
 from .common import CliError
 
 __all__ = ["main"]
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_parser(sub)
     check.add_parser(sub)
     copy.add_parser(sub)
+    migrate.add_parser(sub)
     readers.add_parser(sub)
     edit.add_parsers(sub)
     tour.add_parser(sub)

@@ -7,6 +7,7 @@ Every expected failure a command meets is raised as :class:`CliError` (or as a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -14,6 +15,7 @@ from .. import dupsort, orders
 from .. import format as fmt
 from ..env import DATA_NAME, LOCK_NAME, LOCK_SUFFIX, Environment
 from ..errors import IncompatibleError, NotFoundError
+from ..lmdbfiles import refuse_lmdb
 from ..lock import LockFile
 
 #: Bytes of decoded pages a command keeps (``cache_size``): commands walk a database
@@ -35,26 +37,63 @@ def locate(path: str) -> tuple[bool, str, str]:
     ``data.kvmm``, or the data file itself (``subdir=False``). Missing paths are taken
     as directories, kvmm's default."""
     if os.path.exists(path) and not os.path.isdir(path):
-        return False, path, path + LOCK_SUFFIX
-    return True, os.path.join(path, DATA_NAME), os.path.join(path, LOCK_NAME)
+        return files(path, False)
+    return files(path, True)
 
 
-def open_env(path: str, write: bool = False, create: bool = False, **options) -> Environment:
+def files(path: str, subdir: bool) -> tuple[bool, str, str]:
+    """(subdir, data file, lock file) of a database at ``path`` laid out as ``subdir``
+    says."""
+    if subdir:
+        return True, os.path.join(path, DATA_NAME), os.path.join(path, LOCK_NAME)
+    return False, path, path + LOCK_SUFFIX
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str, subdir: bool | None = None):
+    """Around the work of a command that may create the database at ``path``: when
+    the work fails, what it created goes (the data file, the lock file, the directory
+    when it made it), so a failed restore, migrate or copy leaves no database behind.
+    A database that existed is left as the work left it. ``subdir``: the layout, by
+    default what :func:`locate` says. The work must close the database first."""
+    subdir, data_path, lock_path = locate(path) if subdir is None else files(path, subdir)
+    if os.path.exists(data_path):
+        yield
+        return
+    made_dir = subdir and not os.path.exists(path)
+    made = [data_path] if os.path.exists(lock_path) else [data_path, lock_path]
+    try:
+        yield
+    except BaseException:
+        for name in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        if made_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
+
+
+def open_env(path: str, write: bool = False, create: bool = False, missing: str = "",
+             **options) -> Environment:
     """Open the database at ``path`` for a command.
 
-    Read-only unless ``write``. A missing path is a :class:`CliError` unless ``create``.
-    An existing data file without a lock file is first opened without locking, which
-    changes nothing, so a file that is not kvmm's is refused before a lock file is
-    made beside it. A read-only open then creates the lock file — no byte of the data
-    file changes — or, where the directory cannot be written, reads without locking:
-    no process has the database open, or the lock file would exist.
+    Read-only unless ``write``. A missing path is a :class:`CliError` (its message
+    ends with ``missing``) unless ``create``; so is an LMDB environment, naming
+    ``kvmm migrate``; neither gets a file made. An existing data file without a lock
+    file is first opened without locking, which changes nothing, so a file that is
+    not kvmm's is refused before a lock file is made beside it. A read-only open then
+    creates the lock file — no byte of the data file changes — or, where the
+    directory cannot be written, reads without locking: no process has the database
+    open, or the lock file would exist.
     """
     path = os.fspath(path)
     subdir, data_path, lock_path = locate(path)
+    refuse_lmdb(path, data_path)
     if not os.path.exists(data_path) and not create:
         if os.path.isdir(path):
-            raise CliError(f"{path}: not a kvmm database (no {DATA_NAME} in it)")
-        raise CliError(f"{path}: no such database")
+            raise CliError(f"{path}: not a kvmm database (no {DATA_NAME} in it){missing}")
+        raise CliError(f"{path}: no such database{missing}")
     options.setdefault("max_dbs", MAX_DBS)
     options.setdefault("cache_size", CACHE_SIZE)
     if os.path.exists(data_path) and not os.path.exists(lock_path):

@@ -3,8 +3,10 @@
 exactly the last commit made before it began. ``-c`` compacts: the trees are rebuilt
 in key order into a fresh file with no free pages.
 
-DST is a directory (created when missing) that must not hold a database yet. A copy
-that fails is removed, so DST never holds half a database.
+The copy has the layout of SRC, as ``mdb_copy``'s: DST is a directory (created when
+missing) that must not hold a database yet, or for a data-file database (kvmm's
+``subdir=False``) a file that must not exist yet. A copy that fails is removed, so
+DST never holds half a database.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import os
 
 from ..copy import copy_env
-from ..env import DATA_NAME, LOCK_NAME
-from .common import CliError, named_dbs, open_env, open_named
+from ..env import DATA_NAME
+from .common import CliError, named_dbs, open_env, open_named, removed_on_failure
 from .progress import Progress
 
 
@@ -33,26 +35,30 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    target = os.path.join(args.dst, DATA_NAME)
-    if os.path.exists(args.dst) and not os.path.isdir(args.dst):
-        raise CliError(f"{args.dst}: exists and is not a directory")
-    if os.path.exists(target):
-        raise CliError(f"{args.dst}: already holds a database")
     env = open_env(args.src)
-    made_dir = not os.path.exists(args.dst)
     try:
+        subdir = env.flags()["subdir"]
+        _check_target(args.dst, subdir)
         unit = "rec" if args.compact else "page"
-        with env.begin() as txn, Progress("copy", None, unit, unit_scale=True) as progress:
+        with (removed_on_failure(args.dst, subdir), env.begin() as txn,
+              Progress("copy", None, unit, unit_scale=True) as progress):
             if progress.enabled:
                 progress.set_total(_work(env, txn, args.compact))
-            try:
-                copy_env(env, args.dst, compact=args.compact, txn=txn, progress=progress)
-            except BaseException:
-                _remove_partial(args.dst, made_dir)
-                raise
+            copy_env(env, args.dst, compact=args.compact, txn=txn, progress=progress)
     finally:
         env.close()
     return 0
+
+
+def _check_target(dst: str, subdir: bool) -> None:
+    if not subdir:
+        if os.path.exists(dst):
+            raise CliError(f"{dst}: already exists (the copy of a data-file database is a "
+                           "new file)")
+    elif os.path.exists(dst) and not os.path.isdir(dst):
+        raise CliError(f"{dst}: exists and is not a directory")
+    elif os.path.exists(os.path.join(dst, DATA_NAME)):
+        raise CliError(f"{dst}: already holds a database")
 
 
 def _work(env, txn, compact: bool) -> int:
@@ -63,16 +69,3 @@ def _work(env, txn, compact: bool) -> int:
     names = named_dbs(txn)
     total = txn.stat()["entries"] - len(names)
     return total + sum(txn.stat(open_named(env, txn, n))["entries"] for n in names)
-
-
-def _remove_partial(dst: str, made_dir: bool) -> None:
-    for name in (DATA_NAME, LOCK_NAME):
-        try:
-            os.unlink(os.path.join(dst, name))
-        except FileNotFoundError:
-            pass
-    if made_dir:
-        try:
-            os.rmdir(dst)
-        except OSError:
-            pass

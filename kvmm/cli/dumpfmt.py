@@ -23,11 +23,10 @@ in native byte order), not in kvmm's stored form.
 
 ``bytevalue`` writes every byte as two lowercase hex digits. ``print`` writes printable
 ASCII bytes (0x20-0x7e) as they are, a backslash as ``\\\\`` and any other byte as
-``\\xx``. LMDB 0.9.24's ``mdb_dump -p`` wrote a backslash bare (fixed in 0.9.25), so
-:func:`unescape` reads a backslash followed by neither a backslash nor two hex digits
-as a plain backslash; a bare backslash followed by two hex digits is read as an escape,
-as ``mdb_load`` reads it — that output of 0.9.24 is ambiguous and cannot be read back
-exactly by any tool.
+``\\xx``. :func:`unescape` refuses any other backslash, as ``mdb_load`` does. LMDB
+0.9.24's ``mdb_dump -p`` wrote a backslash bare (fixed in 0.9.25): such output is
+ambiguous, cannot be read back exactly by any tool, and is refused; dumped without
+``-p`` (``bytevalue``), the same data loads without loss.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ for _c in range(0x20, 0x7F):
 _ESCAPES[0x5C] = b"\\\\"
 _NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")
 _ESCAPED = re.compile(rb"\\(\\|[0-9a-fA-F]{2})?")
+_NOT_HEX = re.compile(rb"[^0-9a-fA-F]")
 
 
 def _escape_one(m) -> bytes:
@@ -70,13 +70,20 @@ def escape(data: bytes) -> bytes:
 
 def _unescape_one(m) -> bytes:
     code = m.group(1)
-    if code is None or code == b"\\":
-        return b"\\"  # an escaped backslash, or LMDB 0.9.24's bare one
+    if code is None:
+        after = m.string[m.end() : m.end() + 2].decode("ascii", "backslashreplace")
+        raise ValueError(
+            f"bad escape '\\{after}': print format writes a backslash as '\\\\' and "
+            "other bytes as '\\' and two hex digits (LMDB 0.9.24's mdb_dump -p wrote "
+            "backslashes bare: dump without -p)")
+    if code == b"\\":
+        return b"\\"
     return bytes((int(code, 16),))
 
 
 def unescape(text: bytes) -> bytes:
-    """The bytes a ``print``-format line stands for. O(len)."""
+    """The bytes a ``print``-format line stands for; ValueError for a bad escape.
+    O(len)."""
     if b"\\" not in text:
         return text
     return _ESCAPED.sub(_unescape_one, text)
@@ -87,6 +94,10 @@ def unhex(text: bytes) -> bytes:
     try:
         return binascii.unhexlify(text)
     except binascii.Error:
+        bad = _NOT_HEX.search(text)
+        if bad is not None:
+            shown = bad.group().decode("ascii", "backslashreplace")
+            raise ValueError(f"'{shown}' is not a hex digit") from None
         raise ValueError("not an even number of hex digits") from None
 
 

@@ -1,11 +1,15 @@
 """``kvmm get`` / ``put`` / ``del`` / ``scan``: small edits and looks from a shell.
 
 Keys, values and prefixes are text (their UTF-8 bytes) or, with ``-x``, hex. ``get``
-writes the value's raw bytes (hex with ``-x``); ``scan`` writes ``key<TAB>value``
-lines escaped as ``kvmm dump -p`` escapes them (hex with ``-x``), so every line is
-one record whatever the bytes. ``-s NAME`` works on a named database. In a database
-whose keys are not in byte order (``reverse_key``, ``integerkey``), the keys with a
-prefix do not follow one another: ``scan --prefix`` looks at every key from ``--start``.
+writes the value byte for byte, nothing added, so ``kvmm get db k > f`` gives the
+value (with ``-x``: a line of hex); ``scan`` writes ``key<TAB>value`` lines escaped as
+``kvmm dump -p`` escapes them (hex with ``-x``), so every line is one record whatever
+the bytes. ``-s NAME`` works on a named database. In a database whose keys are not in
+byte order (``reverse_key``, ``integerkey``), the keys with a prefix do not follow one
+another: ``scan --prefix`` looks at every key from ``--start``.
+
+Only ``put --create`` creates a database: a mistyped path is an error that leaves
+nothing behind, and the reads never create one.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from .common import CliError, arg_bytes, binary_stdout, named_dbs, open_env, ope
 def add_parsers(sub) -> None:
     get = sub.add_parser(
         "get",
-        help="print the value of a key",
-        description="Print the value of KEY (raw bytes; hex with -x).",
+        help="write the value of a key, byte for byte",
+        description="Write the value of KEY to stdout byte for byte, nothing added "
+        "(with -x: a line of hex).",
     )
     _common(get)
     get.add_argument("key", metavar="KEY")
@@ -31,10 +36,13 @@ def add_parsers(sub) -> None:
     put = sub.add_parser(
         "put",
         help="store a value under a key",
-        description="Store VALUE under KEY, creating the database when "
-        "missing. Without VALUE, the value is read from stdin.",
+        description="Store VALUE under KEY. Without VALUE, the value is read from "
+        "stdin. A database that does not exist is an error unless --create.",
     )
     _common(put)
+    put.add_argument(
+        "--create", action="store_true", help="create the database when it does not exist"
+    )
     put.add_argument(
         "-N", dest="keep", action="store_true", help="fail if KEY exists instead of overwriting it"
     )
@@ -86,7 +94,7 @@ def run_get(args) -> int:
     if value is None:
         raise CliError(f"key {show(key)} not found")
     out = binary_stdout()
-    out.write(dumpfmt.hexlify(value) + b"\n" if args.hex else value + b"\n")
+    out.write(dumpfmt.hexlify(value) + b"\n" if args.hex else value)
     out.flush()
     return 0
 
@@ -99,7 +107,8 @@ def run_put(args) -> int:
             value = arg_bytes(value.decode("ascii", "replace").strip(), True)
     else:
         value = arg_bytes(args.value, args.hex)
-    env = open_env(args.path, write=True, create=True)
+    env = open_env(args.path, write=True, create=args.create,
+                   missing=" (put --create makes one)")
     try:
         db = env.open_db(_name(args))
         with env.begin(write=True) as txn:

@@ -11,8 +11,9 @@
   must have those flags; ``reversedup``, which kvmm lacks, stops the restore, since
   its data would not mean the same.
 - It commits every :data:`BATCH` records, so memory stays flat however long the input;
-  a bad line stops it with ``line N: <what is wrong>``: the batches before it stay
-  committed (and synced), the batch holding the bad line is not.
+  a bad line stops it with ``line N: <what is wrong>``. Restored into an existing
+  database, the batches before it stay committed (and synced), the batch holding the
+  bad line is not; restored into a new path, nothing is left there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .. import format as fmt
 from .. import orders
 from ..errors import BadValsizeError, Error
 from . import dumpfmt
-from .common import CliError, arg_bytes, open_env, show
+from .common import CliError, arg_bytes, open_env, removed_on_failure, show
 from .progress import Progress
 
 #: Records per commit: big enough that the commits' syncs cost little, small enough
@@ -112,6 +113,10 @@ class DumpReader:
             if text == b"HEADER=END":
                 return head
             keyword, eq, value = text.partition(b"=")
+            if keyword == b"HEADER" or text[:1] == b" ":
+                shown = text.decode("ascii", "backslashreplace")
+                raise InputError(self.lineno, f"'{shown}': expected HEADER=END, the end of "
+                                 "the header")
             if not eq:
                 raise InputError(self.lineno, "unexpected format: a header line is KEYWORD=VALUE")
             keyword = keyword.decode("ascii", "backslashreplace")
@@ -208,24 +213,43 @@ class DumpReader:
             if value_line is None:
                 raise InputError(self.lineno, "unexpected end of input: a key without its value")
             self.lineno += 1
-            yield unescape(_strip(line)), unescape(_strip(value_line))
+            try:
+                key = unescape(_strip(line))
+            except ValueError as e:
+                raise InputError(self.lineno - 1, str(e)) from None
+            try:
+                value = unescape(_strip(value_line))
+            except ValueError as e:
+                raise InputError(self.lineno, str(e)) from None
+            yield key, value
 
 
 def run(args) -> int:
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(open(args.file, "rb")) if args.file else sys.stdin.buffer
-        reader = DumpReader(stream, _warn)
+        reader = DumpReader(stream, warn)
         head = None if args.text else reader.header()
         options = {}
         if head is not None and head.page_size is not None:
             options["page_size"] = head.page_size
+        stack.enter_context(removed_on_failure(args.path))
         # sync=False: a batch's commit is safe against a crash of this process; the
         # sync at the end (also after a bad line) makes all of them durable at once.
         env = open_env(args.path, write=True, create=True, sync=False, **options)
         stack.callback(env.close)
         stack.callback(env.sync)
         progress = stack.enter_context(Progress("restore", _size(stream), "B", unit_scale=True))
-        load = _Loader(env, reader, not args.keep, progress, stream)
+
+        def advance(_records: int) -> None:
+            if progress.enabled:
+                with contextlib.suppress(OSError):
+                    progress.to(stream.tell())
+
+        def fault(what: str, record: bool) -> InputError:
+            # A record's key is on the line before the one last read.
+            return InputError(reader.lineno - 1 if record else reader.lineno, what)
+
+        load = Loader(env, not args.keep, advance, fault)
         default = arg_bytes(args.name) if args.name is not None else None
         if args.text:
             load(default, reader.text_records())
@@ -241,60 +265,59 @@ def run(args) -> int:
     return 0
 
 
-class _Loader:
-    """Puts one block's records into its database, committing every BATCH records."""
+class Loader:
+    """Puts records into the databases of ``env``, committing every BATCH records, so
+    memory stays flat however many there are (``kvmm restore``, ``kvmm migrate``).
 
-    def __init__(self, env, reader: DumpReader, overwrite: bool, progress, stream):
+    ``advance(n)`` is told of each commit and the ``n`` records it stored;
+    ``fault(what, record)`` makes the error to raise for a database that cannot be
+    opened (``record`` False) or a record that cannot be stored (True).
+    """
+
+    def __init__(self, env, overwrite: bool, advance, fault):
         self.env = env
-        self.reader = reader
         self.overwrite = overwrite
-        self.progress = progress
-        self.stream = stream
+        self.advance = advance
+        self.fault = fault
 
     def __call__(self, name: bytes | None, records, flags: int = 0) -> None:
-        env, reader, overwrite = self.env, self.reader, self.overwrite
+        env, overwrite = self.env, self.overwrite
         what = "the main database" if name is None else f"database {show(name)}"
         flags = orders.db_flags(**orders.flag_dict(flags))  # dupfixed means dupsort too
         try:
             db = (env.open_db(name, **orders.flag_dict(flags)) if name is not None
                   else env.open_db(None))
         except Error as e:
-            raise InputError(reader.lineno, f"{what}: {e}") from None
+            raise self.fault(f"{what}: {e}", False) from None
         if db._flags != flags:
             had = orders.flag_dict(db._flags)
-            raise InputError(reader.lineno, f"{what} exists with other flags "
-                             f"({', '.join(k for k, on in had.items() if on) or 'none'})")
+            raise self.fault(f"{what} exists with other flags "
+                             f"({', '.join(k for k, on in had.items() if on) or 'none'})",
+                             False)
         txn = env.begin(write=True)
         try:
             n = 0
             put = txn.put
             for key, value in records:
                 if not key:
-                    _warn(f"line {reader.lineno}: zero-length key ignored")
+                    # Where mdb_load places it: the line last read (the value's).
+                    warn(str(self.fault("zero-length key ignored", False)))
                     continue
                 try:
                     put(key, value, overwrite=overwrite, db=db)
                 except BadValsizeError as e:
-                    raise InputError(reader.lineno - 1, str(e)) from None
+                    raise self.fault(str(e), True) from None
                 n += 1
                 if n == BATCH:
                     txn.commit()
-                    self._advance()
+                    self.advance(n)
                     txn = env.begin(write=True)
                     put = txn.put
                     n = 0
             txn.commit()
-            self._advance()
+            self.advance(n)
         finally:
             txn.abort()
-
-    def _advance(self) -> None:
-        """Move the bar to how far the input has been read."""
-        if self.progress.enabled:
-            try:
-                self.progress.to(self.stream.tell())
-            except OSError:
-                pass
 
 
 def _size(stream) -> int | None:
@@ -306,5 +329,6 @@ def _size(stream) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
+    """Print ``kvmm: text`` on stderr: a line of the input that is skipped."""
     print(f"kvmm: {text}", file=sys.stderr)
