@@ -255,7 +255,7 @@ class AsyncTransaction(_InTurn):
         finally:
             if self._owns_executor:
                 self._owns_executor = False
-                self._executor.shutdown(wait=False)
+                self._executor.shutdown(wait=False)  # type: ignore[union-attr]  # owned
 
     @functools.wraps(Transaction.cursor)
     def cursor(self, *args, **kwargs) -> _Opening:

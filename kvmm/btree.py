@@ -196,7 +196,7 @@ def descend(load, db: DbState, key: bytes) -> list | None:
     if not db.root:
         return None
     node = load(db.root, db.root_txnid)
-    path = []
+    path: list = []
     append = path.append
     left = db.depth  # levels from ``node`` down, the leaf's included
     while node.kids is not None:

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
@@ -95,7 +96,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _read_boot_id() -> bytes:
     try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        with builtins.open("/proc/sys/kernel/random/boot_id", "rb") as f:
             text = f.read().strip().replace(b"-", b"")
         return bytes.fromhex(text.decode())[:16].ljust(16, b"\0")
     except (OSError, ValueError):
@@ -426,12 +427,12 @@ class Environment:
             if self._meta_undo is not None:
                 # A failed commit's meta is in the slot: what counts is what it held.
                 slot, old = self._meta_undo
-                metas = list(metas)
+                patched = list(metas)
                 try:
-                    metas[slot] = fmt.decode_meta(old)
+                    patched[slot] = fmt.decode_meta(old)
                 except Error:
-                    metas[slot] = None
-                metas = tuple(metas)
+                    patched[slot] = None
+                metas = tuple(patched)
             self._meta_seen = metas
             self._meta_pick = self._pick(metas)
             # A torn slot may become whole without its txnid changing: look again.

@@ -315,7 +315,7 @@ class FreeList:
 
     def _delete(self, db, key: bytes) -> None:
         txn = self.txn
-        path = descend(txn.load, db, key)
+        path: list = descend(txn.load, db, key)  # type: ignore[assignment]  # not empty
         leaf, i = path[-1]
         db.entries -= len(leaf.vals[i]) // 8 - 1
         remove_at(txn, db, path)

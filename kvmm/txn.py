@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
+from typing import TYPE_CHECKING
 from bisect import bisect_left, bisect_right
 
 from . import dupsort, nested, orders
@@ -45,6 +46,9 @@ from .errors import (
 from .format import DB_DUPSORT, F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
+
+if TYPE_CHECKING:
+    from .env import Environment
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
@@ -215,7 +219,7 @@ class Transaction:
         self._live()
         if db is None:
             return self._state(self._default_db)
-        env = self.env
+        env: Environment = self.env
         if getattr(db, "env", None) is not env:
             raise BadDbiError("the database handle belongs to another environment")
         if db._dropped:
@@ -541,7 +545,7 @@ class Transaction:
         leaf = path[-1][0]
         if leaf.keys[-1] is not key or path[0][0].pgno != state.root:
             # A split moved the key to a new rightmost leaf (or a new root came).
-            path = last_path(self.load, state)
+            path = last_path(self.load, state)  # type: ignore[assignment]  # not empty
             leaf = path[-1][0]
         if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
                 and not state.flags):
@@ -620,7 +624,7 @@ class Transaction:
         env = self.env
         if delete and db is not env._main_db:
             main = self._main_state()
-            path = descend(self.load, main, db.name)
+            path: list = descend(self.load, main, db.name)  # type: ignore[assignment]
             remove_at(self, main, path)
             del self._dbs[db]
             env._forget_db(db)
@@ -699,7 +703,7 @@ class Transaction:
         main = self.main_db
         for db, state in self._dbs.items():
             if db is not env._main_db and state.changed:
-                path = descend(self.load, main, db.name)
+                path: list = descend(self.load, main, db.name)  # type: ignore[assignment]
                 leaf, i = path[-1]
                 if i >= len(leaf.keys) or leaf.keys[i] != db.name:
                     raise NotFoundError(f"named database {db.name!r} vanished")

@@ -114,8 +114,7 @@ class DumpReader:
             keyword, eq, value = text.partition(b"=")
             if not eq:
                 raise InputError(self.lineno, "unexpected format: a header line is KEYWORD=VALUE")
-            keyword = keyword.decode("ascii", "backslashreplace")
-            self._keyword(head, keyword, value)
+            self._keyword(head, keyword.decode("ascii", "backslashreplace"), value)
         if started:
             raise InputError(self.lineno, "unexpected end of input: HEADER=END is missing")
         return None
