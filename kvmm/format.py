@@ -56,8 +56,8 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable
 from bisect import bisect_left
+from collections.abc import Iterable
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError

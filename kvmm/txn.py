@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from typing import TYPE_CHECKING
 from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, overload
 
 from . import dupsort, nested, orders
 from . import format as fmt
+from ._typing import BytesLike, T, V_co
 from .btree import (
     DbState,
     Node,
@@ -48,7 +49,9 @@ from .freelist import FreeList
 from .reclaim import relocate_tail
 
 if TYPE_CHECKING:
-    from .env import Environment
+    from types import TracebackType
+
+    from .env import Environment, _Database
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
@@ -57,7 +60,7 @@ _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 _ALONE = contextlib.nullcontext()
 
 
-class Transaction:
+class Transaction(Generic[V_co]):
     """A read snapshot, or the write transaction, as py-lmdb's Transaction.
 
     Use as a context manager: a write transaction commits on normal exit and aborts
@@ -65,6 +68,22 @@ class Transaction:
     transaction), a nested write transaction: see :mod:`kvmm.nested`.
     """
 
+    @overload
+    def __init__(self: Transaction[bytes], env: Environment, db: _Database | None = None,
+                 parent: Transaction[Any] | None = None, write: bool = False,
+                 buffers: Literal[False] = False) -> None: ...
+    @overload
+    def __init__(self: Transaction[memoryview], env: Environment, db: _Database | None,
+                 parent: Transaction[Any] | None, write: bool,
+                 buffers: Literal[True]) -> None: ...
+    @overload
+    def __init__(self: Transaction[memoryview], env: Environment,
+                 db: _Database | None = None, parent: Transaction[Any] | None = None,
+                 write: bool = False, *, buffers: Literal[True]) -> None: ...
+    @overload
+    def __init__(self, env: Environment, db: _Database | None = None,
+                 parent: Transaction[Any] | None = None, write: bool = False,
+                 buffers: bool = False) -> None: ...
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
         # Ended until begun: the finalizer of a transaction whose begin failed (say, a
         # second write transaction of one thread) must not end another's.
@@ -318,6 +337,11 @@ class Transaction:
             self._live()
         return self.txnid
 
+    @overload
+    def get(self, key: BytesLike, default: None = None,
+            db: _Database | None = None) -> V_co | None: ...
+    @overload
+    def get(self, key: BytesLike, default: T, db: _Database | None = None) -> V_co | T: ...
     def get(self, key, default=None, db=None):
         """The value of ``key``, or ``default``. O(log n); O(1) per level on cache hits."""
         root = self._root
@@ -400,7 +424,7 @@ class Transaction:
         return self._pages.read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
                                          self._buffers)
 
-    def cursor(self, db=None) -> Cursor:
+    def cursor(self, db: _Database | None = None) -> Cursor[V_co]:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
@@ -413,7 +437,7 @@ class Transaction:
             return dupsort.DupCursor(db, self)
         return orders.OrderedCursor(db, self)
 
-    def stat(self, db=None) -> dict:
+    def stat(self, db: _Database | None = None) -> dict[str, int]:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
         self._live()
         s = self._state(db)
@@ -456,7 +480,8 @@ class Transaction:
             self._ovf_dirty.pop(pgno, None)
         self.freelist.free(pgno, n, txnid)
 
-    def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None) -> bool:
+    def put(self, key: BytesLike, value: BytesLike, dupdata: bool = True,
+            overwrite: bool = True, append: bool = False, db: _Database | None = None) -> bool:
         """Store ``value`` under ``key``. False when the key exists and ``overwrite`` is
         False, or when ``append`` is set and ``key`` is not past the last key.
         O(log n); O(1) for keys past the last one (``append``, or a sequential fill).
@@ -555,24 +580,25 @@ class Transaction:
             self._tail = None
         return True
 
-    def replace(self, key, value, db=None):
+    def replace(self, key: BytesLike, value: BytesLike,
+                db: _Database | None = None) -> bytes | None:
         """Store ``value`` under ``key``; return the previous value or None. In a
         dupsort database every value of ``key`` is replaced; the first is returned."""
         if self._writable(db).flags & DB_DUPSORT:
             return dupsort.replace(self, db if db is not None else self._default_db, key,
                                    value)
-        old = self.get(key, db=db)
+        old: Any = self.get(key, db=db)
         if old is not None and self._buffers:
             old = bytes(old)
         self.put(key, value, db=db)
         return old
 
-    def pop(self, key, db=None):
+    def pop(self, key: BytesLike, db: _Database | None = None) -> bytes | None:
         """Delete ``key``; return its value, or None when absent. In a dupsort
         database only the first value is deleted and returned."""
         if self._writable(db).flags & DB_DUPSORT:
             return dupsort.pop(self, db if db is not None else self._default_db, key)
-        old = self.get(key, db=db)
+        old: Any = self.get(key, db=db)
         if old is None:
             return None
         if self._buffers:
@@ -580,7 +606,8 @@ class Transaction:
         self.delete(key, db=db)
         return old
 
-    def delete(self, key, value=b"", db=None) -> bool:
+    def delete(self, key: BytesLike, value: BytesLike = b"",
+               db: _Database | None = None) -> bool:
         """Delete ``key`` (in a dupsort database: the pair (key, value), or every
         value of ``key`` when ``value`` is empty); False when absent. O(log n)."""
         state = self._dbs.get(db if db is not None else self._default_db)
@@ -613,7 +640,7 @@ class Transaction:
         remove_at(self, state, path)
         return True
 
-    def drop(self, db, delete=True) -> None:
+    def drop(self, db: _Database, delete: bool = True) -> None:
         """Empty ``db``; with ``delete`` also remove it (not the main database)."""
         state = self._writable(db)
         self._changing()
@@ -624,7 +651,7 @@ class Transaction:
         env = self.env
         if delete and db is not env._main_db:
             main = self._main_state()
-            path: list = descend(self.load, main, db.name)  # type: ignore[assignment]
+            path: list = descend(self.load, main, db.name)  # type: ignore[arg-type, assignment]
             remove_at(self, main, path)
             del self._dbs[db]
             env._forget_db(db)
@@ -783,10 +810,11 @@ class Transaction:
             env._end_read(self._slot)
         self._mm = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None and (not self._done or self._child is not None):
             self.commit()
         else:

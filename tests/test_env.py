@@ -265,7 +265,7 @@ def file_reader(path):
 
 def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote(tmp_path):
     path = tmp_path / "db"
-    with kvmm.open(str(path), datafile_class=CountingFile) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile) as env:
         put(env, {b"%06d" % i: b"v" * 100 for i in range(2000)})  # a few levels
         assert syncs_of(env, {b"000500": b"new", b"x" * 20: b"y" * 9000}) == 1
         meta = read_metas(path)[newest_slot(path)]
@@ -283,10 +283,10 @@ def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote
         meta = read_metas(path)[newest_slot(path)]
         assert meta.steady and not meta.flags & fmt.META_WRITTEN and meta.written == ()
     # metasync=False: the pages are synced, the meta is not (the next commit's sync).
-    with kvmm.open(str(path), datafile_class=CountingFile, metasync=False) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile, metasync=False) as env:
         assert syncs_of(env, {b"000501": b"new"}) == 1
         assert not read_metas(path)[newest_slot(path)].flags & fmt.META_WRITTEN
-    with kvmm.open(str(path), datafile_class=CountingFile, sync=False) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile, sync=False) as env:
         assert syncs_of(env, {b"000502": b"new"}) == 0
 
 
