@@ -190,7 +190,7 @@ class Transaction(Generic[V_co]):
 
         return load
 
-    def touch(self, node: Node, db: DbState) -> Node:
+    def _touch(self, node: Node, db: DbState) -> Node:
         """A dirty copy of committed ``node``; its old page is freed."""
         freelist = self.freelist
         pgno = freelist.alloc()
@@ -199,7 +199,7 @@ class Transaction(Generic[V_co]):
         self._dirty[pgno] = new
         return new
 
-    def new_node(self, db: DbState, leaf: bool) -> Node:
+    def _new_node(self, db: DbState, leaf: bool) -> Node:
         pgno = self.freelist.alloc()
         if leaf:
             node = Node(pgno, self.txnid, [], [], None)
@@ -211,7 +211,7 @@ class Transaction(Generic[V_co]):
         self._dirty[pgno] = node
         return node
 
-    def free_node(self, node: Node, db: DbState) -> None:
+    def _free_node(self, node: Node, db: DbState) -> None:
         if node.kids is None:
             db.leaf_pages -= 1
         else:
