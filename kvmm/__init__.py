@@ -39,8 +39,8 @@ __all__ = [
     "Environment",
     "Transaction",
     "_Database",
-    "check",
     "__version__",
+    "check",
     "open",
     "version",
 ]

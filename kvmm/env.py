@@ -414,7 +414,7 @@ class Environment:
         picked is, most likely, a commit's meta being written by another process
         right now: with ``sync=False`` every commit rewrites the same slot, and the
         other one holds the last steady commit, which may be far older (at first the
-        empty database). A transaction begun then must see the newest commit (SPEC:
+        empty database). A transaction begun then must see the newest commit (docs/reference.md:
         "a snapshot of the last commit at begin()"), so the look waits, up to
         META_WAIT, for the slot to become whole. A slot still torn after that was
         torn by a crash: the steady meta is what the file holds, and the same torn

@@ -1,4 +1,4 @@
-"""Power loss and process kills at every I/O of every commit (SPEC section 8).
+"""Power loss and process kills at every I/O of every commit (docs/reference.md section 8).
 
 Workloads of commits (puts, deletes, overflow values, named databases, file growth and
 shrinking, ``sync=True`` and ``sync=False``, ``env.sync()``) run on the simulated disk of

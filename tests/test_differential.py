@@ -479,7 +479,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         """An empty key is refused by lookups too.
 
         A 512-byte key is not tried here: py-lmdb answers lookups of it with None/False,
-        while SPEC section 7 says it raises. The write paths above agree on raising.
+        while docs/reference.md section 7 says it raises. The write paths above agree on raising.
         """
         self.mutated()
         if call.startswith("cursor."):

@@ -1,6 +1,6 @@
 """The environment (kvmm/env.py): the page size kept in the file, the choice between
 the two metas, where a commit writes its meta, the file's growth and shrinking, the
-``max_size`` cap, and ``sync()`` (SPEC sections 2, 3, 8 and 9).
+``max_size`` cap, and ``sync()`` (docs/reference.md sections 2, 3, 8 and 9).
 
 Metas are read straight from the data file with ``kvmm.format.decode_meta`` and
 damaged or rewritten in place to stand for a torn write or a power loss.
@@ -355,7 +355,7 @@ def test_a_one_flush_commit_whose_file_was_cut_short_gives_way_to_the_one_before
 
 def test_a_tree_page_whose_count_overruns_the_page_is_a_corrupted_error_on_read(tmp_path):
     """Damage that passes the checksum (a collision or a bad writer) must still be a
-    CorruptedError (SPEC 8), never struct.error."""
+    CorruptedError (docs/reference.md section 8), never struct.error."""
     path = tmp_path / "db"
     with kvmm.open(str(path)) as env:
         put(env, {b"a": b"1", b"b": b"2"})

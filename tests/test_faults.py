@@ -1,4 +1,4 @@
-"""Disk full and I/O errors at every write, sync and truncate (SPEC section 8).
+"""Disk full and I/O errors at every write, sync and truncate (docs/reference.md section 8).
 
 :class:`FaultFile` is a :class:`kvmm.mapfile.DataFile` that fails its n-th write, sync
 or truncate with ``ENOSPC`` or ``EIO``, as the real one reports a failure (a
