@@ -40,6 +40,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from math import nan
 from pathlib import Path
 from random import Random
@@ -59,7 +60,6 @@ VALUE_POOL = 1024
 RANGE_LEN = 100  # items read by one rangescan: set_range, then next() 99 times
 MIXED_TXN_OPS = 100  # operations per write transaction in `mixed`
 MIXED_PUT_SHARE = 0.10  # share of puts in `mixed`; the rest are gets
-READERS = 2  # reader processes beside the writer in `readers_2p`
 READER_TXN_OPS = 100  # gets per read transaction in a reader process
 # A reader repeats its pass over the keys until this much time went by, so that the writer
 # really writes beside it even when a pass over few keys takes a millisecond.
@@ -572,8 +572,8 @@ def put_txn_sync(store: Store, data: Data) -> int:
     return put_txn(data.sync_items, store)
 
 
-def readers_2p(store: Store, data: Data) -> Measured:
-    """READERS processes do readrandom while this process writes; op = one reader get.
+def readers_beside_writer(readers: int, store: Store, data: Data) -> Measured:
+    """`readers` processes do readrandom while this process writes; op = one reader get.
 
     Readers (started with `spawn`) get READER_TXN_OPS keys per read transaction, so they
     follow the writer's commits, and pass over all keys until READER_MIN_SECONDS went by;
@@ -581,15 +581,15 @@ def readers_2p(store: Store, data: Data) -> Measured:
     Reported: the readers' time per get.
     """
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Barrier(READERS + 1)
+    ready = ctx.Barrier(readers + 1)
     done = ctx.Value("i", 0)
     results = ctx.Queue()
     procs = [
         ctx.Process(
             target=reader_main,
-            args=(store.name, store.path, data.config, index, ready, done, results),
+            args=(store.name, store.path, data.config, index, readers, ready, done, results),
         )
-        for index in range(READERS)
+        for index in range(readers)
     ]
     for proc in procs:
         proc.start()
@@ -601,7 +601,7 @@ def readers_2p(store: Store, data: Data) -> Measured:
         writes = 0
         items = data.overwrite_items
         started = time.perf_counter()
-        while done.value < READERS:
+        while done.value < readers:
             key, value = items[writes % len(items)]
             with store.write() as txn:
                 txn.put(key, value)
@@ -635,15 +635,18 @@ def reader_main(
     path: str,
     config: dict[str, Any],
     index: int,
+    readers: int,
     ready: Any,
     done: Any,
     results: Any,
 ) -> None:
-    """A reader process of readers_2p: sends {"ops", "found", "seconds"} or {"error"}."""
+    """A reader process of readers_Np: sends {"ops", "found", "seconds"} or {"error"}.
+
+    Reader `index` of `readers` starts its pass at its own share of the keys."""
     report: dict[str, Any] = {}
     try:
         data = prepared(config)
-        shift = index * data.n // READERS
+        shift = index * data.n // readers
         keys = data.read_keys[shift:] + data.read_keys[:shift]
         batches = [keys[i : i + READER_TXN_OPS] for i in range(0, len(keys), READER_TXN_OPS)]
         store = STORES[store_name](path, sync=False)
@@ -745,7 +748,18 @@ WORKLOADS = (
     Workload("delete", delete, on="filled", verify=verify_empty, empties=True),
     Workload("put_txn_nosync", put_txn_nosync),
     Workload("put_txn_sync", put_txn_sync, on="new_sync", needs=frozenset({DURABLE})),
-    Workload("readers_2p", readers_2p, on="filled", needs=frozenset({PROCESSES})),
+    Workload(
+        "readers_2p",
+        partial(readers_beside_writer, 2),
+        on="filled",
+        needs=frozenset({PROCESSES}),
+    ),
+    Workload(
+        "readers_4p",
+        partial(readers_beside_writer, 4),
+        on="filled",
+        needs=frozenset({PROCESSES}),
+    ),
     Workload("dup_fill", dup_fill, needs=frozenset({DUPSORT})),
     Workload("dup_get", dup_get, needs=frozenset({DUPSORT})),
     Workload("dup_scan", dup_scan, needs=frozenset({DUPSORT})),

@@ -20,9 +20,11 @@ __version__ = "0.1.0"
 
 
 def version(subpatch: bool = False) -> tuple:
-    """kvmm's version as a tuple, as py-lmdb's ``lmdb.version()``."""
+    """kvmm's version as a tuple, as py-lmdb's ``lmdb.version()``. With ``subpatch``
+    a fourth element, 1: as py-lmdb's patched LMDB, ``copy()`` and ``copyfd()`` take
+    a transaction (with ``compact=True``)."""
     parts = tuple(int(p) for p in __version__.split("."))
-    return parts + (0,) if subpatch else parts
+    return parts + (1,) if subpatch else parts
 
 
 __all__ = [

@@ -45,7 +45,6 @@ __all__ = [
     "fresh_copies",
     "insert",
     "last_path",
-    "links_wrong",
     "put_in_place",
     "remove_at",
     "remove_range",
@@ -57,10 +56,10 @@ class Node:
     """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
-    ``ch`` is, on a branch, its children as far as they were loaded (None where not
-    yet), in step with ``kids``: a descent follows these links instead of looking
-    each child up (see ``child``). Every edit of a dirty branch's ``kids`` edits
-    ``ch`` alike; a committed node's links stay true, as its children never change.
+    A node holds no reference to another node: a branch names its children by pgno
+    and txnid, and a descent looks each one up (the page cache, or a write
+    transaction's dirty pages). So a node the cache forgets is freed at once unless a
+    transaction or cursor still stands on it.
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A branch holds ``kids`` and ``ktxn`` as u64 arrays. A
     committed node holds its keys, values and flags as tuples (never changed; tuples
@@ -69,11 +68,10 @@ class Node:
     removed (see ``_own_keys``).
     """
 
-    __slots__ = ("__weakref__", "ch", "flags", "keys", "kids", "ktxn", "patched", "pgno",
+    __slots__ = ("__weakref__", "flags", "keys", "kids", "ktxn", "own", "patched", "pgno",
                  "size", "src", "txnid", "vals")
 
-    def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None,
-                 ch=None):
+    def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno
         self.txnid = txnid
         self.keys = keys
@@ -88,7 +86,9 @@ class Node:
         # None once anything else changed.
         self.src = 0
         self.patched = None
-        self.ch = ch if ch is not None or kids is None else [None] * len(kids)
+        # A leaf a write transaction decoded for itself, which nothing else holds (not
+        # the cache): made dirty, it is taken over rather than copied (see ``dirtied``).
+        self.own = False
 
     @property
     def is_leaf(self) -> bool:
@@ -113,15 +113,44 @@ class Node:
         else:
             # The keys are shared and the arrays copied whole: no key or child number
             # is touched (such objects are the least likely to be in the CPU's
-            # caches). The links are copied: gets that pass later would look up again
-            # each child they reach.
-            n = Node(pgno, txnid, self.keys, kids=self.kids[:], ktxn=self.ktxn[:],
-                     ch=self.ch[:])
+            # caches).
+            n = Node(pgno, txnid, self.keys, kids=self.kids[:], ktxn=self.ktxn[:])
         # A committed node never changes, so its size is measured once and kept.
         n.size = self.size if self.size >= 0 else self.measure()
         n.src = self.pgno
         n.patched = set()
         return n
+
+    def dirtied(self, pgno: int, txnid: int) -> Node:
+        """This node made dirty under a new pgno: itself when it is its transaction's
+        own (no copy: its entries were just decoded, and are in the CPU's caches),
+        else a copy. O(n)."""
+        if not self.own:
+            return self.copy(pgno, txnid)
+        self.own = False
+        self.src = self.pgno
+        self.pgno = pgno
+        self.txnid = txnid
+        self.keys = list(self.keys)
+        self.vals = list(self.vals)
+        if self.flags is not None:
+            self.flags = list(self.flags)
+        self.patched = set()
+        return self
+
+    def freeze(self) -> None:
+        """This dirty node was committed and is never changed again: hold tuples, as
+        decoded nodes do, which the cyclic GC stops tracking (a large write otherwise
+        leaves every leaf's lists for each collection to walk), and which a dirty copy
+        of a branch may share (``copy``)."""
+        if self.kids is None:
+            self.keys = tuple(self.keys)
+            self.vals = tuple(self.vals)
+            if self.flags is not None:
+                self.flags = tuple(self.flags)
+        elif type(self.keys) is list:  # else still its source's keys (see copy)
+            self.keys = fresh_copies(self.keys)
+        self.patched = None
 
     def entry_size(self, i: int) -> int:
         if self.kids is None:
@@ -176,10 +205,7 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
-        kid = node.ch[i]
-        if kid is None:
-            kid = node.ch[i] = load(node.kids[i], node.ktxn[i])
-        node = kid
+        node = load(node.kids[i], node.ktxn[i])
     if left != 1:
         _bad_depth(db)
     append([node, bisect_left(node.keys, key)])
@@ -187,24 +213,8 @@ def descend(load, db: DbState, key: bytes) -> list | None:
 
 
 def child(load, node: Node, i: int) -> Node:
-    """Child ``i`` of branch ``node``, through its links (loaded and linked when
-    not yet)."""
-    kid = node.ch[i]
-    if kid is None:
-        kid = node.ch[i] = load(node.kids[i], node.ktxn[i])
-    return kid
-
-
-def links_wrong(node: Node) -> str | None:
-    """What is wrong with branch ``node``'s links to its children, if anything (the
-    strict mode's check of the invariant on ``Node.ch``)."""
-    if node.ch is None or len(node.ch) != len(node.kids):
-        return f"page {node.pgno}: {len(node.kids)} children, links {node.ch!r:.40}"
-    for i, kid in enumerate(node.ch):
-        if kid is not None and (kid.pgno, kid.txnid) != (node.kids[i], node.ktxn[i]):
-            return (f"page {node.pgno}: child {i} is page {node.kids[i]} of txn "
-                    f"{node.ktxn[i]}, linked to page {kid.pgno} of txn {kid.txnid}")
-    return None
+    """Child ``i`` of branch ``node``."""
+    return load(node.kids[i], node.ktxn[i])
 
 
 def _bad_depth(db: DbState):
@@ -269,7 +279,6 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode, pidx = parent
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
-                pnode.ch[pidx] = node
                 _patched(pnode, pidx, PATCH_BRANCH_MAX)
         parent = step
 
@@ -286,10 +295,14 @@ def dirty_leaf(txn, db: DbState, key: bytes) -> Node | None:
     if node is None:
         return None
     # A dirty tree was reached by a checked descent before it was copied: its depth
-    # is right, and its links are those of a branch whose children are known.
+    # is right.
+    dirty = txn._dirty
     for _ in range(db.depth - 1):
-        node = node.ch[bisect_right(node.keys, key) - 1]
-        if node is None or node.txnid != txnid:
+        i = bisect_right(node.keys, key) - 1
+        if node.ktxn[i] != txnid:
+            return None
+        node = dirty.get(node.kids[i])
+        if node is None:
             return None
     return node if node.flags is None else None
 
@@ -496,7 +509,6 @@ def _fix_root(txn, db: DbState, root: Node, tail: bool) -> None:
             new.keys = [b"", sep]
             new.kids = u64_array((root.pgno, right.pgno))
             new.ktxn = u64_array((root.txnid, right.txnid))
-            new.ch = [root, right]
             new.measure()
             db.root, db.root_txnid = new.pgno, new.txnid
             db.depth += 1
@@ -564,10 +576,8 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     else:
         right.kids = node.kids[m:]
         right.ktxn = node.ktxn[m:]
-        right.ch = node.ch[m:]
         del node.kids[m:]
         del node.ktxn[m:]
-        del node.ch[m:]
         sep = right.keys[0]
         right.keys[0] = b""
     # Sizes by difference: a dirty node's size is exact, and a branch stores the
@@ -590,7 +600,6 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
-    parent.ch.insert(i, child)
     parent.size += BRANCH_ENTRY_COST + len(key)
 
 
@@ -601,7 +610,6 @@ def _branch_remove(parent: Node, i: int) -> None:
     del parent.keys[i]
     del parent.kids[i]
     del parent.ktxn[i]
-    del parent.ch[i]
 
 
 def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
@@ -610,7 +618,6 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
         child = txn.touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
-        parent.ch[i] = child
         _patched(parent, i, PATCH_BRANCH_MAX)
     return child
 
@@ -653,7 +660,6 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
             left.keys += right.keys[1:]
             left.kids += right.kids
             left.ktxn += right.ktxn
-            left.ch += right.ch
         left.size = merged
         _branch_remove(parent, ri)
         txn.free_node(right, db)
@@ -691,7 +697,6 @@ def _shift_right(left: Node, right: Node, sep: bytes) -> bytes:
     right.keys.insert(0, b"")
     right.kids.insert(0, left.kids.pop())
     right.ktxn.insert(0, left.ktxn.pop())
-    right.ch.insert(0, left.ch.pop())
     left.size -= BRANCH_ENTRY_COST + len(k)
     right.size += BRANCH_ENTRY_COST + len(sep)
     return k
@@ -719,7 +724,6 @@ def _shift_left(left: Node, right: Node, sep: bytes) -> bytes:
     left.keys.append(sep)
     left.kids.append(right.kids.pop(0))
     left.ktxn.append(right.ktxn.pop(0))
-    left.ch.append(right.ch.pop(0))
     left.size += BRANCH_ENTRY_COST + len(sep)
     right.size -= BRANCH_ENTRY_COST + len(new_sep)
     return new_sep

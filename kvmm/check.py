@@ -11,6 +11,10 @@ It checks, against the snapshot of the newest usable meta:
   separators; all leaves at the same depth; no page overfull;
 - each database record's depth and page and entry counts;
 - the entries of dupsort databases: well-formed (key, value) pairs (kvmm.dupsort);
+- the orders of kvmm.orders: a database record's flags are known and consistent,
+  integerkey keys and integerdup values are 4 or 8 bytes, the values of one key of a
+  dupfixed database all have one size (key order itself is byte order of the stored
+  forms, checked with every page's keys);
 - overflow runs: header, length, checksum;
 - the free records: well formed, written by a txnid not newer than the meta;
 - the reader table: no snapshot newer than the newest commit (which may be newer than
@@ -22,8 +26,9 @@ It never writes to the data file.
 from __future__ import annotations
 
 from . import format as fmt
-from .dupsort import check_pair
+from .dupsort import check_pair, split
 from .errors import Error
+from .orders import entry_problem, flags_problem
 
 
 class Checker:
@@ -62,7 +67,8 @@ class Checker:
 
     def read(self, pgno: int, txnid: int):
         try:
-            return self.env._read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid)
+            return self.env._pages.read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                             verify=True)
         except Error as e:
             self.problem(str(e))
             return None
@@ -73,9 +79,12 @@ class Checker:
         """Check one tree; return the leaf entries (key, stored, flag) whose flag has
         a bit of ``keep`` (all of them when ``keep`` is None), for callers that look
         inside values: the main tree's named-db records, the free tree's records."""
-        root, root_txnid, depth, _flags, entries, branches, leaves, overflows = record
+        root, root_txnid, depth, flags, entries, branches, leaves, overflows = record
         counts = {"entries": 0, "branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0,
-                  "dupsort": _flags & fmt.DB_DUPSORT}
+                  "flags": flags, "fixed": (None, 0)}
+        problem = flags_problem(flags)
+        if problem is not None:
+            self.problem(f"{name}: {problem}")
         out: list = []
         depths: set = set()
         if root:
@@ -122,12 +131,8 @@ class Checker:
             if high is not None and body[-1] >= high:
                 self.problem(f"{where}: key not below the next separator")
         if node.kids is None:
-            if counts.get("dupsort"):
-                for k, stored in zip(keys, node.vals):
-                    why = check_pair(k) or (stored and "dupsort entry with a stored value")
-                    if why:
-                        self.problem(f"{where}: {why}")
-                        break
+            if counts["flags"]:
+                self.entries(where, keys, node.vals, counts)
             counts["leaf_pages"] += 1
             counts["entries"] += len(keys)
             depths.add(level)
@@ -148,6 +153,31 @@ class Checker:
             hi = keys[i + 1] if i + 1 < len(keys) else high
             self.walk(name, kid, ktxn, lo, hi, level + 1, counts, out, depths, False, keep)
 
+    def entries(self, where: str, keys, vals, counts: dict) -> None:
+        """Check a leaf's entries against its database's flags (the first problem)."""
+        flags = counts["flags"]
+        dupsort = flags & fmt.DB_DUPSORT
+        fixed_key, fixed_size = counts["fixed"]  # dupfixed: the last key and its size
+        for k, stored in zip(keys, vals):
+            value = None
+            if dupsort:
+                why = check_pair(k) or (stored and "dupsort entry with a stored value")
+                if why:
+                    self.problem(f"{where}: {why}")
+                    return
+                k, value = split(k)
+                if flags & fmt.DB_DUPFIXED:
+                    if k == fixed_key and len(value) != fixed_size:
+                        self.problem(f"{where}: dupfixed key with values of {fixed_size} "
+                                     f"and {len(value)} bytes")
+                        return
+                    fixed_key, fixed_size = k, len(value)
+            why = entry_problem(flags, k, value)
+            if why:
+                self.problem(f"{where}: {why}")
+                return
+        counts["fixed"] = (fixed_key, fixed_size)
+
     def overflow(self, name, leaf_pgno, stored, counts) -> None:
         try:
             pgno, txnid, length = fmt.decode_overflow_ref(stored)
@@ -159,8 +189,8 @@ class Checker:
         if not self.use(pgno, n, f"{name} overflow run of page {leaf_pgno}"):
             return
         try:
-            self.env._read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid, length,
-                                    False)
+            self.env._pages.read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                          length, False, verify=True)
         except Error as e:
             self.problem(str(e))
 

@@ -9,6 +9,7 @@ no free pages.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from . import format as fmt
 
@@ -43,9 +44,11 @@ def copy_env(env, path: str, compact: bool = False, txn=None, progress=None) -> 
 
 
 def copy_to_fd(env, fd: int, compact: bool = False, txn=None, progress=None) -> None:
-    """Write the pages of one snapshot to ``fd``, with its meta in both slots."""
+    """Write the pages of one snapshot to ``fd``, with its meta in both slots; or,
+    with ``compact``, a compacted copy's data file."""
     if compact:
-        raise NotImplementedError("a compacted copy needs a path, not a descriptor")
+        _copy_compact_to_fd(env, fd, txn, progress)
+        return
     own = txn is None
     if own:
         txn = env.begin()
@@ -81,10 +84,9 @@ def _copy_compact(env, path: str, txn, progress) -> None:
         names: list = []
         _copy_db(txn, None, dst, None, progress, names)
         for name in names:
-            dup = bool(txn._find_db_record(name)[3] & fmt.DB_DUPSORT)
-            src_db = env.open_db(name, txn=txn, create=False, dupsort=dup)
+            src_db = env.open_db(name, txn=txn, create=False)
             wtxn = dst.begin(write=True)
-            dst_db = dst.open_db(name, txn=wtxn, dupsort=dup)
+            dst_db = dst.open_db(name, txn=wtxn, **src_db.flags())
             wtxn.commit()
             _copy_db(txn, src_db, dst, dst_db, progress, [])
         dst.sync(True)
@@ -96,10 +98,28 @@ def _copy_compact(env, path: str, txn, progress) -> None:
             txn.abort()
 
 
+def _copy_compact_to_fd(env, fd: int, txn, progress) -> None:
+    """A compacted copy is built by a kvmm environment, so it is made in a temporary
+    directory first; its data file is then written to ``fd``."""
+    from .env import DATA_NAME
+
+    chunk_size = COPY_CHUNK_PAGES * env._page_size
+    with tempfile.TemporaryDirectory(prefix="kvmm-compact-") as tmp:
+        _copy_compact(env, tmp, txn, progress)
+        with open(os.path.join(tmp, DATA_NAME), "rb") as src:
+            at = 0
+            while chunk := src.read(chunk_size):
+                done = 0
+                while done < len(chunk):
+                    done += os.pwrite(fd, chunk[done:], at + done)
+                at += len(chunk)
+    os.fsync(fd)
+
+
 def _entries(txn, db, names):
-    """Yield (key, value) of plain entries (pairs, of a dupsort database); collect
-    named-database keys in ``names``."""
-    if db is not None and db.flags & fmt.DB_DUPSORT:
+    """Yield (key, value) of plain entries (pairs, of a dupsort database; in the user's
+    form, of a database with stored forms); collect named-database keys in ``names``."""
+    if db is not None and db._flags:
         yield from txn.cursor(db)
         return
     cur = txn.cursor(db)

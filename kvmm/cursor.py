@@ -30,7 +30,13 @@ from __future__ import annotations
 import weakref
 
 from .btree import child, descend, first_path
-from .errors import BadValsizeError, CorruptedError, Error
+from .errors import (
+    BadValsizeError,
+    CorruptedError,
+    Error,
+    IncompatibleError,
+    InvalidParameterError,
+)
 from .format import MAX_KEY_SIZE
 
 
@@ -346,7 +352,7 @@ class Cursor:
         if step is not None and self._positioned:
             leaf, i = step
             return leaf.keys[i], leaf.vals[i]
-        return self.key(), self.value()
+        return Cursor.key(self), self.value()  # the stored key: see OrderedCursor.item
 
     def get(self, key, default=None):
         """Move to ``key`` and return its value, or ``default`` when absent."""
@@ -355,17 +361,60 @@ class Cursor:
         return default
 
     def count(self) -> int:
-        """Values of the current key: 1 in a database without duplicates."""
+        """Values of the current key: 1 in a database without duplicates (where
+        LMDB's count raises IncompatibleError), 0 after a failed move.
+        InvalidParameterError before the cursor was ever positioned, as LMDB's."""
         self._sync()
+        self._require_path("count")
         return 1 if self._positioned else 0
 
-    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False):
-        """[(key, value)] for each of ``keys`` that is present, in the order given."""
+    def _require_path(self, what: str) -> None:
+        """InvalidParameterError when the cursor was never positioned (LMDB's EINVAL for
+        moves relative to the current entry)."""
+        if self._path is None:
+            raise InvalidParameterError(f"{what}() needs a cursor positioned by a move first")
+
+    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False,
+                 values=True):
+        """[(key, value)] for each of ``keys`` that is present, in the order given, as
+        py-lmdb's: with ``values=False`` only the keys found; in a dupsort database,
+        with ``dupdata`` every value of each key, and with ``dupfixed_bytes`` (a
+        dupfixed database) each key's values laid end to end and cut into pieces of
+        that many bytes (LMDB's MDB_GET_MULTIPLE); with ``keyfixed`` as well, the
+        pairs back to back in one memoryview (keys of one size). O(log n) per key,
+        plus the values read."""
+        if dupfixed_bytes and dupfixed_bytes < 0:
+            raise OverflowError("Integer argument must be >= 0")
+        if (dupfixed_bytes or keyfixed) and not dupdata:
+            raise TypeError("dupdata is required for dupfixed_bytes/keyfixed.")
+        if keyfixed and not dupfixed_bytes:
+            raise TypeError("dupfixed_bytes is required for keyfixed.")
+        if not values and dupdata:
+            raise TypeError("values=False is incompatible with dupdata.")
         out = []
+        width = None
         for key in keys:
-            if self.set_key(key):
-                out.append((self.key(), self.value()))
+            if not self.set_key(key):
+                continue
+            if not values:
+                out.append(self.key())
+                continue
+            found = self._multi(dupdata, dupfixed_bytes)
+            if keyfixed and found:
+                if width is None:
+                    width = len(found[0][0])
+                elif len(found[0][0]) != width:
+                    raise ValueError("keyfixed=True requires all keys to be the same size")
+            out += found
+        if keyfixed:
+            return memoryview(bytearray(b"".join(bytes(k) + bytes(v) for k, v in out)))
         return out
+
+    def _multi(self, dupdata: bool, dupfixed_bytes) -> list:
+        """getmulti's pairs of the key the cursor stands on: its one value."""
+        if dupfixed_bytes:
+            raise IncompatibleError("getmulti(dupfixed_bytes=...) needs a dupfixed database")
+        return [self.item()]
 
     def iternext(self, keys=True, values=True):
         """Iterate forwards from the current entry (from the first if unpositioned)."""
@@ -390,10 +439,11 @@ class Cursor:
     def iterprev_nodup(self, keys=True, values=False):
         return self.iterprev(keys, values)
 
-    def _walk(self, keys: bool, values: bool, forward: bool):
+    def _walk(self, keys: bool, values: bool, forward: bool, stored: bool = False):
         """Yield entries from the current one on. A read transaction's tree never
         changes, so its leaves are walked directly; a write transaction's cursor
-        steps with next()/prev(), which follow the tree through writes."""
+        steps with next()/prev(), which follow the tree through writes. With
+        ``stored`` (a read transaction's), the tree's own bytes, never memoryviews."""
         txn = self._txn
         if txn.write:
             yield from self._walk_stepping(keys, values, forward)
@@ -401,7 +451,7 @@ class Cursor:
         self._fast = None  # the walk moves the path on its own
         load = txn.load
         step = path_next if forward else path_prev
-        buffers = txn._buffers
+        buffers = txn._buffers and not stored
         path = self._path
         while True:
             leaf_step = path[-1]
@@ -445,11 +495,12 @@ class Cursor:
                 return
 
     def _walk_stepping(self, keys: bool, values: bool, forward: bool):
+        # Cursor's own readers: a subclass turns what the walk yields into user form.
         while True:
             if keys and values:
-                yield self.item()
+                yield Cursor.item(self)
             else:
-                yield self.key() if keys else self.value()
+                yield Cursor.key(self) if keys else self.value()
             if not (self.next() if forward else self.prev()):
                 return
 
@@ -503,7 +554,7 @@ class Cursor:
             return False
         leaf, i = self._path[-1]
         key = leaf.keys[i]
-        txn.delete(key, db=self._db)
+        txn.delete(self._user_key(key), db=self._db)
         self._gen = txn._gen
         self._state = txn._state(self._db)
         self._path = path = descend(txn.load, self._state, key)
@@ -519,6 +570,11 @@ class Cursor:
         else:
             self._settle(True)
         return True
+
+    def _user_key(self, stored: bytes) -> bytes:
+        """The key as the user gives it, of stored key ``stored``: the same bytes in a
+        database kept in byte order (see kvmm.orders)."""
+        return stored
 
     # --- life -----------------------------------------------------------------------
 

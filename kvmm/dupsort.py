@@ -23,9 +23,18 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next, path_prev
-from .errors import BadValsizeError, CorruptedError
-from .format import MAX_KEY_SIZE
+from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
+from .errors import BadValsizeError, CorruptedError, IncompatibleError
+from .format import DB_DUPFIXED, DB_INTEGERDUP, MAX_KEY_SIZE
+from .orders import (
+    key_in,
+    key_out,
+    lookup_key,
+    range_stored_key,
+    seek_stored_key,
+    value_in,
+    value_out,
+)
 
 TERMINATOR = b"\x00\x00"
 _ESCAPED_NUL = b"\x00\xff"
@@ -76,6 +85,14 @@ def _value_bytes(value) -> bytes:
     return value
 
 
+def _several_values(txn, state, key: bytes) -> bool:
+    """Whether stored key ``key`` has more than one value. O(log n)."""
+    low = floor(key)
+    path, raw = _first_at(txn, state, low)
+    return (raw is not None and raw.startswith(low) and path_next(txn.load, path)
+            and path[-1][0].keys[path[-1][1]].startswith(low))
+
+
 def _first_at(txn, state, raw: bytes):
     """The path to the first entry >= ``raw``, and that entry; (None, None) past the
     end."""
@@ -95,11 +112,15 @@ def _first_at(txn, state, raw: bytes):
 
 def get(txn, state, key: bytes, default):
     """The first value of ``key``. O(log n)."""
+    flags = state.flags
+    key = lookup_key(flags, key)
+    if key is None:
+        return default
     low = floor(key)
     _, raw = _first_at(txn, state, low)
     if raw is None or not raw.startswith(low):
         return default
-    value = raw[len(low) :]
+    value = value_out(flags, raw[len(low) :])
     return memoryview(value) if txn._buffers else value
 
 
@@ -107,12 +128,18 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
     """Add ``value`` to the values of ``key``. False when ``overwrite`` is off and the
     key has values, when ``dupdata`` is off and the pair exists, or when ``append`` is
     on and the pair does not sort last. O(log n)."""
-    key = _key_bytes(key)
-    value = _value_bytes(value)
+    flags = state.flags
+    key = key_in(flags, _key_bytes(key))
+    value = value_in(flags, _value_bytes(value))
     low = floor(key)
     _, first = _first_at(txn, state, low)
-    if not overwrite and first is not None and first.startswith(low):
-        return False
+    if first is not None and first.startswith(low):
+        if not overwrite:
+            return False
+        if flags & DB_DUPFIXED and len(first) - len(low) != len(value):
+            raise BadValsizeError(
+                f"value of {len(value)} bytes: the values of this key in a dupfixed "
+                f"database are {len(first) - len(low)} bytes")
     raw = low + value
     path = descend(txn.load, state, raw)
     if path is not None:
@@ -131,14 +158,15 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
 def delete(txn, state, key, value) -> bool:
     """Delete the pair (key, value), or every value of ``key`` when ``value`` is
     empty. O(log n) per leaf of values."""
-    key = _lookup_key(key)
+    flags = state.flags
+    key = lookup_key(flags, key)
     if key is None:
-        return False  # too long to be stored: absent, as in py-lmdb
+        return False
     if value:
-        value = as_bytes(value, "values")
-        if len(value) > MAX_KEY_SIZE:
-            return False
-        raw = pair(key, value)
+        try:
+            raw = pair(key, value_in(flags, _value_bytes(value)))
+        except BadValsizeError:
+            return False  # no stored value can be it: absent, as in py-lmdb
         path = descend(txn.load, state, raw)
         if path is None:
             return False
@@ -170,7 +198,7 @@ def delete_all(txn, state, key: bytes) -> bool:
 
 
 def pop(txn, db, key):
-    cur = DupCursor(db, txn)
+    cur = txn.cursor(db)
     try:
         return cur.pop(key)
     finally:
@@ -178,7 +206,7 @@ def pop(txn, db, key):
 
 
 def replace(txn, db, key, value):
-    cur = DupCursor(db, txn)
+    cur = txn.cursor(db)
     try:
         return cur.replace(key, value)
     finally:
@@ -200,20 +228,25 @@ class DupCursor(Cursor):
     def _view(self, b: bytes):
         return memoryview(b) if self._txn._buffers else b
 
+    #: (key, value) as the user knows them, of a stored pair (see OrderedDupCursor).
+    _pair_out = staticmethod(split)
+    #: A (validated) value's stored form.
+    _value_in = staticmethod(_value_bytes)
+
     def key(self):
         if not self._sync():
             return self._nothing()
-        return self._view(split(self._raw())[0])
+        return self._view(self._pair_out(self._raw())[0])
 
     def value(self):
         if not self._sync():
             return self._nothing()
-        return self._view(split(self._raw())[1])
+        return self._view(self._pair_out(self._raw())[1])
 
     def item(self) -> tuple:
         if not self._sync():
             return self._nothing(), self._nothing()
-        k, v = split(self._raw())
+        k, v = self._pair_out(self._raw())
         return self._view(k), self._view(v)
 
     # --- positioning ----------------------------------------------------------------
@@ -233,20 +266,38 @@ class DupCursor(Cursor):
         Cursor.set_range)."""
         if not key:
             return self.first()
-        return self._seek(floor(as_bytes(key, "keys")))
+        key = self._range_key(key)
+        return False if key is None else self._seek(floor(key))
+
+    def _range_key(self, key):
+        """``key`` as set_range seeks it: of any length, since it only compares."""
+        return as_bytes(key, "keys")
+
+    def _range_value(self, value):
+        """A value too long to be stored as set_range_dup seeks it: as it is."""
+        return value
 
     def _seek_pair(self, key, value, exact: bool):
         """pair(key, value) for a seek, or None when the seek finds nothing: a key
         too long to be stored, or for an ``exact`` seek such a value (a range seek
-        compares a long value as any other). An empty key or value raises
-        BadValsizeError, as in py-lmdb."""
+        compares a long value as any other). An empty value raises BadValsizeError,
+        as in py-lmdb."""
         key = self._seek_key(key)
         value = as_bytes(value, "values")
         if not value:
-            self._positioned = False
-            raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to {MAX_KEY_SIZE} "
-                                  "bytes")
-        if key is None or exact and len(value) > MAX_KEY_SIZE:
+            # LMDB compares the value with a key's only one, but refuses an empty one
+            # when the key has several: so does py-lmdb, and so does this.
+            txn = self._check()
+            if key is not None and _several_values(txn, txn._state(self._db), key):
+                self._positioned = False
+                raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to "
+                                      f"{MAX_KEY_SIZE} bytes")
+        else:
+            try:
+                value = self._value_in(value)
+            except BadValsizeError:  # too long, or an integer of another width
+                value = None if exact else self._range_value(value)
+        if key is None or value is None:
             self._positioned = False
             return None
         return pair(key, value)
@@ -267,13 +318,17 @@ class DupCursor(Cursor):
         return ok
 
     def first_dup(self) -> bool:
-        """Move to the first value of the current key."""
+        """Move to the first value of the current key. InvalidParameterError when the
+        cursor was never positioned, as LMDB's."""
         key = self._anchor()
+        self._require_path("first_dup")
         return key is not None and self._seek(floor(key))
 
     def last_dup(self) -> bool:
-        """Move to the last value of the current key."""
+        """Move to the last value of the current key. InvalidParameterError when the
+        cursor was never positioned, as LMDB's."""
         key = self._anchor()
+        self._require_path("last_dup")
         if key is None:
             return False
         if self._seek(ceiling(key)):
@@ -303,19 +358,31 @@ class DupCursor(Cursor):
         self._eof = False
 
     def next_dup(self) -> bool:
-        """Move to the next value of the current key; False after its last."""
+        """Move to the next value of the current key; False after its last. A cursor
+        never positioned moves to the first pair, as LMDB's."""
+        if self._path is None:
+            return self.next()
         return self._step_within(True)
 
     def prev_dup(self) -> bool:
-        """Move to the previous value of the current key; False before its first."""
+        """Move to the previous value of the current key; False before its first. A
+        cursor never positioned moves to the last pair, as LMDB's."""
+        if self._path is None:
+            return self.prev()
         return self._step_within(False)
 
     def _anchor(self):
         """The key of the pair the cursor's path points at, positioned or not (after
         a miss LMDB's cursor still stands at the insertion point); None when the
-        path points past the end."""
+        path points past the end. After the tree changed under a positioned cursor,
+        the key of the pair it stood on, whether or not that pair is still there:
+        moves by key go on from where the cursor was."""
+        txn = self._check()
+        stood = self._key if self._positioned and self._gen != txn._gen else None
         if not self._sync() and self._path is None:
             return None
+        if stood is not None:
+            return split(stood)[0]
         leaf, i = self._path[-1]
         return split(leaf.keys[i])[0] if 0 <= i < len(leaf.keys) else None
 
@@ -347,8 +414,11 @@ class DupCursor(Cursor):
         return False
 
     def count(self) -> int:
-        """How many values the current key has. O(log n + values / leaf)."""
+        """How many values the current key has. O(log n + values / leaf).
+        InvalidParameterError when the cursor was never positioned, as LMDB's."""
+        self._sync()  # the key counted is the one key() returns
         key = self._anchor()
+        self._require_path("count")
         if key is None:
             return 0
         txn = self._txn
@@ -373,48 +443,52 @@ class DupCursor(Cursor):
             return self.value()
         return default
 
-    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False):
-        """[(key, value)]: the first value of each present key, or every value with
-        ``dupdata``."""
-        out = []
-        for key in keys:
-            if self.set_key(key):
-                if dupdata:
-                    out.extend(self.iternext_dup(keys=True, values=True))
-                else:
-                    out.append(self.item())
-        return out
+    def _multi(self, dupdata: bool, dupfixed_bytes) -> list:
+        """getmulti's pairs of the key the cursor stands on: its first value, or with
+        ``dupdata`` all of them, in pieces of ``dupfixed_bytes`` when given."""
+        if not dupdata:
+            return [self.item()]
+        found = list(self.iternext_dup(keys=True, values=True))
+        if not dupfixed_bytes:
+            return found
+        if not self._db._flags & DB_DUPFIXED:
+            raise IncompatibleError("getmulti(dupfixed_bytes=...) needs a dupfixed database")
+        key = found[0][0]
+        blob = b"".join(bytes(v) for _, v in found)
+        n = dupfixed_bytes
+        return [(key, self._view(blob[i : i + n])) for i in range(0, len(blob), n)]
 
     # --- iteration ------------------------------------------------------------------
 
     def _decoded(self, raws, keys: bool, values: bool):
         view = self._view
+        pair_out = self._pair_out
         for raw in raws:
-            k, v = split(raw)
+            k, v = pair_out(raw)
             if keys and values:
                 yield view(k), view(v)
             else:
                 yield view(k) if keys else view(v)
 
     def iternext(self, keys=True, values=True):
-        if not self._sync():
-            self.first()
+        if not self._sync() and not self.first():
+            return iter(())  # an empty database
         if self._txn.write:
             return self._iter_moves(self.next, keys, values)
-        return self._decoded(self._walk(True, False, True), keys, values)
+        return self._decoded(self._walk(True, False, True, stored=True), keys, values)
 
     def iterprev(self, keys=True, values=True):
-        if not self._sync():
-            self.last()
+        if not self._sync() and not self.last():
+            return iter(())
         if self._txn.write:
             return self._iter_moves(self.prev, keys, values)
-        return self._decoded(self._walk(True, False, False), keys, values)
+        return self._decoded(self._walk(True, False, False, stored=True), keys, values)
 
     __iter__ = iternext
 
     def _iter_moves(self, move, keys: bool, values: bool):
         while self._sync():
-            k, v = split(self._raw())
+            k, v = self._pair_out(self._raw())
             if keys and values:
                 yield self._view(k), self._view(v)
             else:
@@ -436,7 +510,7 @@ class DupCursor(Cursor):
         low = raw[:t]
         key = self._view(split(raw)[0])
         view = self._view
-        for raw in self._walk(True, False, True):
+        for raw in self._walk(True, False, True, stored=True):
             if not raw.startswith(low):
                 path_prev(self._txn.load, self._path)
                 self._settle(True)
@@ -508,3 +582,30 @@ class DupCursor(Cursor):
         old = bytes(self.value())
         self.delete()
         return old
+
+
+class OrderedDupCursor(DupCursor):
+    """A cursor on a dupsort database whose keys or values have a stored form
+    (``reverse_key``, ``integerkey``, ``integerdup``; see :mod:`kvmm.orders`): they
+    are turned into it on the way in and back on the way out."""
+
+    __slots__ = ()
+
+    def _pair_out(self, raw: bytes) -> tuple:
+        key, value = split(raw)
+        flags = self._db._flags
+        return key_out(flags, key), value_out(flags, value)
+
+    def _value_in(self, value) -> bytes:
+        return value_in(self._db._flags, _value_bytes(value))
+
+    _seek_key = seek_stored_key
+    _range_key = range_stored_key
+
+    def _range_value(self, value):
+        # An integer value has a stored form only at its widths; others are as they are.
+        return None if self._db._flags & DB_INTEGERDUP else value
+
+    def iternext_dup(self, keys=False, values=True):
+        # Through the moves, which give the user's form (the leaf walk gives the stored).
+        return self._iter_moves(self.next_dup, keys, values)

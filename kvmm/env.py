@@ -1,18 +1,11 @@
-"""The environment: one data file, its lock file, and the shared page cache.
+"""The environment: one data file, its lock file, and what its transactions share.
 
 ``kvmm.open(path)`` returns an :class:`Environment`, the object py-lmdb calls
 ``Environment``: it opens (or creates) the files, begins transactions, and holds what
-every transaction of this process shares — the map of the data file, the cache of
-decoded pages, and the cached newest meta.
+every transaction of this process shares — the map of the data file, its pages
+(``kvmm.pages``: read, verified and cached), and the cached newest meta.
 
 Invariants:
-- The decoded-page cache maps pgno to a committed node; an entry is used only when
-  its txnid equals the txnid named by the reference being followed, so a reused page
-  number can never serve stale contents.
-- A node the cache let go of is not kept alive by another's links to its children
-  (``Node.ch``) beyond ``cache_size``: eviction clears the links that reach such
-  nodes, and a replaced node counts against ``cache_size`` while it is alive and
-  until they are cleared (``_stale``, ``_stale_bytes``).
 - Only the holder of the writer lock writes to the data file, and it writes a meta
   only after the pages that meta reaches (see ``Transaction._commit``).
 """
@@ -20,13 +13,12 @@ Invariants:
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import weakref
 
 from . import format as fmt
-from .btree import DbState, Node, fresh_copies
+from . import orders
 from .errors import (
     BadTxnError,
     CorruptedError,
@@ -43,6 +35,7 @@ from .errors import (
 from .lmdbfiles import refuse_lmdb
 from .lock import LockFile
 from .mapfile import DataFile, Map
+from .pages import Pages
 from .txn import Transaction
 
 DATA_NAME = "data.kvmm"
@@ -58,16 +51,17 @@ GROW_MAX = 1 << 30
 # size.
 SHRINK_MIN = 4 << 20
 # With sync=False, a commit becomes steady (synced) once the bytes written since the
-# last steady commit pass AUTOSYNC_MIN and the file's size. Until then the pages the
-# steady commit reaches are not reused, but every page written after it is (see
-# freelist), so the file holds at most the steady snapshot on top of the live data,
-# however long the wait. The flush is what costs: it writes back every dirty page at
-# once, ~10 µs per one-put commit at a 64 MiB threshold (bench/smalltxn.py); 1 GiB
-# flushes 16 times less often.
-AUTOSYNC_MIN = 1 << 30
+# last steady commit pass AUTOSYNC_MIN and an AUTOSYNC_SHARE of the file's size. Until
+# then the pages the steady commit reaches are not reused, but every page written
+# after it is (see freelist): so the file holds at most about that many bytes of the
+# steady snapshot on top of the live data (a random fill of 10^7 records: an eighth,
+# where a wait of the whole file's size let the file reach twice the live data). The
+# flush is what costs: it writes back every dirty page at once, ~10 µs per one-put
+# commit at a 64 MiB threshold (bench/smalltxn.py), less per byte the larger the
+# threshold, as pages rewritten between two flushes are written back once.
+AUTOSYNC_MIN = 256 << 20
+AUTOSYNC_SHARE = 8
 DEFAULT_CACHE_SIZE = 256 << 20
-# Replaced nodes remembered (Environment._stale) before the dead ones are forgotten.
-STALE_PRUNE = 1024
 # Runs of at most this many pages are written through the map (see _write_pages).
 MAP_WRITE_PAGES = 8
 # Commits between two attempts to give the tail back that found nothing to give.
@@ -83,35 +77,6 @@ RECLAIM_PAGES_PER_COMMIT = 16
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
-
-
-# References to an object, where the interpreter counts them; elsewhere a count no
-# node reaches, so every node counts as held (see Environment._let_go).
-_references = getattr(sys, "getrefcount", lambda obj: 1 << 62)
-
-
-def _caller_only() -> int:
-    """What ``_references`` says inside a method for an object that its caller holds by
-    one name and nothing else holds (``Environment._let_go`` is called so). Measured:
-    interpreters differ in which references of a call they count."""
-
-    class Probe:
-        def let_go(self, obj) -> int:
-            return _references(obj)
-
-    obj = object()
-    return Probe().let_go(obj)
-
-
-_CALLER_ONLY = _caller_only() if hasattr(sys, "getrefcount") else -1
-
-
-def _node_bytes(node: Node) -> int:
-    """About the memory a cached node takes (CPython, 64-bit): its objects, the
-    tuples or lists holding its entries, and per entry a bytes object for the key and
-    one for the value or two ints for a branch's child; plus the bytes themselves
-    (``size``: the page bytes its entries use)."""
-    return 400 + 90 * len(node.keys) + node.size
 
 
 def _after_fork_in_child() -> None:
@@ -142,24 +107,48 @@ BOOT_ID = _read_boot_id()
 
 
 class _Database:
-    """A handle on the main database (name None) or a named one, as py-lmdb's."""
+    """A handle on the main database (name None) or a named one, as py-lmdb's.
 
-    __slots__ = ("__weakref__", "_dropped", "env", "flags", "name")
+    ``_flags`` are its record's flags (``format.DB_*``). A handle that
+    ``open_db(txn=...)`` opened belongs to that transaction (and its children) until
+    it ends (``_txn``, a weak reference): its commit shares the handle with every
+    transaction, its abort closes it, as in LMDB.
+    """
+
+    __slots__ = ("__weakref__", "_dropped", "_flags", "_txn", "env", "name")
 
     def __init__(self, env, name, flags):
         self.env = env
         self.name = name
-        self.flags = flags
+        self._flags = flags
         self._dropped = False
+        self._txn = None
+
+    def flags(self, *args) -> dict:
+        """py-lmdb's dict of the database's ``open_db`` flags (a transaction may be
+        passed, as to py-lmdb's; the handle knows them)."""
+        if len(args) > 1:
+            raise TypeError("flags takes 0 or 1 arguments")
+        return orders.flag_dict(self._flags)
 
     def __repr__(self) -> str:
         return f"<kvmm database {self.name!r}>"
 
 
+def _count(name: str, value) -> int:
+    """An option that counts something: an int, TypeError otherwise; OverflowError
+    when negative, as py-lmdb's."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise OverflowError(f"{name} must be >= 0, not {value}")
+    return value
+
+
 class Environment:
     """An open kvmm environment (py-lmdb's ``Environment``); see SPEC section 3."""
 
-    def __init__(self, path, map_size=10485760, subdir=True, readonly=False,
+    def __init__(self, path, map_size=None, subdir=True, readonly=False,
                  metasync=True, sync=True, map_async=False, mode=0o644, create=True,
                  readahead=True, writemap=False, meminit=True, max_readers=126,
                  max_dbs=0, max_spare_txns=1, lock=True, page_size=fmt.DEFAULT_PAGE_SIZE,
@@ -171,42 +160,70 @@ class Environment:
             path = os.fsdecode(path)
         if not fmt.valid_page_size(page_size):
             raise InvalidParameterError(f"page_size {page_size}: a power of two, 4096-65536")
+        if map_size is not None:
+            _count("map_size", map_size)
+        for name, value in (("max_readers", max_readers), ("max_dbs", max_dbs),
+                            ("max_spare_txns", max_spare_txns)):
+            _count(name, value)
         self._path = path
         self._subdir = subdir
         self._readonly = readonly
         self._sync = sync
         self._metasync = metasync
         self._lock_enabled = lock
+        # What flags() reports: every option as given, as py-lmdb's.
+        self._flags = {"subdir": bool(subdir), "readonly": bool(readonly),
+                       "metasync": bool(metasync), "sync": bool(sync),
+                       "map_async": bool(map_async), "readahead": bool(readahead),
+                       "writemap": bool(writemap), "meminit": bool(meminit),
+                       "lock": bool(lock)}
         self._max_dbs = max_dbs
         self._max_size = max_size
+        self._map_size = None  # the cap map_size sets; see _set_cap
         self._mode = mode
         self._boot_id = BOOT_ID
         refuse_lmdb(path, os.path.join(path, DATA_NAME) if subdir else path)
+        # As LMDB: the directory gets ``mode`` (and x where it has r, so that a mode
+        # meant for files leaves it usable), the files ``mode`` without x.
+        file_mode = mode & ~0o111
         if subdir:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InvalidError(f"{path} is a file, not an environment directory "
+                                   "(a file is opened with subdir=False)")
             if not os.path.isdir(path):
                 if not create or readonly:
                     raise NotFoundError(f"{path}: no such environment directory")
-                os.makedirs(path, mode=0o775, exist_ok=True)
+                try:
+                    os.mkdir(path, mode | (mode & 0o444) >> 2)
+                except FileExistsError:
+                    pass  # made by another process meanwhile
+                except FileNotFoundError:
+                    raise NotFoundError(f"{path}: its parent directory does not exist") from None
             data_path = os.path.join(path, DATA_NAME)
             lock_path = os.path.join(path, LOCK_NAME)
         else:
             data_path = path
             lock_path = path + LOCK_SUFFIX
-        if not os.path.exists(data_path) and (not create or readonly):
+        # ``create`` is about the directory, as in py-lmdb: files are made in it.
+        if readonly and not os.path.exists(data_path):
             raise NotFoundError(f"{data_path}: no such file")
         self._data_path = data_path
         self._lock = None
         self._thread_writer = threading.Lock()  # used when lock=False
         self._writer_owner = None
         # The I/O seam: tests pass a subclass that injects faults or loses writes.
-        self._datafile = datafile_class(data_path, readonly=readonly, create=create,
-                                        mode=mode)
+        try:
+            self._datafile = datafile_class(data_path, readonly=readonly, create=True,
+                                            mode=file_mode)
+        except FileNotFoundError:
+            raise NotFoundError(f"{data_path}: no such file or directory") from None
         try:
             # A file that is not kvmm's is refused before a lock file is made for it.
             if self._datafile.size():
                 self._open_file(page_size, may_create=False)
             if lock:
-                self._lock = LockFile(lock_path, max_readers, mode, create)
+                self._lock = LockFile(lock_path, max_readers, file_mode, True,
+                                      spare=max_spare_txns)
             self._page_size = self._open_file(page_size)
         except BaseException:
             self._datafile.close()
@@ -221,24 +238,9 @@ class Environment:
         self._reserved = False
         self._map = Map(self._datafile, writable=self._map_writes)
         self._map.cover(fmt.NUM_METAS * self._page_size)
-        self._cache: dict[int, Node] = {}  # pgno -> node, oldest first
-        self._cache_size = max(64 * self._page_size, cache_size)
-        self._cache_bytes = 0  # the estimated memory of the cached nodes
-        # ... and of the nodes replaced in the cache since its links were last
-        # cleared, which a cached branch may still link to: weak references to them,
-        # with their weights (most die with the old branch that linked them)
-        self._stale: list[tuple[weakref.ref, int]] = []
-        self._stale_bytes = 0
-        self._stale_prune = STALE_PRUNE  # the length at which _let_go prunes _stale
-        # Cached branches, and how many of them the snapshots in use reached when
-        # last counted (see _evict).
-        self._branches = 0
-        self._live_seen = 0
-        # Held by the thread trimming the cache. Other threads using this environment
-        # go on reading and caching meanwhile: the trim works on snapshots of the
-        # cache and tolerates entries that come and go (its counts may drift a
-        # little, never below what is cached).
-        self._trimming = threading.Lock()
+        # Pages are read through the map and kept decoded in this process's cache.
+        self._pages = Pages(self._page_size, max(64 * self._page_size, cache_size))
+        self._cache = self._pages.cache
         self._meta_key = None
         self._meta_undo = None  # (slot, bytes) a failed commit left to write back
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
@@ -264,6 +266,8 @@ class Environment:
         _open_envs.add(self)
         if not readonly:
             self._mend_metas()
+        if map_size is not None:
+            self._set_cap(map_size)
 
     # --- opening --------------------------------------------------------------------
 
@@ -535,7 +539,8 @@ class Environment:
             raise Error("environment was opened before fork(); open it again in the child")
 
     def begin(self, db=None, parent=None, write=False, buffers=False) -> Transaction:
-        """Begin a read (default) or write transaction. A write waits for the writer."""
+        """Begin a read (default) or write transaction. A write waits for the writer;
+        with ``parent`` (a write transaction) it is a nested one (kvmm.nested)."""
         return Transaction(self, db=db, parent=parent, write=write, buffers=buffers)
 
     def _begin_read(self):
@@ -604,256 +609,6 @@ class Environment:
         return self._lock.oldest_reader() if self._lock is not None else None
 
     # --- pages ----------------------------------------------------------------------
-
-    def _loader(self, mm, limit: int):
-        """A function (pgno, txnid) -> Node for a snapshot of ``limit`` pages."""
-        cache = self._cache
-        read = self._read_node
-
-        def load(pgno, txnid):
-            node = cache.get(pgno)
-            if node is not None and node.txnid == txnid:
-                return node
-            return read(mm, limit, pgno, txnid)
-
-        return load
-
-    def _read_node(self, mm, limit: int, pgno: int, txnid: int) -> Node:
-        if not fmt.NUM_METAS <= pgno < limit:
-            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
-        ps = self._page_size
-        off = pgno * ps
-        page = mm[off : off + ps]  # short (and refused) past the end of the map
-        kind, count, _ = fmt.check_header(page, pgno, txnid)
-        try:
-            if kind == fmt.LEAF:
-                keys, vals, flags, used = fmt.decode_leaf(page, pgno, count)
-                node = Node(pgno, txnid, keys, vals, flags)
-            elif kind == fmt.BRANCH:
-                keys, kids, ktxn, used = fmt.decode_branch(page, pgno, count)
-                node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
-            else:
-                raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
-        except (ValueError, IndexError, OverflowError) as e:
-            raise CorruptedError(f"page {pgno}: {e}") from None
-        node.size = used
-        self._remember(node)
-        return node
-
-    def _remember(self, node: Node) -> None:
-        """Cache a decoded node, counting its memory against ``cache_size``."""
-        cache = self._cache
-        pgno = node.pgno
-        old = cache.get(pgno)
-        cache[pgno] = node
-        self._cache_bytes += _node_bytes(node)
-        if node.kids is not None:
-            self._branches += 1
-        if old is not None:
-            self._let_go(old)
-        if self._cache_bytes + self._stale_bytes > self._cache_size:
-            self._trim()
-
-    def _let_go(self, old: Node) -> None:
-        """``old`` just left the cache: count it as replaced while it may be alive.
-        The caller holds it by one name, the last reference most of the time (a
-        commit's replaced path, top down; a page a reader decodes again): then it is
-        not counted, which spares a weak reference for every page of a small commit."""
-        weight = _node_bytes(old)
-        self._cache_bytes -= weight
-        if old.kids is not None:
-            self._branches -= 1
-        if _references(old) <= _CALLER_ONLY:
-            return
-        self._stale_bytes += weight
-        stale = self._stale
-        stale.append((weakref.ref(old), weight))
-        if len(stale) > self._stale_prune and self._trimming.acquire(blocking=False):
-            try:
-                self._prune_stale()
-            finally:
-                self._trimming.release()
-
-    def _prune_stale(self) -> None:
-        """Forget the replaced nodes that died (most die with the commit that replaced
-        them). Done every STALE_PRUNE replacements or so, not only when the cache is
-        full: an entry is a weak reference and a tuple, which the cyclic GC walks on
-        every full collection while they live, and which make those collections come
-        sooner (bench/smalltxn.py: ~6 µs of a one-put transaction went to the GC).
-        Amortised O(1) per replacement. The caller holds ``_trimming``."""
-        live = [(ref, weight) for ref, weight in self._stale if ref() is not None]
-        self._stale = live
-        self._stale_bytes = sum(weight for _, weight in live)
-        self._stale_prune = 2 * len(live) + STALE_PRUNE
-
-    def _trim(self) -> None:
-        """The cache and the replaced nodes went over ``cache_size``. Count only the
-        replaced nodes something still holds (most died with the old version of
-        their parent, which the commit dropped, see ``_publish``); evict unless that
-        leaves a sixteenth of ``cache_size`` free. Either way a sixteenth is then
-        free, so the next trim (and its pass over ``_stale``) is that far off. A thread
-        that finds another one trimming leaves it to that one."""
-        if not self._trimming.acquire(blocking=False):
-            return
-        try:
-            self._prune_stale()
-            if self._cache_bytes + self._stale_bytes > self._cache_size - self._cache_size // 16:
-                self._evict()
-        finally:
-            self._trimming.release()
-
-    def _evict(self) -> None:
-        """Drop the oldest leaves until the cache is down to 7/8 of ``cache_size``,
-        then clear the links that could keep a dropped or replaced node alive.
-        Branches (about one page in a hundred, and on every descent) stay, moved to
-        the young end, so a read misses at most on its leaf; but not old versions of
-        them, which a process reading beside a busy writer decodes by the thousand
-        (each commit rewrites the branches above the leaf it changed): once cached
-        branches are more than twice those the snapshots in use reached when last
-        counted, the ones they no longer reach go first, however young. Should live
-        branches alone fill the cache, the oldest go too, so the cache always gets
-        down to its goal."""
-        cache = self._cache
-        goal = self._cache_size * 7 // 8
-        # Other threads may cache and drop nodes meanwhile: walk private copies, and
-        # let entries that went away go.
-        if self._branches > 2 * self._live_seen + 16:
-            live = self._live_branches()
-            for pgno, node in cache.copy().items():
-                if node.kids is not None and id(node) not in live and cache.get(pgno) is node:
-                    del cache[pgno]
-                    self._cache_bytes -= _node_bytes(node)
-                    self._branches -= 1
-            self._live_seen = self._branches
-        oldest = list(cache.copy())
-        chunk = len(oldest) // 8 + 1
-        for at in range(0, len(oldest), chunk):
-            if self._cache_bytes <= goal:
-                break
-            for pgno in oldest[at : at + chunk]:
-                old = cache.pop(pgno, None)
-                if old is None:
-                    continue
-                if old.kids is not None:
-                    cache[pgno] = old
-                else:
-                    self._cache_bytes -= _node_bytes(old)
-        if self._cache_bytes > goal:
-            for pgno in list(cache.copy()):
-                old = cache.pop(pgno, None)
-                if old is None:
-                    continue
-                self._cache_bytes -= _node_bytes(old)
-                self._branches -= old.kids is not None
-                if self._cache_bytes <= goal:
-                    break
-        self._unlink()
-
-    def _live_branches(self) -> set:
-        """The ids of the cached branches under the roots of this process's open
-        transactions and of the newest snapshot it has seen (a child is found by its
-        link, else in the cache). O(those branches x fan-out), leaves not visited."""
-        cache = self._cache
-        roots = []  # DbState, and the dirty pages of its write transaction
-        if self._meta_pick is not None:
-            roots.append((DbState(self._meta_pick[0].main), None))
-        for ref in list(self._txns.values()):
-            txn = ref()
-            if txn is None or txn._done:
-                continue
-            dirty = txn._dirty if txn.write else None
-            states = list(txn._dbs.values())
-            if dirty is not None:
-                states.append(txn.free_db)
-            roots.extend((state, dirty) for state in states)
-        live: set = set()
-        stack = []  # (branch, its height: 2 when its children are leaves)
-        for state, dirty in roots:
-            node = cache.get(state.root)
-            if (node is None or node.txnid != state.root_txnid) and dirty is not None:
-                node = dirty.get(state.root)
-            if node is not None and node.txnid == state.root_txnid and node.kids is not None:
-                stack.append((node, state.depth))
-        while stack:
-            node, height = stack.pop()
-            if id(node) in live:
-                continue
-            live.add(id(node))
-            if height <= 2:
-                continue
-            # zip: another thread's write transaction may be editing its dirty
-            # branches, one list after the other.
-            for pgno, txnid, kid in zip(node.kids, node.ktxn, node.ch):
-                if kid is None:
-                    kid = cache.get(pgno)
-                    if kid is None or kid.txnid != txnid:
-                        continue
-                if kid.kids is not None:
-                    stack.append((kid, height - 1))
-        return live
-
-    def _unlink(self) -> None:
-        """Clear the links (``Node.ch``) by which a cached branch reaches a node not in
-        the cache: all of a branch's links to leaves (any may have gone), and its
-        links to branches the cache no longer holds. Every node reachable by links
-        from the cache is then in the cache. O(cached branches x fan-out)."""
-        cache = self._cache
-        for node in cache.copy().values():  # another thread may cache nodes meanwhile
-            ch = node.ch
-            if ch is None:
-                continue
-            for i, kid in enumerate(ch):
-                if kid is None:
-                    continue
-                if kid.kids is None:
-                    node.ch = [None] * len(ch)
-                    break
-                if cache.get(kid.pgno) is not kid:
-                    ch[i] = None
-        self._stale = []
-        self._stale_bytes = 0
-
-    def _publish(self, nodes, freed=()) -> None:
-        """Cache the nodes a commit just wrote (they are committed now), and drop the
-        pages it freed (``freed``, page numbers): only readers of older snapshots
-        could use them, and those decode them again from pages no commit reuses while
-        they read. Left in, they would push live pages out of a full cache."""
-        cache = self._cache
-        for pgno in freed:
-            old = cache.pop(pgno, None)
-            if old is not None:
-                self._let_go(old)
-        for node in nodes:
-            # Committed now, never changed again: it holds tuples, as decoded nodes
-            # do, which the cyclic GC stops tracking (a large write otherwise leaves
-            # every leaf's lists for each collection to walk), and which a dirty copy
-            # of a branch may share (``Node.copy``).
-            keys = node.keys
-            if node.kids is None:
-                node.keys = tuple(keys)
-                node.vals = tuple(node.vals)
-                if node.flags is not None:
-                    node.flags = tuple(node.flags)
-            elif type(keys) is list:  # else still its source's keys (see Node.copy)
-                node.keys = fresh_copies(keys)
-            node.patched = None
-            self._remember(node)
-
-    def _read_overflow(self, mm, limit, pgno, txnid, length, buffers):
-        ps = self._page_size
-        n = fmt.overflow_pages(length, ps)
-        if not fmt.NUM_METAS <= pgno or pgno + n > limit:
-            raise CorruptedError(f"overflow run at page {pgno} lies outside the file's pages")
-        off = pgno * ps
-        head = mm[off : off + fmt.HEADER_SIZE]
-        _, _, extra = fmt.check_header(head, pgno, txnid, fmt.OVERFLOW)
-        if extra != length:
-            raise CorruptedError(f"page {pgno}: overflow length {extra}, expected {length}")
-        start = off + fmt.HEADER_SIZE
-        value = memoryview(mm)[start : start + length] if buffers else mm[start : start + length]
-        if not fmt.overflow_crc_ok(head, value):
-            raise CorruptedError(f"page {pgno}: overflow checksum mismatch")
-        return value
 
     # --- commit support ---------------------------------------------------------------
 
@@ -969,11 +724,13 @@ class Environment:
             self._reclaim_wait = min(2 * self._reclaim_wait, RECLAIM_RETRY_MAX)
 
     def _grow(self, end: int, txn) -> None:
-        """Make the file at least ``end`` bytes (geometric steps); note its size for
-        the rest of the commit (the writer lock is held: nobody else resizes it)."""
-        if self._max_size is not None and end > self._max_size:
-            raise MapFullError(
-                f"commit needs {end} bytes, past max_size {self._max_size}")
+        """Make the file at least ``end`` bytes (geometric steps, up to the cap); note
+        its size for the rest of the commit (the writer lock is held: nobody else
+        resizes it). MapFullError when ``end`` passes the cap."""
+        cap = self._cap()
+        if cap is not None and end > cap:
+            raise MapFullError(f"commit needs {end} bytes, past the cap of {cap} bytes "
+                               "(map_size or max_size; set_mapsize moves it)")
         txnid, size = self._size_after
         if txnid != txn.txnid - 1:
             size = self._datafile.size()
@@ -984,8 +741,8 @@ class Environment:
         new = max(end, size + step)
         ps = self._page_size
         new = (new + ps - 1) // ps * ps
-        if self._max_size is not None:
-            new = max(end, min(new, self._max_size // ps * ps))
+        if cap is not None:
+            new = max(end, min(new, cap // ps * ps))
         self._datafile.truncate(new)
         self._file_size = new
         if self._map_writes and not self._datafile.allocate(size, new - size):
@@ -1097,7 +854,7 @@ class Environment:
         """
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         target = txn._meta_target
-        steady = (self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size)
+        steady = (self._sync or self._unsynced >= max(AUTOSYNC_MIN, self._map.size // AUTOSYNC_SHARE)
                   or self._steady_to_give_back(txn))
         sync_meta = steady and (self._metasync or not self._sync)
         if steady:
@@ -1147,22 +904,21 @@ class Environment:
     def open_db(self, key=None, txn=None, reverse_key=False, dupsort=False, create=True,
                 integerkey=False, integerdup=False, dupfixed=False):
         """A handle on the main database (``key=None``) or on named database ``key``,
-        created when missing (in ``txn``, or in a transaction of its own)."""
+        created when missing (in ``txn``, or in a transaction of its own), with the
+        orders of :mod:`kvmm.orders`. As in py-lmdb, the flags are those the database
+        was created with: for an existing one the arguments are ignored."""
         self._usable()
         if key is None:
+            if reverse_key or dupsort or integerkey or integerdup or dupfixed:
+                raise ValueError("May not set flags on the main database")
             return self._main_db
         if isinstance(key, str):
             raise TypeError("database names are bytes")
         key = bytes(key)
-        if reverse_key or integerkey or integerdup or dupfixed:
-            raise NotImplementedError("reverse_key, integerkey, integerdup and dupfixed "
-                                      "databases are not supported")
-        flags = fmt.DB_DUPSORT if dupsort else 0
         db = self._dbs.get(key)
         if db is not None:
-            if db.flags != flags:
-                raise IncompatibleError(f"database {key!r} is open with other flags")
             return db
+        flags = orders.db_flags(reverse_key, dupsort, integerkey, integerdup, dupfixed)
         if len(self._dbs) >= self._max_dbs:
             raise DbsFullError(f"max_dbs={self._max_dbs} named databases are already open: "
                                "open with a larger max_dbs=")
@@ -1178,10 +934,17 @@ class Environment:
                 if not txn.write:
                     raise ReadonlyError(f"cannot create database {key!r} read-only")
                 txn._create_db(db)
-            elif (record[3] & fmt.DB_DUPSORT) != flags:
-                raise IncompatibleError(f"database {key!r} was created with other flags")
+            else:
+                problem = orders.flags_problem(record[3])
+                if problem is not None:
+                    raise IncompatibleError(f"database {key!r}: {problem}")
+                db._flags = record[3]
             if own:
                 txn.commit()
+            else:
+                # The handle is the transaction's until it ends (see _Database).
+                db._txn = weakref.ref(txn)
+                txn._opened.append(db)
         except BaseException:
             if own:
                 txn.abort()
@@ -1200,15 +963,30 @@ class Environment:
         with self.begin() as txn:
             return txn.stat()
 
+    def dbs(self, txn=None) -> list:
+        """The names of the named databases, in key order (in ``txn``'s view, else
+        in a read transaction of its own). O(entries of the main database)."""
+        self._usable()
+        own = txn is None
+        if own:
+            txn = self.begin()
+        try:
+            return txn._db_names()
+        finally:
+            if own:
+                txn.abort()
+
     def info(self) -> dict:
-        """map_size, last_pgno, last_txnid, max_readers, num_readers."""
+        """map_size (the cap when one is set, else the file's size), last_pgno,
+        last_txnid, max_readers, num_readers."""
         self._usable()
         mm = self._map.cover(fmt.NUM_METAS * self._page_size)
         meta = self._current(mm)[0]
         readers = self._lock.readers() if self._lock is not None else []
+        cap = self._cap()
         return {
             "map_addr": 0,
-            "map_size": self._datafile.size(),
+            "map_size": self._datafile.size() if cap is None else cap,
             "last_pgno": meta.next_pgno - 1,
             "last_txnid": meta.txnid,
             "max_readers": self.max_readers(),
@@ -1216,38 +994,69 @@ class Environment:
         }
 
     def path(self) -> str:
+        """The path the environment was opened with."""
+        self._usable()
         return self._path
 
     def max_key_size(self) -> int:
+        """The longest key (and dupsort value) in bytes."""
+        self._usable()
         return fmt.MAX_KEY_SIZE
 
     def max_readers(self) -> int:
+        """The size of the reader table (0 with lock=False)."""
+        self._usable()
         return self._lock.max_readers if self._lock is not None else 0
 
     def flags(self) -> dict:
-        return {
-            "subdir": self._subdir,
-            "readonly": self._readonly,
-            "metasync": self._metasync,
-            "sync": self._sync,
-            "map_async": False,
-            "readahead": True,
-            "writemap": False,
-            "meminit": True,
-            "lock": self._lock_enabled,
-        }
+        """The options the environment was opened with, by py-lmdb's names."""
+        self._usable()
+        return dict(self._flags)
+
+    # --- the map size cap -------------------------------------------------------------
+
+    def _cap(self) -> int | None:
+        """The most bytes the file's pages may take: the smaller of map_size and
+        max_size, or None when neither is set."""
+        caps = [c for c in (self._map_size, self._max_size) if c is not None]
+        return min(caps) if caps else None
+
+    def _set_cap(self, map_size: int) -> None:
+        """Make ``map_size`` the cap, but never below the pages in use (as LMDB)."""
+        mm = self._map.cover(fmt.NUM_METAS * self._page_size)
+        used = self._current(mm)[0].next_pgno * self._page_size
+        self._map_size = max(map_size, used)
 
     def set_mapsize(self, map_size: int) -> None:
-        """Accepted for py-lmdb compatibility: the file grows by itself."""
+        """Move the cap (map_size) to ``map_size`` bytes, at least the pages in use;
+        0 adopts the data file's current size (which other processes may have
+        grown). As py-lmdb: refused (BadTxnError) while a write transaction of this
+        environment is open, and this environment's read transactions end (their
+        cursors with them)."""
         self._usable()
+        _count("map_size", map_size)
+        if self._writer_owner is not None:
+            raise BadTxnError("cannot set_mapsize while a write transaction is open")
+        for ref in list(self._txns.values()):
+            txn = ref()
+            if txn is not None and not txn.write:
+                txn.abort()
+        self._set_cap(map_size or self._datafile.size())
+
+    # --- readers ------------------------------------------------------------------------
 
     def readers(self) -> str:
-        """The reader table, one line per slot in use, as py-lmdb formats it."""
+        """The reader table as py-lmdb prints it: a line per slot a process holds
+        (its pid, a thread column kvmm does not track, and the txnid it reads, or
+        "-" between transactions; a snapshot of txnid 0, the empty first commit,
+        shows as "-" too: it pins no page), or "(no active readers)"."""
         self._usable()
+        slots = self._lock.readers() if self._lock is not None else []
+        if not slots:
+            return "(no active readers)\n"
         lines = ["    pid     thread     txnid"]
-        if self._lock is not None:
-            for _slot, pid, txnid, _alive in self._lock.readers():
-                lines.append(f"{pid:>10} {0:>10x} {txnid:>10}")
+        for _slot, pid, txnid, _alive in slots:
+            lines.append(f"{pid:>10} {0:x} {txnid or '-'}")
         return "\n".join(lines) + "\n"
 
     def reader_check(self) -> int:
@@ -1282,16 +1091,32 @@ class Environment:
             self._unlock_writer()
 
     def copy(self, path, compact=False, txn=None) -> None:
-        """Write a consistent copy of the environment to ``path``: a directory, or for a
-        ``subdir=False`` environment the data file, as py-lmdb's copy does."""
+        """Write a consistent copy of the environment to ``path`` (a directory, or for
+        a ``subdir=False`` environment the data file, as py-lmdb's copy does): of the
+        snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the last
+        commit."""
         from .copy import copy_env
 
+        self._copy_txn(compact, txn)
         copy_env(self, os.fspath(path), compact=compact, txn=txn)
 
     def copyfd(self, fd, compact=False, txn=None) -> None:
+        """Write a consistent copy of the environment's data file to descriptor
+        ``fd``; ``compact`` and ``txn`` as in copy()."""
         from .copy import copy_to_fd
 
+        self._copy_txn(compact, txn)
         copy_to_fd(self, fd, compact=compact, txn=txn)
+
+    def _copy_txn(self, compact: bool, txn) -> None:
+        """Refuse what py-lmdb refuses: a copy of a given snapshot that is not
+        compacted, or of another environment's."""
+        self._usable()
+        if txn is not None:
+            if not compact:
+                raise InvalidParameterError("copy(txn=...) needs compact=True, as in py-lmdb")
+            if txn.env is not self:
+                raise InvalidParameterError("the transaction belongs to another environment")
 
     def close(self) -> None:
         """Close the environment; its transactions and cursors become unusable."""
@@ -1307,11 +1132,7 @@ class Environment:
         self._closed = True
         _open_envs.discard(self)
         self._map.close()
-        self._cache.clear()
-        self._cache_bytes = 0
-        self._branches = 0
-        self._stale = []
-        self._stale_bytes = 0
+        self._pages.clear()
         if not self._forked:
             self._datafile.close()
             if self._lock is not None:

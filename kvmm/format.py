@@ -56,6 +56,7 @@ import struct
 import sys
 import zlib
 from array import array
+from bisect import bisect_left
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -82,8 +83,14 @@ LENGTH_MASK = (1 << LENGTH_BITS) - 1
 META_STEADY = 1  # meta flag: the pages of this commit were synced before the meta
 META_WRITTEN = 2  # meta flag: synced with its pages in one flush; it lists them
 
-# Named-database flags kept in a database record. Only DUPSORT exists today.
+# Named-database flags kept in a database record, with LMDB's values (so a dump's
+# header and an LMDB user read them alike). Which orders they give: kvmm.orders.
+DB_REVERSEKEY = 0x02
 DB_DUPSORT = 0x04
+DB_INTEGERKEY = 0x08
+DB_DUPFIXED = 0x10
+DB_INTEGERDUP = 0x20
+DB_FLAGS = DB_REVERSEKEY | DB_DUPSORT | DB_INTEGERKEY | DB_DUPFIXED | DB_INTEGERDUP
 
 # --- sizes ------------------------------------------------------------------------
 
@@ -338,14 +345,15 @@ def _fail(pgno: int, what: str):
     raise CorruptedError(f"page {pgno}: {what}")
 
 
-def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) -> tuple:
-    """Check a page's header and checksum; return (kind, count, extra).
+def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None,
+                 crc: bool = True) -> tuple:
+    """Check a page's header and (with ``crc``) checksum; return (kind, count, extra).
 
     ``txnid`` is the writer named by the reference that led here (0 to skip that
     check). Raises CorruptedError when anything disagrees.
     """
     try:
-        crc, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
+        stored, pkind, count, ppgno, ptxnid, extra = PAGE_HEADER.unpack_from(page, 0)
     except struct.error:
         _fail(pgno, "truncated page")
     if ppgno != pgno:
@@ -354,9 +362,15 @@ def check_header(page: bytes, pgno: int, txnid: int, kind: int | None = None) ->
         _fail(pgno, f"written by txn {ptxnid}, expected txn {txnid} (lost or stale write)")
     if kind is not None and pkind != kind:
         _fail(pgno, f"kind {pkind}, expected {kind}")
-    if pkind != OVERFLOW and crc != _crc32(memoryview(page)[4:]):
+    if crc and pkind != OVERFLOW and stored != _crc32(memoryview(page)[4:]):
         _fail(pgno, "checksum mismatch")
     return pkind, count, extra
+
+
+def check_crc(page: bytes, pgno: int) -> None:
+    """Check a tree page's checksum (its header was checked by check_header)."""
+    if _U32.unpack_from(page)[0] != _crc32(memoryview(page)[4:]):
+        _fail(pgno, "checksum mismatch")
 
 
 def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | None,
@@ -515,6 +529,7 @@ _branch_layouts: dict = {}
 def _forget_layouts() -> None:
     global _body_fields
     _bodies.clear()
+    _find_layouts.clear()
     _leaf_layouts.clear()
     _branch_layouts.clear()
     _body_fields = 0
@@ -608,6 +623,72 @@ def decode_leaf(page: bytes, pgno: int, n: int):
     if body is not None:
         _remember_layout(_leaf_layouts, head, (body, flags))
     return fields[:n], fields[n:], flags, end - HEADER_SIZE
+
+
+# How to search a leaf in place, by its lengths and value words (the 6n bytes after
+# its header): (Struct of its keys or None, value starts, value ends, value flags),
+# offsets from where its keys start. The Struct is compiled the second time a layout
+# is seen, as _body's are; the layouts are emptied with the other layout caches.
+_find_layouts: dict = {}
+
+
+def _find_layout(head: bytes, n: int, pgno: int, page_size: int) -> tuple:
+    """The layout of ``leaf_find`` for a leaf of ``n`` entries whose lengths and
+    value words are ``head``; CorruptedError when they run past the page."""
+    global _body_fields
+    lens = _leaf_head(n).unpack(head)
+    klens = lens[:n]
+    words = lens[n:]
+    kend = sum(klens)
+    starts, ends, flags = [], [], []
+    at = kend
+    for w in words:
+        starts.append(at)
+        at += w & LENGTH_MASK
+        ends.append(at)
+        flags.append(w & ~LENGTH_MASK)
+    if HEADER_SIZE + 6 * n + at > page_size:
+        _fail(pgno, "entries run past the end of the page")
+    seen = _find_layouts.get(head)
+    split = None
+    if seen is None:
+        if len(_find_layouts) >= _BODY_LAYOUTS:
+            _forget_layouts()
+    else:
+        if _body_fields + n > _BODY_FIELDS:
+            _forget_layouts()
+        split = Struct("<" + "".join([f"{k}s" for k in klens]))
+        _body_fields += n
+    layout = (split, tuple(starts), tuple(ends), tuple(flags), klens)
+    _find_layouts[head] = layout if split is not None else False
+    return layout
+
+
+def leaf_find(buf, off: int, pgno: int, n: int, key: bytes, page_size: int):
+    """Find ``key`` in the checked leaf page of ``n`` entries at ``buf[off:]``, where
+    it lies: return (stored value, its flags) or None. Leaves of fixed-size keys
+    and values repeat a few layouts of lengths: for a layout seen before, the search
+    is one lookup of the layout by its bytes, one ``unpack_from`` of the keys, a
+    bisect and one slice of the value. Reads nothing past the page."""
+    kat = off + HEADER_SIZE + 6 * n  # the keys start
+    head = buf[off + HEADER_SIZE : kat]
+    layout = _find_layouts.get(head)
+    if not layout:
+        layout = _find_layout(head, n, pgno, page_size)
+    split, starts, ends, flags, klens = layout
+    if split is not None:
+        keys = split.unpack_from(buf, kat)
+    else:
+        keys = []
+        append = keys.append
+        at = kat
+        for k in klens:
+            append(buf[at : at + k])
+            at += k
+    i = bisect_left(keys, key)
+    if i == n or keys[i] != key:
+        return None
+    return buf[kat + starts[i] : kat + ends[i]], flags[i]
 
 
 def decode_branch(page: bytes, pgno: int, n: int):

@@ -91,9 +91,7 @@ class FreeList:
     """
 
     def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
-        # The transaction owns its free list; a weak reference back keeps the two out
-        # of a reference cycle, so dropping the transaction aborts it at once.
-        self._txn = weakref.ref(txn)
+        self.txn = txn
         self.txnid = txn.txnid
         self.reader_bound = reader_bound
         self.steady = steady
@@ -147,6 +145,18 @@ class FreeList:
         pgno = txn.next_pgno
         txn.next_pgno += n
         return pgno
+
+    @property
+    def txn(self):
+        """The write transaction allocating these pages (of a family of nested ones,
+        the innermost). The transaction owns its free list; a weak reference back
+        keeps the two out of a reference cycle, so dropping the transaction aborts it
+        at once."""
+        return self._txn()
+
+    @txn.setter
+    def txn(self, txn) -> None:
+        self._txn = weakref.ref(txn)
 
     def _find_run(self, n: int):
         """The lowest run of ``n`` consecutive reusable pages, taken out of ``reuse``.

@@ -18,7 +18,16 @@ which is how a dead reader is told from a live one:
 
 A process claims a slot once and keeps it: a read transaction that ends sets the txnid
 to 0 and puts the slot in the process's pool, and the next one takes it from there with
-no syscall. Slots go back to the table when the process's last handle closes (or it dies).
+no syscall. The pool keeps as many slots as the handle that releases one allows
+(``spare``, py-lmdb's ``max_spare_txns``); a slot past that goes back to the table at
+once. All slots go back when the process's last handle closes (or it dies).
+
+Handles are closed by finalizers too (an environment dropped without ``close()``), and
+the cyclic GC runs finalizers inside whatever the thread was doing, possibly while it
+holds ``_registry_lock`` or a table lock. So closing a handle never waits for either:
+the part of a close that needs ``_registry_lock`` is left in ``_deferred`` when the lock
+is taken, and whoever releases the lock next finishes it (``_release_registry``); a
+slot that cannot be given back at once stays in the pool.
 
 POSIX locks are per process, and closing ANY descriptor of the file drops ALL of the
 process's locks on it. So each process keeps one shared state per lock file (keyed by
@@ -71,6 +80,7 @@ from struct import Struct
 
 from .errors import (
     BadRslotError,
+    BadTxnError,
     Error,
     InvalidError,
     InvalidParameterError,
@@ -185,6 +195,7 @@ class _Shared:
         "table_lock",
         "txnid_table",
         "writer_lock",
+        "writer_thread",
     )
 
     def __init__(self, path: str, key: tuple, fd: int, mm: mmap.mmap, max_readers: int):
@@ -203,6 +214,7 @@ class _Shared:
         self.txnid_table = Struct(READER_SLOT_TXNID.format[0]
                                   + READER_SLOT_TXNID.format[1:] * max_readers)
         self.writer_lock = threading.Lock()
+        self.writer_thread = None  # the thread holding writer_lock
         self.table_lock = threading.Lock()
         self.owned: set[int] = set()
         self.free: list[int] = []
@@ -274,6 +286,24 @@ class _Shared:
             owned.add(slot)
         return slot
 
+    def give_back(self, slot: int) -> bool:
+        """Return owned ``slot`` to the table: zeroed, then its byte unlocked. False
+        (nothing done) when another holder of the table lock would make this wait: a
+        finalizer may run in a thread that holds it."""
+        if not self.table_lock.acquire(blocking=False):
+            return False
+        try:
+            _lock(self.fd, TABLE_LOCK_BYTE)
+            try:
+                _pack_slot(self.mm, self.offsets[slot], *_EMPTY_SLOT)
+                _unlock(self.fd, SLOT_LOCK_BASE + slot)
+                self.owned.discard(slot)
+            finally:
+                _unlock(self.fd, TABLE_LOCK_BYTE)
+        finally:
+            self.table_lock.release()
+        return True
+
     def close(self) -> None:
         """Zero and unlock every owned slot, then close the map and the descriptor."""
         mm, offsets, fd = self.mm, self.offsets, self.fd
@@ -300,12 +330,40 @@ class _Shared:
 
 _registry: dict[tuple, _Shared] = {}
 _registry_lock = threading.Lock()
+# States whose handle closed while _registry_lock was taken: each owes one release of a
+# reference, made by whoever releases the lock next (see the module docstring).
+_deferred: list[_Shared] = []
+
+
+def _unref(sh: _Shared) -> None:
+    """Drop one handle's reference to ``sh``; the last one closes it. The caller holds
+    _registry_lock."""
+    sh.refs -= 1
+    if sh.refs == 0:
+        del _registry[sh.key]
+        sh.close()
+
+
+def _release_registry() -> None:
+    """Release _registry_lock, then make the releases that closes left in _deferred
+    while it was held. A close that defers tries the lock again after it appended, so
+    either it makes its release itself or the holder it found sees its entry here."""
+    _registry_lock.release()
+    while _deferred:
+        if not _registry_lock.acquire(blocking=False):
+            return  # its holder makes them when it releases it
+        try:
+            while _deferred:
+                _unref(_deferred.pop())
+        finally:
+            _registry_lock.release()
 
 
 def _after_fork_in_child() -> None:
     """Disown every state inherited from the parent (see the module docstring)."""
     global _registry_lock
     _registry_lock = threading.Lock()  # the parent's may have been held by another thread
+    _deferred.clear()
     for sh in _registry.values():
         sh.forked = True
         sh.free.clear()
@@ -318,7 +376,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _open_shared(path: str, max_readers: int, mode: int, create: bool) -> _Shared:
     """The state of the lock file at ``path``: this process's, or a new one."""
-    with _registry_lock:
+    _registry_lock.acquire()
+    try:
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -350,6 +409,8 @@ def _open_shared(path: str, max_readers: int, mode: int, create: bool) -> _Share
             raise
         sh = _registry[key] = _Shared(path, key, fd, mm, max_readers)
         return sh
+    finally:
+        _release_registry()
 
 
 def _map(fd: int, path: str, max_readers: int) -> tuple[mmap.mmap, int]:
@@ -395,6 +456,8 @@ class LockFile:
 
     Handles on one file in one process share one state (see the module docstring).
     ``max_readers`` is the table size stored in the file: its creator chose it.
+    ``spare``: how many unused slots the process's pool may keep when this handle
+    releases one (None: no bound).
     """
 
     __slots__ = (
@@ -405,17 +468,20 @@ class LockFile:
         "_pid",
         "_shared",
         "_slots",
+        "_spare",
         "_writer",
         "max_readers",
         "path",
     )
 
-    def __init__(self, path: str, max_readers: int = 126, mode: int = 0o644, create: bool = True):
+    def __init__(self, path: str, max_readers: int = 126, mode: int = 0o644, create: bool = True,
+                 spare: int | None = None):
         if not isinstance(max_readers, int) or max_readers < 1:
             raise InvalidParameterError(f"max_readers must be at least 1, not {max_readers!r}")
         sh = _open_shared(path, max_readers, mode, create)
         self.path = path
         self.max_readers = sh.max_readers
+        self._spare = (1 << 62) if spare is None else spare
         self._shared = sh
         # Copies for the hot paths, which then read one attribute each.
         self._mm = sh.mm
@@ -432,15 +498,21 @@ class LockFile:
     # --- writer ---
 
     def lock_writer(self) -> None:
-        """Block until this handle holds the writer lock. Not reentrant. Uncontended:
-        one fcntl."""
+        """Block until this handle holds the writer lock. Not reentrant: BadTxnError
+        when this thread holds it already (through any handle), which would wait for
+        itself forever. Uncontended: one fcntl."""
         sh = self._usable()
+        me = threading.get_ident()
+        if sh.writer_thread == me:
+            raise BadTxnError(f"this thread already holds the writer lock of {self.path} "
+                              "(a write transaction is open); waiting would deadlock")
         sh.writer_lock.acquire()
         try:
             _lock(sh.fd, WRITER_LOCK_BYTE)
         except BaseException:
             sh.writer_lock.release()
             raise
+        sh.writer_thread = me
         self._writer = True
 
     def unlock_writer(self) -> None:
@@ -449,6 +521,7 @@ class LockFile:
         if not self._writer:
             raise LockError(f"the writer lock of {self.path} is not held by this handle")
         self._writer = False
+        sh.writer_thread = None
         _unlock(sh.fd, WRITER_LOCK_BYTE)
         sh.writer_lock.release()
 
@@ -477,14 +550,20 @@ class LockFile:
             self._fail(slot, e)
 
     def release_slot(self, slot: int) -> None:
-        """End the use of ``slot``: txnid 0, back to this process's pool (still owned).
-        O(1), no syscall."""
+        """End the use of ``slot``: txnid 0, back to this process's pool (still owned),
+        O(1) and no syscall; or, when the pool holds ``spare`` slots already, back to
+        the table (three fcntls under the table lock)."""
         slots = self._slots
         if slot not in slots:
             self._fail(slot, BadRslotError(f"reader slot {slot} is not in use by this handle"))
-        _pack_slot(self._mm, self._offsets[slot], self._pid, 0, 0)
+        try:
+            _pack_slot(self._mm, self._offsets[slot], self._pid, 0, 0)
+        except TypeError as e:  # another thread closed the handle meanwhile
+            self._fail(slot, e)
         slots.discard(slot)
-        self._free.append(slot)
+        free = self._free
+        if len(free) < self._spare or not self._shared.give_back(slot):
+            free.append(slot)
 
     def _fail(self, slot, exc: Exception):
         """Raise the error that explains why ``slot`` could not be used."""
@@ -549,7 +628,12 @@ class LockFile:
 
     def close(self) -> None:
         """Release this handle: its writer lock, its slots; the last handle of the
-        process also frees the process's slots and closes the file. Idempotent."""
+        process also frees the process's slots and closes the file. Idempotent.
+
+        Safe in a finalizer: it waits for no lock (see the module docstring). Its
+        writer lock and slots are released at once; the release of its reference
+        to the state waits in ``_deferred`` while another close or open holds
+        ``_registry_lock``, and the last reference closes the file then."""
         if self._closed:
             return
         self._closed = True
@@ -559,18 +643,24 @@ class LockFile:
         self._mm = None
         if sh.forked:
             return  # the parent's: nothing of it is this process's to release
-        with _registry_lock:
-            if self._writer:
-                self._writer = False
-                _unlock(sh.fd, WRITER_LOCK_BYTE)
-                sh.writer_lock.release()
-            for slot in slots:
-                _pack_slot(sh.mm, sh.offsets[slot], sh.pid, 0, 0)
-                sh.free.append(slot)
-            sh.refs -= 1
-            if sh.refs == 0:
-                del _registry[sh.key]
-                sh.close()
+        # The handle holds a reference: the state, its descriptor and map stay open.
+        if self._writer:
+            self._writer = False
+            sh.writer_thread = None
+            _unlock(sh.fd, WRITER_LOCK_BYTE)
+            sh.writer_lock.release()
+        for slot in slots:
+            _pack_slot(sh.mm, sh.offsets[slot], sh.pid, 0, 0)
+            sh.free.append(slot)
+        if _registry_lock.acquire(blocking=False):
+            try:
+                _unref(sh)
+            finally:
+                _release_registry()
+            return
+        _deferred.append(sh)
+        if _registry_lock.acquire(blocking=False):  # its holder let go meanwhile
+            _release_registry()
 
     def _usable(self) -> _Shared:
         """The state, or kvmm.errors.Error if this handle is closed or was inherited."""

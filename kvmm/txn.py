@@ -3,16 +3,19 @@
 A read transaction pins the snapshot of the last commit at ``begin()`` by publishing
 its txnid in a reader slot; it never sees later commits. A write transaction edits
 copies of the pages it touches (see :mod:`kvmm.btree`) and makes them visible with the
-numbered recipe in :meth:`Transaction.commit`.
+numbered recipe in :meth:`Transaction._commit`. A nested write transaction works on
+its parent's state (see :mod:`kvmm.nested`); databases with other orders than byte
+order take the paths of :mod:`kvmm.orders` and :mod:`kvmm.dupsort`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from bisect import bisect_left, bisect_right
 
-from . import dupsort
+from . import dupsort, nested, orders
 from . import format as fmt
 from .btree import (
     DbState,
@@ -21,51 +24,60 @@ from .btree import (
     append_leaf,
     delete_in_place,
     descend,
+    first_path,
     insert,
     last_path,
-    links_wrong,
     put_in_place,
     remove_at,
     replace_at,
 )
-from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next
 from .errors import (
     BadDbiError,
+    BadTxnError,
     CorruptedError,
     Error,
     IncompatibleError,
+    InvalidParameterError,
     NotFoundError,
     ReadonlyError,
 )
-from .format import F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
+from .format import DB_DUPSORT, F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
+#: What a commit or an abort of a transaction without a family holds: nothing.
+_ALONE = contextlib.nullcontext()
 
 
 class Transaction:
     """A read snapshot, or the write transaction, as py-lmdb's Transaction.
 
     Use as a context manager: a write transaction commits on normal exit and aborts
-    on an exception; a read transaction ends either way.
+    on an exception; a read transaction ends either way. With ``parent`` (a write
+    transaction), a nested write transaction: see :mod:`kvmm.nested`.
     """
 
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
-        if parent is not None:
-            raise NotImplementedError("nested transactions are not supported")
+        # Ended until begun: the finalizer of a transaction whose begin failed (say, a
+        # second write transaction of one thread) must not end another's.
+        self._done = True
+        self._child_ref = None  # see _child
+        self._parent = None
+        self._family = None  # the lock of a transaction with children (kvmm.nested)
         env._usable()
         if write and env._readonly:
             raise ReadonlyError("the environment is read-only")
+        if db is not None and getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
         self.env = env
         self._cache = env._cache
+        self._pages = env._pages
         self.write = write
         self._buffers = buffers
-        # Done until begun: the finalizer of a transaction that failed to begin must
-        # not release the writer lock or reader slot of another.
-        self._done = True
         self._gen = 0
         # Weak references to the open cursors (each removes itself when it dies): a
         # cursor keeps its transaction alive, never the other way round, so nothing
@@ -82,25 +94,42 @@ class Transaction:
         # its values, its path, the db's state) while the tree is as it was when
         # cached: in-order inserts go to the leaf's end.
         self._tail = None
-        self._created: list = []  # named databases this transaction created
+        # Handles of named databases open_db opened in this transaction: its commit
+        # shares them with every transaction, its abort closes them (as LMDB).
+        self._opened: list = []
         self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
         self.page_size = env._page_size
         self.capacity = env._capacity
         self._max_entry = env._max_entry
-        if write:
+        if parent is not None:
+            nested.begin(self, parent, write)
+        elif write:
             env._begin_write(self)
             try:
                 self._start_write()
             except BaseException:
                 env._end_write(self)
                 raise
-            self._done = False
         else:
             self.meta, self._slot, self._mm = env._begin_read()
-            self._done = False
             self.txnid = self.meta.txnid
-            self.load = env._loader(self._mm, self.meta.next_pgno)
+            self.load = env._pages.loader(self._mm, self.meta.next_pgno)
+        self._done = False
         env._txns[id(self)] = weakref.ref(self)
+        self._done = False
+
+    @property
+    def _child(self):
+        """The open child transaction, which blocks this one, or None. Held weakly: a
+        child keeps its parent alive, not the other way round, so a child dropped
+        without commit() or abort() aborts at once (and its parent goes on), as in
+        py-lmdb."""
+        ref = self._child_ref
+        return None if ref is None else ref()
+
+    @_child.setter
+    def _child(self, child) -> None:
+        self._child_ref = None if child is None else weakref.ref(child)
 
     def _start_write(self):
         env = self.env
@@ -110,7 +139,8 @@ class Transaction:
         self.next_pgno = meta.next_pgno
         self._mm = env._map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self.load = self._write_loader(env._loader(self._mm, meta.next_pgno))
+        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno,
+                                                          private=True))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -157,9 +187,9 @@ class Transaction:
         """A dirty copy of committed ``node``; its old page is freed."""
         freelist = self.freelist
         pgno = freelist.alloc()
-        new = node.copy(pgno, self.txnid)
-        self._dirty[pgno] = new
         freelist.free(node.pgno, 1, node.txnid)
+        new = node.dirtied(pgno, self.txnid)
+        self._dirty[pgno] = new
         return new
 
     def new_node(self, db: DbState, leaf: bool) -> Node:
@@ -187,6 +217,8 @@ class Transaction:
 
     def _live(self):
         if self._done:
+            if self._child is not None:
+                raise BadTxnError("transaction has an open child transaction")
             if self.env._forked:
                 raise Error("transaction was begun before fork(); begin one in the child")
             raise Error("transaction has already ended")
@@ -200,8 +232,17 @@ class Transaction:
         if db is None:
             return self._state(self._default_db)
         env = self.env
-        if getattr(db, "env", None) is not env or db._dropped:
-            raise BadDbiError("database handle is closed, dropped or of another environment")
+        if getattr(db, "env", None) is not env:
+            raise BadDbiError("the database handle belongs to another environment")
+        if db._dropped:
+            raise InvalidParameterError(
+                f"the handle of database {db.name!r} was dropped or closed (by drop() or "
+                "the abort of the transaction that opened it)")
+        owner = db._txn
+        if owner is not None and not self._descends_from(owner()):
+            raise InvalidParameterError(
+                f"database {db.name!r} was opened in a transaction that has not ended: "
+                "its handle is usable by other transactions once that one commits")
         if db is env._main_db:
             state = DbState(self.meta.main)
         else:
@@ -212,10 +253,20 @@ class Transaction:
         self._dbs[db] = state
         return state
 
+    def _descends_from(self, txn) -> bool:
+        """Whether ``txn`` is this transaction or one of its parents."""
+        mine = self
+        while mine is not None:
+            if mine is txn:
+                return True
+            mine = mine._parent
+        return False
+
     def _main_state(self) -> DbState:
         return self._state(self.env._main_db)
 
     def _find_db_record(self, name: bytes):
+        self._live()
         main = self._main_state()
         path = descend(self.load, main, name)
         if path is None:
@@ -227,9 +278,26 @@ class Transaction:
             return fmt.decode_db_record(leaf.vals[i])
         return None
 
+    def _db_names(self) -> list:
+        """The names of the named databases: the keys of the main database whose
+        entries are database records, in key order. O(entries of the main
+        database); leaves without flags are passed over whole."""
+        path = first_path(self.load, self._main_state())
+        names: list = []
+        while path is not None:
+            leaf, i = path[-1]
+            flags = leaf.flags
+            if flags is None:
+                path[-1][1] = len(leaf.keys) - 1  # no record in this leaf
+            elif i < len(flags) and flags[i] & F_SUBDB:
+                names.append(leaf.keys[i])
+            if not path_next(self.load, path):
+                break
+        return names
+
     def _create_db(self, db) -> None:
         """Create named database ``db`` in this write transaction."""
-        state = DbState((0, 0, 0, db.flags, 0, 0, 0, 0))
+        state = DbState((0, 0, 0, db._flags, 0, 0, 0, 0))
         state.changed = True
         self._dbs[db] = state
         main = self._main_state()
@@ -237,7 +305,6 @@ class Transaction:
         self._changing()
         insert(self, main, path, db.name, fmt.encode_db_record(state.record()), F_SUBDB,
                False)
-        self._created.append(db)
 
     def _changing(self) -> None:
         """The tree is about to change: cursors find their place again afterwards."""
@@ -261,8 +328,9 @@ class Transaction:
     # --- reading --------------------------------------------------------------------
 
     def id(self) -> int:
-        """This transaction's txnid (a read: the snapshot's)."""
-        self._live()
+        """This transaction's txnid (a read: the snapshot's; a child: its parent's)."""
+        if self._child is None:
+            self._live()
         return self.txnid
 
     def get(self, key, default=None, db=None):
@@ -284,7 +352,11 @@ class Transaction:
                 if key is None:
                     return default
             if state.flags:
-                return dupsort.get(self, state, key, default)
+                if state.flags & DB_DUPSORT:
+                    return dupsort.get(self, state, key, default)
+                key = orders.lookup_key(state.flags, key)
+                if key is None:
+                    return default
             pgno = state.root
             if not pgno:
                 return default
@@ -294,18 +366,24 @@ class Transaction:
             node = self._cache.get(pgno)
             if node is None or node.txnid != txnid:
                 node = self.load(pgno, txnid)
-            if db is None and not self.write and not self._buffers:
+            if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
-        # Each branch leads to its children by its links, made on first use.
+        # Each child is looked up in the page cache inline, as the root is; a
+        # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
+        cached = self._cache.get
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            kid = node.ch[i]  # the branch's links to its children: see Node
-            if kid is None:
-                kid = node.ch[i] = self.load(node.kids[i], node.ktxn[i])
+            pgno = node.kids[i]
+            txnid = node.ktxn[i]
+            kid = cached(pgno)
+            if kid is None or kid.txnid != txnid:
+                if depth == 1 and (txnid != self.txnid or not self.write):
+                    return self._find(pgno, txnid, key, default)
+                kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)
@@ -314,6 +392,16 @@ class Transaction:
                 return node.vals[i]
             return self._value(node, i)
         return default
+
+    def _find(self, pgno: int, txnid: int, key: bytes, default):
+        """get's search of committed leaf ``pgno``, where it lies in the map."""
+        found = self._pages.find(self._mm, self.meta.next_pgno, pgno, txnid, key)
+        if found is None:
+            return default
+        value, flags = found
+        if flags & F_OVERFLOW:
+            return self._read_overflow(value)
+        return memoryview(value) if self._buffers else value
 
     def _value(self, leaf: Node, i: int):
         v = leaf.vals[i]
@@ -328,19 +416,25 @@ class Transaction:
             if value is None:
                 raise CorruptedError(f"page {pgno}: dirty overflow run missing")
             return memoryview(value) if self._buffers else value
-        return self.env._read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
-                                       self._buffers)
+        return self._pages.read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
+                                         self._buffers)
 
     def cursor(self, db=None) -> Cursor:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
-        if db.flags & fmt.DB_DUPSORT:
+        flags = db._flags
+        if not flags:
+            return Cursor(db, self)
+        if flags & DB_DUPSORT:
+            if flags & orders.STORED_FORM:
+                return dupsort.OrderedDupCursor(db, self)
             return dupsort.DupCursor(db, self)
-        return Cursor(db, self)
+        return orders.OrderedCursor(db, self)
 
     def stat(self, db=None) -> dict:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
+        self._live()
         s = self._state(db)
         return {
             "psize": self.page_size,
@@ -357,8 +451,7 @@ class Transaction:
         if not self.write:
             raise ReadonlyError("cannot write in a read-only transaction")
         state = self._state(db)
-        if self._done:
-            raise Error("transaction has already ended")
+        self._live()
         return state
 
     def _store(self, state: DbState, key: bytes, value: bytes) -> tuple[bytes, int]:
@@ -421,7 +514,9 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            if state.flags & DB_DUPSORT:
+                return dupsort.put(self, state, key, value, dupdata, overwrite, append)
+            key = orders.key_in(state.flags, _key_bytes(key))
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _key_bytes(key)
         if value.__class__ is not bytes:
@@ -471,7 +566,8 @@ class Transaction:
             # A split moved the key to a new rightmost leaf (or a new root came).
             path = last_path(self.load, state)
             leaf = path[-1][0]
-        if leaf.keys[-1] is key and leaf.flags is None and not self._cursors:
+        if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
+                and not state.flags):
             # The fast path of put() relies on these; a cursor clears it when opened.
             self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, state)
         else:
@@ -481,7 +577,7 @@ class Transaction:
     def replace(self, key, value, db=None):
         """Store ``value`` under ``key``; return the previous value or None. In a
         dupsort database every value of ``key`` is replaced; the first is returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.replace(self, db if db is not None else self._default_db, key,
                                    value)
         old = self.get(key, db=db)
@@ -493,7 +589,7 @@ class Transaction:
     def pop(self, key, db=None):
         """Delete ``key``; return its value, or None when absent. In a dupsort
         database only the first value is deleted and returned."""
-        if self._writable(db).flags:
+        if self._writable(db).flags & DB_DUPSORT:
             return dupsort.pop(self, db if db is not None else self._default_db, key)
         old = self.get(key, db=db)
         if old is None:
@@ -510,7 +606,11 @@ class Transaction:
         if state is None or not self.write or self._done:
             state = self._writable(db)
         if state.flags:
-            return dupsort.delete(self, state, key, value)
+            if state.flags & DB_DUPSORT:
+                return dupsort.delete(self, state, key, value)
+            key = orders.lookup_key(state.flags, key)
+            if key is None:
+                return False
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _lookup_key(key)
             if key is None:
@@ -568,10 +668,24 @@ class Transaction:
 
     # --- ending ---------------------------------------------------------------------
 
+    def _ending(self):
+        """What a commit or an abort holds: for a member of a family with children,
+        the family's lock, its open child aborted first (see kvmm.nested)."""
+        return _ALONE if self._family is None else nested.Ending(self)
+
     def commit(self) -> None:
-        """Make this transaction's changes visible and (with sync) durable."""
-        self._live()
+        """Make this transaction's changes visible and (with sync) durable; a child's,
+        part of its parent's. An open child is aborted first, as in py-lmdb."""
+        with self._ending():
+            self._live()
+            if self._parent is not None:
+                nested.end(self, True)
+            else:
+                self._commit_top()
+
+    def _commit_top(self) -> None:
         if not self.write:
+            self._share_opened()
             self._end()
             return
         give_back = False
@@ -584,10 +698,15 @@ class Transaction:
         except BaseException:
             self.abort()
             raise
-        self._created = []
+        self._share_opened()
         self._end()
         if give_back:
             self.env._give_back()
+
+    def _share_opened(self) -> None:
+        """The commit's part for the handles it opened: every transaction may use them."""
+        for db in self._opened:
+            db._txn = None
 
     def _commit(self) -> None:
         """The commit recipe. Step 7 writes the meta, the commit point; step 6 (sync
@@ -636,20 +755,23 @@ class Transaction:
         env._write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
         # the committed pages this commit freed.
-        env._publish(self._dirty.values(), freelist.freed + freelist.freed_weak)
+        self._pages.published(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
-            for node in env._cache.copy().values():  # other threads go on caching
-                if node.kids is not None and (wrong := links_wrong(node)):
-                    raise CorruptedError("strict mode: " + wrong)
+            for node in env._cache.nodes():  # other threads go on caching
                 if type(node.keys) is not tuple:  # a dirty branch copy may share them
                     raise CorruptedError(f"strict mode: page {node.pgno}: keys not a tuple")
             env._strict_check()
 
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
-        created become invalid, as in LMDB."""
-        if not self._done:
-            for db in self._created:
+        created become invalid, as in LMDB. An open child is aborted first."""
+        with self._ending():
+            if self._done:
+                return
+            if self._parent is not None:
+                nested.end(self, False)
+                return
+            for db in self._opened:
                 self.env._forget_db(db)
             self._end()
 
@@ -663,6 +785,11 @@ class Transaction:
     def _end(self) -> None:
         if self._done:
             return
+        env = self.env
+        # Whoever takes the transaction out of env._txns ends it, once: another
+        # thread's close() or set_mapsize() may end it while its own thread does.
+        if env._txns.pop(id(self), None) is None:
+            return
         self._mark_done()
         for ref in list(self._cursors):
             cur = ref()
@@ -671,13 +798,12 @@ class Transaction:
                 cur._path = None
                 cur._fast = None
         self._cursors.clear()
-        env = self.env
-        env._txns.pop(id(self), None)
         if self.write:
             self._dirty = {}
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
-            env._end_write(self)
+            if self._parent is None:
+                env._end_write(self)
         else:
             env._end_read(self._slot)
         self._mm = None
@@ -686,14 +812,14 @@ class Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and not self._done:
+        if exc_type is None and (not self._done or self._child is not None):
             self.commit()
         else:
             self.abort()
 
     def __del__(self):
         try:
-            if not self._done:
+            if not self._done or self._child is not None:
                 self.abort()
         except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass

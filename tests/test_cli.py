@@ -15,6 +15,7 @@ import io
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -332,7 +333,7 @@ def test_restore_of_a_dupsort_block_into_the_main_database_is_a_clear_error(tmp_
     )
     code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
     assert code == 1
-    assert "dupsort main database" in one_line_error(err)
+    assert "main database with flags (dupsort)" in one_line_error(err)
 
 
 def _dupsort_pairs():
@@ -379,6 +380,98 @@ def test_dupsort_dumps_round_trip_with_lmdbs_tools_both_ways(tmp_path, capsys, l
         with env.begin(db=bdb) as txn:
             assert list(txn.cursor()) == pairs
         env.close()
+
+
+#: Databases with LMDB's orders, and their records (integers in native byte order).
+FLAGGED = {
+    b"ints": ({"integerkey": True}, [(struct.pack("=I", n), b"v%d" % n)
+                                     for n in (1, 256, 2, 70000, 0)]),
+    b"longs": ({"integerkey": True, "dupsort": True},
+               [(struct.pack("=Q", n), v) for n in (5, 1 << 40) for v in (b"b", b"a")]),
+    b"rev": ({"reverse_key": True}, [(k, b"x") for k in (b"ab", b"ba", b"b", b"cab")]),
+    b"fixed": ({"dupfixed": True}, [(b"k", v) for v in (b"zz", b"aa", b"mm")]),
+    b"idup": ({"integerdup": True}, [(b"k", struct.pack("=I", n)) for n in (3, 256, 1)]),
+}
+
+
+def _flagged_contents(mod, path) -> dict:
+    env = mod.open(str(path), map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin() as txn:
+        out = {}
+        for name in FLAGGED:
+            db = env.open_db(name, txn=txn, create=False)
+            out[name] = (db.flags(), [(bytes(k), bytes(v)) for k, v in txn.cursor(db)])
+    env.close()
+    return out
+
+
+def _make_flagged(mod, path) -> str:
+    os.makedirs(path, exist_ok=True)
+    env = mod.open(str(path), map_size=LMDB_MAP_SIZE, max_dbs=8)
+    with env.begin(write=True) as txn:
+        for name, (flags, records) in FLAGGED.items():
+            db = env.open_db(name, txn=txn, **flags)
+            for k, v in records:
+                txn.put(k, v, db=db)
+    env.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("printable", [False, True], ids=["bytevalue", "print"])
+def test_dump_of_databases_with_orders_is_mdb_dumps_text(tmp_path, lmdb_tools, py_lmdb,
+                                                         printable):
+    """The flag lines of the header (reversekey=1, integerkey=1, dupfixed=1, ...) and
+    the records in the user's form and the database's order, as mdb_dump writes them."""
+    src = _make_flagged(kvmm, tmp_path / "kvmm")
+    ref = _make_flagged(py_lmdb, tmp_path / "lmdb")
+    args = ["-a"] + (["-p"] if printable else [])
+    want = tool("mdb_dump", *args, ref).splitlines()
+    assert main(["dump", *args, "-f", str(tmp_path / "out"), src]) == 0
+    got = (tmp_path / "out").read_bytes().splitlines()
+    assert b"integerdup=1" in got and b"reversekey=1" in got
+    assert [ln for ln in got if not ln.startswith(b"mapsize=")] == [
+        ln for ln in want if not ln.startswith(b"mapsize=")
+    ]
+
+
+def test_databases_with_orders_round_trip_with_lmdbs_tools(tmp_path, capsys, lmdb_tools,
+                                                           py_lmdb):
+    """mdb_dump -> kvmm restore, and kvmm dump -> mdb_load: flags and records arrive."""
+    want = _flagged_contents(py_lmdb, _make_flagged(py_lmdb, tmp_path / "lmdb"))
+    (tmp_path / "dump").write_bytes(tool("mdb_dump", "-a", str(tmp_path / "lmdb")))
+    assert run(capsys, "restore", "-f", tmp_path / "dump", tmp_path / "kvmm") == (0, "", "")
+    assert _flagged_contents(kvmm, tmp_path / "kvmm") == want
+    assert run(capsys, "check", tmp_path / "kvmm")[0] == 0
+    code, out, err = run(capsys, "dump", "-a", tmp_path / "kvmm")
+    assert code == 0, err
+    (tmp_path / "back").mkdir()
+    tool("mdb_load", str(tmp_path / "back"), stdin=out.encode("latin-1"))
+    assert _flagged_contents(py_lmdb, tmp_path / "back") == want
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        # A database that exists (dupsort, see below) with other flags.
+        (b"integerkey=1", b" abcd\n v\n",
+         "kvmm: line 5: database sub exists with other flags (dupsort)"),
+        (b"duplicates=1\nreversedup=1", b" a\n b\n",
+         "kvmm: line 5: reversedup=1: reversedup databases are not supported by kvmm"),
+        (b"database=new\nintegerkey=1", b" abcd\n v\n abc\n v\n",
+         "kvmm: line 9: integerkey key of 3 bytes: integers are 4 or 8 bytes"),
+    ],
+    ids=["other-flags", "reversedup", "integer-width"],
+)
+def test_restore_of_databases_with_orders_stops_at_a_clear_error(tmp_path, capsys, header,
+                                                                 data, message):
+    env = kvmm.open(str(tmp_path / "db"), max_dbs=2)
+    env.open_db(b"sub", dupsort=True)
+    env.close()
+    dump = tmp_path / "d"
+    dump.write_bytes(b"VERSION=3\nformat=print\ndatabase=sub\n" + header + b"\nHEADER=END\n"
+                     + data + b"DATA=END\n")
+    code, _, err = run(capsys, "restore", "-f", dump, tmp_path / "db")
+    assert (code, one_line_error(err)) == (1, message)
 
 
 def test_restore_into_a_key_that_is_not_a_database_names_the_block(tmp_path, capsys):
@@ -561,18 +654,56 @@ def test_migrate_without_py_lmdb_or_mdb_dump_says_what_to_install(tmp_path, caps
     assert not (tmp_path / "kvmm").exists()
 
 
-def test_migrate_refuses_flags_kvmm_lacks_and_leaves_nothing(tmp_path, capsys, py_lmdb,
-                                                               migrate_reader):
-    env = py_lmdb.open(str(tmp_path / "lmdb"), map_size=LMDB_MAP_SIZE, max_dbs=4)
+def test_migrate_carries_each_databases_flags(tmp_path, capsys, py_lmdb, migrate_reader):
+    """reverse_key, integerkey, integerdup and dupfixed databases keep their flags and
+    their order: kvmm answers as py-lmdb does on the source."""
+    src = str(tmp_path / "lmdb")
+    env = py_lmdb.open(src, map_size=LMDB_MAP_SIZE, max_dbs=8)
+    kinds = {
+        b"reversed": {"reverse_key": True},
+        b"numbers": {"integerkey": True},
+        b"fixed": {"dupsort": True, "dupfixed": True},
+        b"int dups": {"dupsort": True, "integerdup": True, "dupfixed": True},
+    }
     with env.begin(write=True) as txn:
-        txn.put(b"main", b"1")
-        txn.put(b"k", b"v", db=env.open_db(b"a plain one", txn=txn))
-        txn.put((7).to_bytes(8, sys.byteorder), b"v",
-                db=env.open_db(b"numbers", txn=txn, integerkey=True))
+        for name, flags in kinds.items():
+            db = env.open_db(name, txn=txn, **flags)
+            for i in (3, 1, 2, 300, 70000):
+                key = i.to_bytes(4, sys.byteorder) if flags.get("integerkey") else b"k%d" % i
+                value = i.to_bytes(8, sys.byteorder) if flags.get("dupfixed") else b"v%d" % i
+                txn.put(key, value, db=db)
+                txn.put(key, (i + 1).to_bytes(8, sys.byteorder) if flags.get("dupfixed")
+                        else b"w%d" % i, db=db)
+    expected = {}
+    with env.begin() as txn:
+        for name in kinds:
+            db = env.open_db(name, txn=txn, create=False)
+            expected[name] = (db.flags(txn), list(txn.cursor(db)))
     env.close()
     migrate_reader()
-    code, _, err = run(capsys, "migrate", tmp_path / "lmdb", tmp_path / "kvmm")
-    assert code == 1 and "integerkey databases are not supported by kvmm" in one_line_error(err)
+    code, _, err = run(capsys, "migrate", src, tmp_path / "kvmm")
+    assert (code, err) == (0, "")
+    with (kvmm.open(str(tmp_path / "kvmm"), max_dbs=8, readonly=True) as kenv,
+          kenv.begin() as txn):
+        for name, (flags, items) in expected.items():
+            db = kenv.open_db(name, txn=txn, create=False)
+            assert (db.flags(txn), list(txn.cursor(db))) == (flags, items), name
+
+
+def test_migrate_refuses_reversedup_and_leaves_nothing(tmp_path, capsys, lmdb_tools,
+                                                      migrate_reader):
+    """LMDB's reversedup, which kvmm lacks (py-lmdb cannot make one: mdb_load does)."""
+    src = tmp_path / "lmdb"
+    src.mkdir()
+    dump = b"".join(
+        b"VERSION=3\nformat=print\ndatabase=%s\ntype=btree\n%sHEADER=END\n k\n v1\n k\n v2\n"
+        b"DATA=END\n" % (name, head)
+        for name, head in ((b"a plain one", b""),
+                           (b"backwards", b"duplicates=1\ndupsort=1\nreversedup=1\n")))
+    tool("mdb_load", str(src), stdin=dump)
+    migrate_reader()
+    code, _, err = run(capsys, "migrate", src, tmp_path / "kvmm")
+    assert code == 1 and "reversedup" in one_line_error(err) and "backwards" in err
     assert not (tmp_path / "kvmm").exists()
 
 
@@ -939,6 +1070,23 @@ def test_stat_shows_every_section(tmp_path, capsys):
     sections = out.split("Status of ")
     assert f"Entries: {len(MAIN) + len(NAMED)}" in sections[1]
     assert f"Entries: {len(NAMED[b'sub'])}" in sections[2]
+
+
+def test_scan_with_a_prefix_of_a_reverse_key_database_finds_every_match(tmp_path,
+                                                                         capsysbinary):
+    """Keys with a prefix are apart in reverse_key order: the scan looks at them all,
+    in the database's order, up to --limit matches."""
+    env = kvmm.open(str(tmp_path / "db"), max_dbs=2)
+    db = env.open_db(b"rev", reverse_key=True)
+    with env.begin(write=True, db=db) as txn:
+        for key in (b"ab", b"b", b"ac", b"xa", b"a"):
+            txn.put(key, b"1")
+    env.close()
+    assert main(["scan", "-s", "rev", "--keys", str(tmp_path / "db"), "--prefix", "a"]) == 0
+    assert capsysbinary.readouterr().out == b"a\nab\nac\n"
+    assert main(["scan", "-s", "rev", "--keys", "--limit", "2", str(tmp_path / "db"),
+                 "--prefix", "a"]) == 0
+    assert capsysbinary.readouterr().out == b"a\nab\n"
 
 
 def test_get_put_del_scan_in_text_and_hex(tmp_path, capsysbinary, monkeypatch):

@@ -5,6 +5,13 @@ environment (the *subject*) and to a py-lmdb environment (the *reference*), and 
 that each call returns the same value or raises an exception of the same class name,
 and that both hold the same contents after every commit, abort and reopen.
 
+The databases cover LMDB's orders: plain ones, a ``reverse_key`` one, an ``integerkey``
+one (8-byte keys), and two dupsort ones with fixed-size values: ``dupfixed`` with
+``reverse_key``, and ``integerdup`` (8-byte values) with ``integerkey`` (4-byte keys).
+Nested write transactions come and go (up to three deep): calls go to the innermost
+one, a child's commit keeps its changes and its abort drops them, the parent refuses
+use meanwhile, and the top transaction's commit or abort ends its open children.
+
 A third party, a plain-Python model (dicts, plus where each cursor stands), states what
 the answer should be. py-lmdb is checked against the model first, so a disagreement
 there is a bug in this test, not in kvmm. The model also tells the machine which
@@ -23,6 +30,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -39,9 +47,28 @@ SUBJECT = os.environ.get("KVMM_DIFF_SUBJECT", "kvmm")
 LMDB_MAP_SIZE = 256 * 1024 * 1024
 MAX_DBS = 8
 
-#: The named databases; each is also a record of the main database (index 0).
-NAMES = (b"a", b"b")
-DB_INDEXES = (0, 1, 2)
+#: The named databases and their open_db flags; each is also a record of the main
+#: database (index 0).
+NAMED_DBS = (
+    (b"a", {}),
+    (b"b", {}),
+    (b"r", {"reverse_key": True}),
+    (b"i", {"integerkey": True}),
+    (b"f", {"dupfixed": True, "reverse_key": True}),
+    (b"n", {"integerdup": True, "integerkey": True}),
+)
+NAMES = tuple(name for name, _ in NAMED_DBS)
+#: Databases without duplicates (the main one first), and dupsort ones.
+DB_INDEXES = (0, 1, 2, 3, 4)
+DUP_INDEXES = (5, 6)
+ALL_INDEXES = DB_INDEXES + DUP_INDEXES
+REVERSE_KEY = (3, 5)
+#: Integer keys' widths, and integer values' (native byte order, as LMDB's).
+INT_KEY_WIDTH = {4: 8, 6: 4}
+INT_VALUE_WIDTH = {6: 8}
+#: The dupfixed databases' value sizes.
+VALUE_SIZE = {5: 2, 6: 8}
+MAX_CHILDREN = 3
 
 #: Stands for the value of a named database's record in the main database: LMDB and
 #: kvmm store different bytes there, so such values are compared by presence only.
@@ -94,6 +121,7 @@ values = st.one_of(
     st.builds(_filled, st.integers(3000, 20000), st.integers(0, 255)),
 )
 dbs = st.sampled_from(DB_INDEXES)
+dup_dbs = st.sampled_from(DUP_INDEXES)
 batches = st.lists(st.tuples(keys, values), max_size=5)
 #: Every 4-byte key over the short keys' alphabet, in order: material for bulk loads.
 BULK_KEYS = [bytes(k) for k in itertools.product(b"\x00\x01ab\xff", repeat=4)]
@@ -181,21 +209,47 @@ def _outcome(fn, side):
         return ("err", type(exc).__name__)
 
 
+def key_order(d: int):
+    """The sort key of database `d`'s order (LMDB's), over keys."""
+    if d in REVERSE_KEY:
+        return lambda k: k[::-1]
+    if d in INT_KEY_WIDTH:
+        return lambda k: int.from_bytes(k, sys.byteorder)
+    return lambda k: k
+
+
+def value_order(d: int):
+    """The sort key of dupsort database `d`'s order over the values of a key."""
+    if d in INT_VALUE_WIDTH:
+        return lambda v: int.from_bytes(v, sys.byteorder)
+    return lambda v: v
+
+
 class Side:
-    """One store under test: its environment, database handles, write txn and cursors."""
+    """One store under test: its environment, database handles, write transactions
+    (the top one and its open children, innermost last) and the innermost's cursors."""
 
     def __init__(self, opener, path: str):
         self.opener = opener
         self.path = path
         self.env = None
-        self.txn = None
+        self.txns: list = []
         self.cursors: list = []
+        #: The cursors of each parent of an open child.
+        self.parent_cursors: list = []
         self.open()
+
+    @property
+    def txn(self):
+        """The innermost open write transaction: where calls go."""
+        return self.txns[-1]
 
     def open(self) -> None:
         self.env = self.opener(self.path)
         # Handles are opened before any write transaction: open_db() begins its own.
-        self.handles = [self.env.open_db()] + [self.env.open_db(name) for name in NAMES]
+        self.handles = [self.env.open_db()] + [
+            self.env.open_db(name, **flags) for name, flags in NAMED_DBS
+        ]
 
     def close(self) -> None:
         self.env.close()
@@ -206,8 +260,18 @@ class Side:
         return None if d == 0 else self.handles[d]
 
     def begin(self, buffers: bool = False) -> None:
-        self.txn = self.env.begin(write=True, buffers=buffers)
+        self.txns = [self.env.begin(write=True, buffers=buffers)]
+        self.parent_cursors = []
         self.cursors = [self.txn.cursor(db=self.db(d)) for d in DB_INDEXES]
+
+    def begin_child(self, buffers: bool) -> None:
+        self.txns.append(self.env.begin(write=True, parent=self.txn, buffers=buffers))
+        self.parent_cursors.append(self.cursors)
+        self.cursors = [self.txn.cursor(db=self.db(d)) for d in DB_INDEXES]
+
+    def end_child(self, how: str) -> None:
+        getattr(self.txns.pop(), how)()
+        self.cursors = self.parent_cursors.pop()
 
     def contents(self, d: int, txn) -> list:
         return [
@@ -224,7 +288,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.tmp = tempfile.mkdtemp(prefix="kvmm-diff-")
         self.ref = Side(_open_lmdb, os.path.join(self.tmp, "reference"))
         self.sub = Side(_open_subject, os.path.join(self.tmp, "subject"))
-        self.model: list[dict[bytes, bytes]] = [dict.fromkeys(NAMES, DB_RECORD), {}, {}]
+        # Per database: key -> value, or in a dupsort one key -> frozenset of values.
+        self.model: list[dict] = [dict.fromkeys(NAMES, DB_RECORD)] + [{} for _ in NAMES]
         self.committed = [dict(m) for m in self.model]
         #: Read transactions kept open across commits: (py-lmdb's, kvmm's, snapshot).
         self.readers: list[tuple] = []
@@ -236,6 +301,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.ref.begin(buffers)
         self.sub.begin(buffers)
         self.cursor_models = [CursorModel() for _ in DB_INDEXES]
+        #: Per open child: the model and the cursor models at its begin.
+        self.saved: list[tuple] = []
 
     def check(self, what: str, fn, expected=NO_EXPECTATION, compare: bool = True):
         """Run fn on both sides; compare their outcomes, and py-lmdb's with the model.
@@ -258,14 +325,32 @@ class DifferentialMachine(RuleBasedStateMachine):
         return ref
 
     def fix_key(self, d: int, key: bytes) -> bytes:
-        """`key`, moved off the named databases' records when `d` is the main database."""
+        """`key`, moved off the named databases' records when `d` is the main database,
+        and of the integer width of an integerkey database (unless empty)."""
+        if d in INT_KEY_WIDTH and key:
+            width = INT_KEY_WIDTH[d]
+            return (key * width)[:width]
         return key + b"\x00" if d == 0 and key in NAMES else key
 
+    def fix_value(self, d: int, value: bytes) -> bytes:
+        """`value` (not empty), of the size of dupfixed database `d`'s values."""
+        size = VALUE_SIZE[d]
+        return (value * size)[:size]
+
     def sorted_keys(self, d: int) -> list[bytes]:
-        return sorted(self.model[d])
+        return sorted(self.model[d], key=key_order(d))
 
     def successor(self, d: int, key: bytes) -> bytes | None:
-        return next((k for k in self.sorted_keys(d) if k > key), None)
+        order = key_order(d)
+        return next((k for k in self.sorted_keys(d) if order(k) > order(key)), None)
+
+    def items(self, d: int, data: dict) -> list:
+        """The (key, value) records of database `d` holding `data`, in its order."""
+        keys = sorted(data, key=key_order(d))
+        if d in DUP_INDEXES:
+            by_value = value_order(d)
+            return [(k, v) for k in keys for v in sorted(data[k], key=by_value)]
+        return [(k, data[k]) for k in keys]
 
     def mutated(self) -> None:
         """The transaction was written to: no cursor is clean any more."""
@@ -282,7 +367,8 @@ class DifferentialMachine(RuleBasedStateMachine):
     def model_put(self, d: int, key: bytes, value: bytes, overwrite: bool, append: bool):
         """put() in the model: True if written, False if refused."""
         data = self.model[d]
-        if append and data and key <= max(data):
+        order = key_order(d)
+        if append and data and order(key) <= order(max(data, key=order)):
             return False
         if not overwrite and key in data:
             return False
@@ -291,8 +377,8 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def verify_contents(self, txn_of) -> None:
         """Every database holds, on both sides, exactly the model's records."""
-        for d in DB_INDEXES:
-            want = sorted(self.model[d].items())
+        for d in ALL_INDEXES:
+            want = self.items(d, self.model[d])
             got_ref = self.ref.contents(d, txn_of(self.ref))
             got_sub = self.sub.contents(d, txn_of(self.sub))
             assert got_ref == want, f"db {d}: py-lmdb disagrees with the model (test bug)"
@@ -315,7 +401,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                     txn.abort()
         for side in (self.ref, self.sub):
             with contextlib.suppress(Exception):
-                side.txn.abort()
+                side.txns[0].abort()
             with contextlib.suppress(Exception):
                 side.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -448,12 +534,12 @@ class DifferentialMachine(RuleBasedStateMachine):
         """Inside the write transaction, every database holds the model's records."""
         self.verify_contents(lambda side: side.txn)
 
-    @rule(d=dbs)
+    @rule(d=st.sampled_from(ALL_INDEXES))
     def stat_entries(self, d):
         self.check(
             f"txn.stat(db {d})['entries']",
             lambda s: s.txn.stat(s.handles[d])["entries"],
-            ("ok", len(self.model[d])),
+            ("ok", len(self.items(d, self.model[d]))),
         )
 
     @rule(
@@ -486,13 +572,14 @@ class DifferentialMachine(RuleBasedStateMachine):
         for key in present[start::step][:count]:
             self.delete(d, key)
 
-    @rule(d=st.sampled_from([1, 2]))
+    @rule(d=st.sampled_from(ALL_INDEXES[1:]))
     def drop_records(self, d):
         """drop(db, delete=False) empties a named database and keeps it open."""
         self.model[d].clear()
         self.mutated()
         # py-lmdb leaves the cursors of an emptied database unpositioned somewhere.
-        self.cursor_models[d].lose()
+        if d in DB_INDEXES:
+            self.cursor_models[d].lose()
         self.check(
             f"txn.drop(db {d}, delete=False)",
             lambda s: s.txn.drop(s.handles[d], delete=False),
@@ -516,10 +603,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         if i >= len(self.readers):
             return
         ref_txn, sub_txn, snapshot = self.readers[i]
-        for d in DB_INDEXES:
+        for d in ALL_INDEXES:
             got_ref = self.ref.contents(d, ref_txn)
             got_sub = self.sub.contents(d, sub_txn)
-            assert got_ref == sorted(snapshot[d].items()), "py-lmdb reader (test bug)"
+            assert got_ref == self.items(d, snapshot[d]), "py-lmdb reader (test bug)"
             assert got_sub == got_ref, f"db {d}: kvmm's reader does not see its snapshot"
 
     @rule(i=st.integers(0, 1))
@@ -625,7 +712,8 @@ class DifferentialMachine(RuleBasedStateMachine):
             target = key if key in self.model[d] else None
         else:
             # py-lmdb documents set_range(b"") as first().
-            target = next((k for k in self.sorted_keys(d) if k >= key), None)
+            order = key_order(d)
+            target = next((k for k in self.sorted_keys(d) if order(k) >= order(key)), None)
         cm.place(target)
         cm.clean = True
         self.check_with_item(what, d, lambda s, c: getattr(c, seek)(key), target is not None)
@@ -747,18 +835,20 @@ class DifferentialMachine(RuleBasedStateMachine):
             (len(batch), sum(written)),
         )
 
-    @rule(d=dbs, wanted=st.lists(keys, max_size=5))
-    def cursor_getmulti(self, d, wanted):
-        """getmulti() answers the (key, value) pairs found, in the order asked."""
+    @rule(d=dbs, wanted=st.lists(keys, max_size=5), values=st.booleans())
+    def cursor_getmulti(self, d, wanted, values):
+        """getmulti() answers the (key, value) pairs found, in the order asked (with
+        values=False, the keys found)."""
         wanted = [self.fix_key(d, k) for k in wanted]
         cm = self.cursor_models[d]
         if wanted:
             cm.place(wanted[-1] if wanted[-1] in self.model[d] else None)
             cm.clean = True
+        found = [k for k in wanted if k in self.model[d]]
         self.check(
-            f"cursor.getmulti({wanted!r})",
-            lambda s: s.cursors[d].getmulti(wanted),
-            ("ok", [(k, self.model[d][k]) for k in wanted if k in self.model[d]]),
+            f"cursor.getmulti({wanted!r}, values={values})",
+            lambda s: s.cursors[d].getmulti(wanted, values=values),
+            ("ok", [(k, self.model[d][k]) for k in found] if values else found),
         )
 
     @rule(
@@ -835,7 +925,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         and merge pages before they end, and most of them are kept.
         """
         end = "abort" if how.endswith("abort") else "commit"
-        self.check(f"txn.{end}()", lambda s: getattr(s.txn, end)(), ("ok", None))
+        self.check(f"txn.{end}()", lambda s: getattr(s.txns[0], end)(), ("ok", None))
+        if self.saved:
+            # The open children were aborted first: the top transaction ends with its own.
+            self.model = self.saved[0][0]
         if end == "commit":
             self.committed = [dict(m) for m in self.model]
         else:
@@ -848,6 +941,265 @@ class DifferentialMachine(RuleBasedStateMachine):
                 side.open()
         self.verify_committed()
         self.begin(buffers)
+
+    # -- dupsort databases (dupfixed, integerdup) ----------------------------------------
+
+    def first_value(self, d: int, key: bytes):
+        values = self.model[d].get(key)
+        return min(values, key=value_order(d)) if values else None
+
+    @rule(
+        d=dup_dbs,
+        key=short_keys,
+        value=short_keys,
+        dupdata=st.booleans(),
+        overwrite=st.booleans(),
+        through=st.sampled_from(["txn", "cursor"]),
+    )
+    def dup_put(self, d, key, value, dupdata, overwrite, through):
+        """A put adds a value to the key's set: refused (False) with overwrite=False
+        when the key has values, with dupdata=False when the pair exists."""
+        key, value = self.fix_key(d, key), self.fix_value(d, value)
+        self.mutated()
+        values = self.model[d].get(key, frozenset())
+        if (values and not overwrite) or (value in values and not dupdata):
+            expected = False
+        else:
+            self.model[d][key] = values | {value}
+            expected = True
+
+        def fn(s):
+            target = s.txn if through == "txn" else s.txn.cursor(db=s.db(d))
+            kwargs = {"db": s.db(d)} if through == "txn" else {}
+            return target.put(key, value, dupdata=dupdata, overwrite=overwrite, **kwargs)
+
+        self.check(
+            f"{through}.put({key!r}, {value!r}, dupdata={dupdata}, overwrite={overwrite}) "
+            f"in db {d}",
+            fn,
+            ("ok", expected),
+        )
+
+    @rule(d=dup_dbs, key=short_keys, value=st.one_of(st.just(b""), short_keys))
+    def dup_delete(self, d, key, value):
+        """delete(key, value) removes the pair; delete(key) every value of the key."""
+        key = self.fix_key(d, key)
+        self.mutated()
+        values = self.model[d].get(key, frozenset())
+        if value:
+            value = self.fix_value(d, value)
+            found = value in values
+            if found:
+                values = values - {value}
+        else:
+            found = bool(values)
+            values = frozenset()
+        if values:
+            self.model[d][key] = values
+        else:
+            self.model[d].pop(key, None)
+        self.check(
+            f"txn.delete({key!r}, {value!r}) in db {d}",
+            lambda s: s.txn.delete(key, value, db=s.db(d)),
+            ("ok", found),
+        )
+
+    @rule(d=dup_dbs, key=short_keys, value=short_keys, call=st.sampled_from(
+        ["get", "pop", "replace"]))
+    def dup_get_pop_replace(self, d, key, value, call):
+        """get() and pop() answer the key's first value (pop deletes it); replace()
+        puts one value in place of all of them and answers the first old one."""
+        key, value = self.fix_key(d, key), self.fix_value(d, value)
+        first = self.first_value(d, key)
+        if call != "get":
+            self.mutated()
+        if call == "pop" and first is not None:
+            rest = self.model[d][key] - {first}
+            if rest:
+                self.model[d][key] = rest
+            else:
+                del self.model[d][key]
+        elif call == "replace":
+            self.model[d][key] = frozenset([value])
+
+        def fn(s):
+            if call == "replace":
+                return s.txn.replace(key, value, db=s.db(d))
+            return getattr(s.txn, call)(key, db=s.db(d))
+
+        self.check(f"txn.{call}({key!r}) in db {d}", fn, ("ok", first))
+
+    @rule(
+        d=dup_dbs,
+        wanted=st.lists(short_keys, max_size=4),
+        mode=st.sampled_from(["first", "dupdata", "fixed", "keyfixed", "keys"]),
+    )
+    def dup_getmulti(self, d, wanted, mode):
+        """getmulti(): first values, every value (dupdata), every value in pieces of
+        dupfixed_bytes (half a value of db 6), packed with keyfixed, or the keys found."""
+        wanted = [self.fix_key(d, k) for k in wanted]
+        found = [k for k in wanted if k in self.model[d]]
+        by_value = value_order(d)
+        piece = VALUE_SIZE[d] // 2 if d in INT_VALUE_WIDTH else VALUE_SIZE[d]
+        kwargs = {
+            "first": {},
+            "dupdata": {"dupdata": True},
+            "fixed": {"dupdata": True, "dupfixed_bytes": piece},
+            "keyfixed": {"dupdata": True, "dupfixed_bytes": piece, "keyfixed": True},
+            "keys": {"values": False},
+        }[mode]
+        if mode == "keys":
+            expected = ("ok", found)
+        elif mode == "first":
+            expected = ("ok", [(k, self.first_value(d, k)) for k in found])
+        else:
+            pairs = [(k, v) for k in found for v in sorted(self.model[d][k], key=by_value)]
+            if mode != "dupdata":
+                pairs = [(k, v[i : i + piece]) for k, v in pairs for i in range(0, len(v), piece)]
+            expected = ("ok", pairs)
+            if mode == "keyfixed":
+                widths = {len(k) for k in found}
+                expected = ("err", "ValueError") if len(widths) > 1 else (
+                    "ok", b"".join(k + v for k, v in pairs))
+        self.check(
+            f"cursor.getmulti({wanted!r}, {kwargs}) in db {d}",
+            lambda s: s.txn.cursor(db=s.db(d)).getmulti(wanted, **kwargs),
+            expected,
+        )
+
+    @rule(
+        d=dup_dbs,
+        key=st.one_of(short_keys, st.just(b"\x00")),
+        value=short_keys,
+        how=st.sampled_from([
+            "set_key", "set_range", "set_key_dup", "set_range_dup", "last_dup",
+            "next_nodup", "prev_nodup", "iternext_nodup", "iterprev_nodup", "iterprev",
+        ]),
+    )
+    def dup_cursor_read(self, d, key, value, how):
+        """A fresh cursor's moves over the pairs, in the database's orders."""
+        key, value = self.fix_key(d, key), self.fix_value(d, value)
+        data = self.model[d]
+        korder, vorder = key_order(d), value_order(d)
+        pairs = self.items(d, data)
+        values = sorted(data.get(key, ()), key=vorder)
+        keys_in_order = self.sorted_keys(d)
+        if how == "set_key":
+            want = (True, (key, values[0]), len(values), values) if values else (False,)
+        elif how == "set_range":
+            at = next((p for p in pairs if korder(p[0]) >= korder(key)), None)
+            want = (True, at) if at else (False,)
+        elif how == "set_key_dup":
+            want = (True, (key, value)) if value in values else (False,)
+        elif how == "set_range_dup":
+            at = next((v for v in values if vorder(v) >= vorder(value)), None)
+            want = (True, (key, at)) if at is not None else (False,)
+        elif how == "last_dup":
+            want = (True, (key, values[-1]), len(values) > 1) if values else (False,)
+            if len(values) > 1:
+                want += ((key, values[-2]),)
+        elif how in ("next_nodup", "prev_nodup"):
+            if not values:
+                want = (False,)
+            else:
+                j = keys_in_order.index(key) + (1 if how == "next_nodup" else -1)
+                if 0 <= j < len(keys_in_order):
+                    k = keys_in_order[j]
+                    vs = sorted(data[k], key=vorder)
+                    want = (True, True, (k, vs[0] if how == "next_nodup" else vs[-1]))
+                else:
+                    want = (True, False)
+        elif how == "iternext_nodup":
+            want = keys_in_order
+        elif how == "iterprev_nodup":
+            want = keys_in_order[::-1]
+        else:
+            want = pairs[::-1]
+
+        def fn(s):
+            c = s.txn.cursor(db=s.db(d))
+            if how in ("iternext_nodup", "iterprev_nodup", "iterprev"):
+                return list(getattr(c, how)())
+            if how in ("set_key_dup", "set_range_dup"):
+                return (True, c.item()) if getattr(c, how)(key, value) else (False,)
+            if how in ("next_nodup", "prev_nodup"):
+                if not c.set_key(key):
+                    return (False,)
+                return (True, True, c.item()) if getattr(c, how)() else (True, False)
+            if not getattr(c, "set_range" if how == "set_range" else "set_key")(key):
+                return (False,)
+            if how == "set_key":
+                return (True, c.item(), c.count(), list(c.iternext_dup()))
+            if how == "set_range":
+                return (True, c.item())
+            out = (c.last_dup(), c.item())
+            moved = c.prev_dup()
+            return (*out, moved, c.item()) if moved else (*out, moved)
+
+        self.check(f"cursor {how}({key!r}, {value!r}) in db {d}", fn, ("ok", want))
+
+    @rule(d=dup_dbs, key=short_keys, value=short_keys, every=st.booleans())
+    def dup_cursor_delete(self, d, key, value, every):
+        """A cursor on a pair deletes it (with dupdata=True, every value of its key)."""
+        key, value = self.fix_key(d, key), self.fix_value(d, value)
+        self.mutated()
+        values = self.model[d].get(key, frozenset())
+        found = value in values
+        if found:
+            rest = frozenset() if every else values - {value}
+            if rest:
+                self.model[d][key] = rest
+            else:
+                del self.model[d][key]
+
+        def fn(s):
+            c = s.txn.cursor(db=s.db(d))
+            return c.set_key_dup(key, value) and c.delete(dupdata=every)
+
+        self.check(f"cursor delete({key!r}, {value!r}, dupdata={every}) in db {d}", fn,
+                   ("ok", found))
+
+    # -- nested transactions --------------------------------------------------------------
+
+    @rule(buffers=st.booleans())
+    def begin_child(self, buffers):
+        """A child of the innermost transaction, with fresh cursors; the parent's wait."""
+        if len(self.saved) >= MAX_CHILDREN:
+            return
+        self.check("begin(write=True, parent=txn)", lambda s: s.begin_child(buffers),
+                   ("ok", None))
+        self.saved.append(([dict(m) for m in self.model], self.cursor_models))
+        self.cursor_models = [CursorModel() for _ in DB_INDEXES]
+
+    @rule(how=st.sampled_from(["commit", "abort"]))
+    def end_child(self, how):
+        """The innermost child commits (its changes are its parent's) or aborts (they
+        are gone); the parent's cursors work again, from where py-lmdb does not say."""
+        if not self.saved:
+            return
+        self.check(f"child.{how}()", lambda s: s.end_child(how), ("ok", None))
+        model, self.cursor_models = self.saved.pop()
+        if how == "abort":
+            self.model = model
+        for cm in self.cursor_models:
+            cm.lose()
+
+    @rule(d=dbs, key=short_keys, call=st.sampled_from(["get", "put", "delete", "cursor"]))
+    def use_blocked_parent(self, d, key, call):
+        """A transaction with an open child refuses use (BadTxnError)."""
+        if not self.saved:
+            return
+        key = self.fix_key(d, key)
+
+        def fn(s):
+            parent = s.txns[-2]
+            if call == "put":
+                return parent.put(key, b"v", db=s.db(d))
+            if call == "cursor":
+                return parent.cursor(db=s.db(d))
+            return getattr(parent, call)(key, db=s.db(d))
+
+        self.check(f"parent.{call}({key!r}) with a child open", fn, ("err", "BadTxnError"))
 
 
 DifferentialMachine.TestCase.settings = settings(
@@ -954,21 +1306,41 @@ def _lookups_of_keys_too_long_to_store(env):
 
 
 def _dupsort_seeks_with_empty_and_long_values(env):
-    """set_range_dup and set_key_dup with an empty value raise BadValsizeError; with
-    a 600-byte value set_range_dup finds the next value of the key, set_key_dup none."""
-    dups = env.open_db(b"dups", dupsort=True)
-    with env.begin(write=True, db=dups) as txn:
-        for value in (b"v1", b"v" + b"z" * 510, b"w"):
-            txn.put(b"k", value)
-        txn.put(b"m", b"x")
+    """set_range_dup and set_key_dup with an empty value raise BadValsizeError on a key
+    with several values (on a key with one, LMDB compares it as any other); with a
+    600-byte value set_range_dup finds the next value of the key, set_key_dup none.
+    Likewise in dupsort databases with integer keys or values (but for long values
+    sought among integer ones, which LMDB compares by their first bytes)."""
     answers = []
-    with env.begin(db=dups) as txn:
-        cur = txn.cursor()
-        for key, value in [(b"k", b""), (b"k", b"v" * 600), (b"k", b"v" + b"z" * 600),
-                           (b"k", b"x" * 600), (b"j", b"a" * 600), (b"k" * 600, b"a"),
-                           (b"", b"a")]:
-            for seek in ("set_range_dup", "set_key_dup"):
-                answers.append(_answer(_moved, cur, seek, key, value))
+    for name, flags in ((b"dups", {}), (b"int keys", {"integerkey": True}),
+                        (b"int values", {"integerdup": True})):
+        db = env.open_db(name, dupsort=True, **flags)
+
+        def key(k: bytes, flags=flags) -> bytes:
+            return int.from_bytes(k, "big").to_bytes(8, sys.byteorder) \
+                if flags.get("integerkey") else k
+
+        def value(v: bytes, flags=flags) -> bytes:
+            return int.from_bytes(v[:8], "big").to_bytes(8, sys.byteorder) \
+                if flags.get("integerdup") else v
+
+        with env.begin(write=True, db=db) as txn:
+            for v in (b"v1", b"v" + b"z" * 510, b"w"):
+                txn.put(key(b"k"), value(v))
+            txn.put(key(b"m"), value(b"x"))
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            for k, v in [(b"k", b""), (b"m", b""), (b"k", b"v" * 600),
+                         (b"k", b"v" + b"z" * 600), (b"k", b"x" * 600), (b"m", b"a" * 600),
+                         (b"j", b"a" * 600), (b"j", b""), (b"", b"a")]:
+                if len(v) > 511 and flags.get("integerdup"):
+                    continue
+                for seek in ("set_range_dup", "set_key_dup"):
+                    answers.append(_answer(_moved, cur, seek, key(k) if k else k, v))
+        with env.begin(write=True, db=db) as txn:
+            for k, v in [(b"k", b"v" * 600), (b"k", b"abc"), (b"k" * 600, b"v1")]:
+                answers.append(_answer(txn.delete, key(k) if len(k) < 9 else k, v))
+            txn.abort()
     return answers
 
 

@@ -138,17 +138,16 @@ def test_dupsort_answers_and_contents_match_py_lmdb(tmp_path_factory, ops):
         ref_env.close()
 
 
-def test_dupsort_flag_is_kept_and_checked_on_later_opens(tmp_path):
+def test_dupsort_flag_is_kept_and_later_opens_get_it_whatever_they_pass(tmp_path):
+    """As py-lmdb's open_db: an existing database keeps the flags it was made with."""
     env = kvmm.open(tmp_path / "db", max_dbs=4)
     env.open_db(b"dups", dupsort=True)
     env.open_db(b"plain")
     env.close()
     env = kvmm.open(tmp_path / "db", max_dbs=4)
-    with pytest.raises(kvmm.IncompatibleError):
-        env.open_db(b"dups")
-    with pytest.raises(kvmm.IncompatibleError):
-        env.open_db(b"plain", dupsort=True)
-    db = env.open_db(b"dups", dupsort=True)
+    assert not env.open_db(b"plain", dupsort=True).flags()["dupsort"]
+    db = env.open_db(b"dups")
+    assert db.flags()["dupsort"]
     with env.begin(write=True, db=db) as txn:
         assert txn.put(b"k", b"v1") and txn.put(b"k", b"v2")
         assert txn.stat(db)["entries"] == 2
@@ -210,3 +209,21 @@ def test_check_reports_a_dupsort_entry_that_is_not_a_pair(tmp_path, monkeypatch)
     problems = check_env(env)
     assert any("without a key terminator" in p for p in problems), problems
     env.close()
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_read_transactions_iterate_dupsort_databases_empty_or_not(env, buffers):
+    """Iteration of a read transaction walks the leaves: an empty database yields
+    nothing, and with buffers=True the pairs are split from the tree's bytes."""
+    db = env.open_db(b"dups", dupsort=True)
+    with env.begin(db=db, buffers=buffers) as txn:
+        assert list(txn.cursor().iternext()) == list(txn.cursor().iterprev()) == []
+    with env.begin(write=True, db=db) as txn:
+        for v in (b"2", b"1", b"3"):
+            txn.put(b"k", v)
+    with env.begin(db=db, buffers=buffers) as txn:
+        got = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        cur = txn.cursor()
+        assert cur.set_key(b"k")
+        dups = [bytes(v) for v in cur.iternext_dup()]
+    assert got == [(b"k", b"1"), (b"k", b"2"), (b"k", b"3")] and dups == [b"1", b"2", b"3"]

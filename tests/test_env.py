@@ -24,6 +24,7 @@ import kvmm.txn
 from kvmm import format as fmt
 from kvmm.check import check_env
 from kvmm.mapfile import DataFile
+from kvmm.pagecache import node_bytes
 
 MIB = 1 << 20
 
@@ -587,7 +588,8 @@ def test_max_size_raises_map_full_error_keeps_the_contents_and_the_env_stays_usa
 def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path):
     """cache_size bounds the estimated memory of decoded pages: reading a database
     several times larger than it evicts leaves, never the branches, and every read
-    still returns the right value."""
+    still returns the right value. (A get searches a leaf the cache lacks in the
+    map, without caching it; a cursor decodes and caches the leaves it walks.)"""
     records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
     with kvmm.open(str(tmp_path / "db")) as env:
         put(env, records)
@@ -597,31 +599,16 @@ def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path)
             with env.begin() as txn:
                 for key, value in records.items():
                     assert txn.get(key) == value
-                    assert env._cache_bytes <= budget
-        leaves = sum(node.kids is None for node in env._cache.values())
-        branches = sum(node.kids is not None for node in env._cache.values())
+                    assert env._cache.bytes <= budget
+                for key, value in txn.cursor():  # a scan decodes and caches leaves
+                    assert records[key] == value
+                    assert env._cache.bytes <= budget
+        leaves = sum(node.kids is None for node in env._cache.nodes())
+        branches = sum(node.kids is not None for node in env._cache.nodes())
         assert leaves > 0
         assert env.stat()["leaf_pages"] > 2 * leaves  # most of the leaves went
         assert branches == env.stat()["branch_pages"]  # no branch went
-        assert env._cache_bytes == sum(kvmm.env._node_bytes(n) for n in env._cache.values())
-
-
-def _linked_but_not_cached(env) -> list:
-    """Nodes a cached branch links to (``Node.ch``, followed all the way down) that
-    the cache itself no longer holds."""
-    cached = {id(node) for node in env._cache.values()}
-    seen, out = set(), []
-    stack = [node for node in env._cache.values() if node.ch is not None]
-    while stack:
-        for kid in stack.pop().ch:
-            if kid is None or id(kid) in seen:
-                continue
-            seen.add(id(kid))
-            if id(kid) not in cached:
-                out.append(kid)
-            if kid.ch is not None:
-                stack.append(kid)
-    return out
+        assert env._cache.bytes == sum(node_bytes(n) for n in env._cache.nodes())
 
 
 def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_read(tmp_path):
@@ -631,18 +618,17 @@ def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_rea
     with kvmm.open(str(tmp_path / "db")) as env:
         put(env, records)
         assert contents(env) == records  # every page cached
-        before = {(n.pgno, n.txnid): weakref.ref(n) for n in env._cache.values()}
+        before = {(n.pgno, n.txnid): weakref.ref(n) for n in env._cache.nodes()}
         changed = dict(records)
         with env.begin(write=True) as txn:
             for key in list(records)[::500]:
                 changed[key] = b"new"
                 txn.put(key, b"new")
-        after = {(n.pgno, n.txnid) for n in env._cache.values()}
+        after = {(n.pgno, n.txnid) for n in env._cache.nodes()}
         replaced = set(before) - after
         assert len(replaced) >= 10 + 1  # ten leaves and the branches above them
-        assert env._cache_bytes == sum(kvmm.env._node_bytes(n) for n in env._cache.values())
-        # Nothing holds the old versions any more: not the cache, not the links of
-        # the old versions of their parents.
+        assert env._cache.bytes == sum(node_bytes(n) for n in env._cache.nodes())
+        # Nothing holds the old versions any more.
         assert all(before[old]() is None for old in replaced)
         old_reader, seen = env.begin(), dict(changed)
         with env.begin(write=True) as txn:
@@ -652,40 +638,6 @@ def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_rea
         assert dict(old_reader.cursor()) == seen  # decoded again where dropped
         old_reader.abort()
         assert contents(env) == changed
-
-
-def test_links_between_cached_pages_keep_nothing_past_cache_size(tmp_path):
-    """A descent follows a committed branch's links to its children; the nodes the
-    cache dropped or replaced must not live on through those links beyond
-    cache_size: eviction clears the links, and a replaced node is counted until
-    it does."""
-    records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
-    with kvmm.open(str(tmp_path / "db")) as env:
-        put(env, records)
-    rng = random.Random(5)
-    keys = list(records)
-    for budget in (512 << 10, 4 << 20):  # evicting all along; evicting now and then
-        stale_seen = linked = 0
-        with kvmm.open(str(tmp_path / "db"), cache_size=budget) as env:
-            for round_ in range(6):
-                with env.begin() as txn:
-                    for key in keys:
-                        assert txn.get(key) == records[key]
-                linked = max(linked, sum(kid is not None for node in env._cache.values()
-                                         if node.ch is not None for kid in node.ch))
-                for _ in range(3):  # replaces pages the cache holds
-                    with env.begin(write=True) as txn:
-                        for key in rng.sample(keys, 100):
-                            records[key] = b"r%d" % round_ + key
-                            txn.put(key, records[key])
-                alive = _linked_but_not_cached(env)
-                assert sum(kvmm.env._node_bytes(n) for n in alive) <= env._stale_bytes
-                assert env._cache_bytes + env._stale_bytes <= budget
-                stale_seen = max(stale_seen, env._stale_bytes)
-            assert linked > 0  # the reads went through links
-            assert contents(env) == records
-        if budget > 1 << 20:
-            assert stale_seen > 0  # replaced nodes were counted
 
 
 def test_reclaim_attempts_that_cut_only_a_few_pages_back_off(tmp_path):
@@ -734,117 +686,6 @@ def test_reclaim_attempts_while_free_pages_are_pinned_wait_in_proportion_to_thei
         env._reclaimed(txn, 0, 100)  # few reusable pages: retried after a few commits
         txn.txnid += kvmm.env.RECLAIM_RETRY // 8
         assert env._want_reclaim(txn)
-
-
-def test_eviction_gets_the_cache_down_even_when_branches_fill_it(tmp_path):
-    """Eviction drops leaves first; a reader beside a writer that keeps rewriting
-    branches decodes version after version of them, so branches go too when they
-    alone fill the cache."""
-    from kvmm.btree import Node
-
-    with kvmm.open(str(tmp_path / "db"), cache_size=256 << 10) as env:
-        keys = [b""] + [b"%08d" % i for i in range(1, 100)]
-        for pgno in range(2, 1000):
-            node = Node(pgno, 1, list(keys), kids=list(range(100)), ktxn=[1] * 100)
-            node.measure()
-            env._remember(node)
-            assert env._cache_bytes <= env._cache_size
-        assert len(env._cache) < 500
-
-
-def test_replaced_nodes_are_forgotten_as_they_die_even_while_the_cache_has_room(tmp_path):
-    """Each commit replaces the cached nodes on its path and remembers the old ones
-    (weakly) in case something still holds them. Those records are pruned as they
-    pile up, not only when the cache fills: they cost memory and GC passes."""
-    from kvmm.env import STALE_PRUNE
-
-    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
-        with env.begin(write=True) as txn:
-            for i in range(5000):
-                txn.put(b"%08d" % i, b"v" * 100)
-        for i in range(3 * STALE_PRUNE):  # >= 2 nodes replaced per commit
-            with env.begin(write=True) as txn:
-                txn.put(b"%08d" % (i * 7919 % 5000), b"w" * 100)
-        assert env._cache_bytes + env._stale_bytes < env._cache_size  # never trimmed
-        assert len(env._stale) <= 2 * STALE_PRUNE
-
-
-def test_a_replaced_node_is_recorded_only_while_something_else_holds_it(tmp_path,
-                                                                          monkeypatch):
-    """A commit replaces the cached nodes on its path. A node nothing else holds dies
-    as the cache drops it, and is not recorded in ``_stale`` (that would cost a weak
-    reference per page of every small commit); one that a reader's snapshot still
-    reaches is, and counts in ``_stale_bytes`` until it dies."""
-    monkeypatch.setattr(kvmm.txn, "_STRICT", False)  # its check decodes pages again
-    keys = [b"%08d" % i for i in range(5000)]
-    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
-        with env.begin(write=True) as txn:
-            for key in keys:
-                txn.put(key, b"v" * 100)
-        with env.begin() as txn:
-            assert all(txn.get(key) == b"v" * 100 for key in keys)
-            assert txn.stat()["depth"] >= 2
-        recorded = len(env._stale)
-        for i in range(20):
-            with env.begin(write=True) as txn:
-                txn.put(keys[i * 241], b"w" * 100)
-        assert len(env._stale) == recorded
-        reader = env.begin()
-        assert reader.get(keys[7]) == b"v" * 100  # its snapshot's root is now held
-        with env.begin(write=True) as txn:
-            txn.put(keys[7], b"x" * 100)
-        held = [ref() for ref, _ in env._stale[recorded:]]
-        assert len(held) >= 2 and None not in held  # the old root, and the leaf below
-        assert sum(kvmm.env._node_bytes(node) for node in held) <= env._stale_bytes
-        assert reader.get(keys[7]) == b"v" * 100
-        reader.abort()
-
-
-def test_a_reader_beside_a_writer_evicts_old_versions_of_branches_before_its_leaves(tmp_path):
-    """Each commit of another process (here: another environment on the same files)
-    rewrites the root and the branch above the leaf it changed, at new page numbers
-    while an older snapshot is in use; a reader that begins after it decodes those
-    anew. The versions it no longer reaches are the first to go when its cache is
-    full: the leaves it still uses stay cached."""
-    path = str(tmp_path / "db")
-    keys = [b"%08d" % i for i in range(20000)]
-    with kvmm.open(path, sync=False) as writer, kvmm.open(path, cache_size=7 << 20) as reader:
-        with writer.begin(write=True) as txn:
-            for key in keys:
-                txn.put(key, b"v" * 100)
-        with reader.begin() as txn:
-            assert txn.stat()["depth"] == 3
-            assert all(txn.get(key) == b"v" * 100 for key in keys)
-        calls = {"evict": 0, "decode": 0}
-        evict, decode = reader._evict, reader._read_node
-
-        def counted_evict():
-            calls["evict"] += 1
-            evict()
-
-        def counted_decode(*args):
-            calls["decode"] += 1
-            return decode(*args)
-
-        reader._evict, reader._read_node = counted_evict, counted_decode
-        pin = writer.begin()  # an old snapshot: the writer cannot reuse freed pages
-        try:
-            for i in range(200):
-                key = keys[i * 7919 % len(keys)]
-                with writer.begin(write=True) as txn:
-                    txn.put(key, b"w" * 100)
-                with reader.begin() as txn:
-                    assert txn.get(key) == b"w" * 100
-        finally:
-            pin.abort()
-        assert calls["evict"] >= 1
-        branches = sum(node.kids is not None for node in reader._cache.values())
-        assert branches < 200  # two new ones a commit: the old ones were dropped
-        assert reader._branches == branches
-        calls["decode"] = 0
-        with reader.begin() as txn:
-            assert sum(txn.get(key) is not None for key in keys) == len(keys)
-        assert calls["decode"] < 20, calls  # of ~570 leaves: they were still cached
 
 
 def test_threads_reading_while_a_thread_writes_and_caches_churn_raise_nothing(tmp_path):

@@ -74,9 +74,10 @@ def _collect(results, count, procs) -> list:
 
 
 def _readers(env) -> dict[int, int]:
-    """{pid: txnid} from py-lmdb's reader table text (a header, then pid thread txnid)."""
+    """{pid: txnid} of the slots in a transaction, from py-lmdb's reader table text (a
+    header, then pid thread txnid, "-" for a slot between transactions)."""
     rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
-    return {int(row[0]): int(row[2]) for row in rows}
+    return {int(row[0]): int(row[2]) for row in rows if row[2] != "-"}
 
 
 # --- bank transfers -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from .. import dupsort
+from .. import dupsort, orders
 from .. import format as fmt
 from ..env import DATA_NAME, LOCK_NAME, LOCK_SUFFIX, Environment
 from ..errors import IncompatibleError, NotFoundError
@@ -146,7 +146,11 @@ def plain_entries(txn, db):
     """
     value_of = txn._value
     subdb = fmt.F_SUBDB
-    if db.flags & fmt.DB_DUPSORT:
+    flags = db._flags
+    if flags & orders.STORED_FORM:
+        yield from txn.cursor(db)  # keys and values in the user's form
+        return
+    if flags & fmt.DB_DUPSORT:
         for leaf in tree_leaves(txn, txn._state(db).record()):
             yield from map(dupsort.split, leaf.keys)
         return
@@ -165,9 +169,7 @@ def open_named(env, txn, name: bytes | None):
     if name is None:
         return env.open_db(None)
     try:
-        record = txn._find_db_record(name)
-        dup = record is not None and bool(record[3] & fmt.DB_DUPSORT)
-        return env.open_db(name, txn=txn, create=False, dupsort=dup)
+        return env.open_db(name, txn=txn, create=False)
     except (NotFoundError, IncompatibleError):
         raise CliError(f"{env.path()}: no database named {show(name)}") from None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..format import DB_DUPSORT
 from . import dumpfmt
 from .common import CliError, binary_stdout, named_dbs, open_env, open_named, plain_entries
 from .progress import Progress
@@ -73,7 +72,7 @@ def run(args) -> int:
             try:
                 head = dumpfmt.header(
                     name, args.printable, mapsize, info["max_readers"], txn.page_size,
-                    dupsort=bool(db.flags & DB_DUPSORT),
+                    flags=db._flags,
                 )
             except ValueError as e:
                 raise CliError(str(e)) from None

@@ -15,6 +15,12 @@ A dump is one or more blocks, each a header and data::
      76616c7565                 (its value)
     DATA=END
 
+A named database with flags has a line per flag, as ``mdb_dump`` writes them (after
+``maxreaders``, in :data:`FLAG_KEYWORDS` order, a dupsort one with ``duplicates=1``
+first): ``reversekey=1``, ``dupsort=1``, ``integerkey=1``, ``dupfixed=1``,
+``integerdup=1``. Keys and values are written as the user knows them (an integer key
+in native byte order), not in kvmm's stored form.
+
 ``bytevalue`` writes every byte as two lowercase hex digits. ``print`` writes printable
 ASCII bytes (0x20-0x7e) as they are, a backslash as ``\\\\`` and any other byte as
 ``\\xx``. :func:`unescape` refuses any other backslash, as ``mdb_load`` does. LMDB
@@ -28,17 +34,21 @@ from __future__ import annotations
 import binascii
 import re
 
+from ..format import DB_DUPFIXED, DB_DUPSORT, DB_INTEGERDUP, DB_INTEGERKEY, DB_REVERSEKEY
+
 VERSION = 3
-#: Header keywords that name sorted duplicates (``mdb_dump`` writes both).
-DUPSORT_KEYWORDS = ("duplicates", "dupsort")
-#: Header keywords that name database flags kvmm does not support.
+#: The header keywords of database flags, in the order ``mdb_dump`` writes them, and
+#: the record flag each names (LMDB's ``duplicates`` names sorted duplicates too).
 FLAG_KEYWORDS = (
-    "reversekey",
-    "integerkey",
-    "dupfixed",
-    "integerdup",
-    "reversedup",
+    ("reversekey", DB_REVERSEKEY),
+    ("dupsort", DB_DUPSORT),
+    ("integerkey", DB_INTEGERKEY),
+    ("dupfixed", DB_DUPFIXED),
+    ("integerdup", DB_INTEGERDUP),
 )
+DUPLICATES_KEYWORD = "duplicates"
+#: LMDB's flag keywords that name databases kvmm does not have.
+UNSUPPORTED_KEYWORDS = ("reversedup",)
 
 _ESCAPES = [b"\\%02x" % c for c in range(256)]
 for _c in range(0x20, 0x7F):
@@ -96,9 +106,10 @@ hexlify = binascii.hexlify
 
 def header(
     name: bytes | None, printable: bool, mapsize: int, maxreaders: int, pagesize: int,
-    dupsort: bool = False,
+    flags: int = 0,
 ) -> bytes:
-    """The header of one block, up to and including ``HEADER=END``."""
+    """The header of one block, up to and including ``HEADER=END``; ``flags`` are the
+    database's record flags."""
     lines = [b"VERSION=%d" % VERSION, b"format=print" if printable else b"format=bytevalue"]
     if name is not None:
         if b"\n" in name or b"\0" in name:
@@ -111,7 +122,8 @@ def header(
         b"type=btree",
         b"mapsize=%d" % mapsize,
         b"maxreaders=%d" % maxreaders,
-        *([b"duplicates=1", b"dupsort=1"] if dupsort else []),
+        *([b"%s=1" % DUPLICATES_KEYWORD.encode()] if flags & DB_DUPSORT else []),
+        *(b"%s=1" % word.encode() for word, bit in FLAG_KEYWORDS if flags & bit),
         b"db_pagesize=%d" % pagesize,
         b"HEADER=END",
         b"",

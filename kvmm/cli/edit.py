@@ -4,7 +4,9 @@ Keys, values and prefixes are text (their UTF-8 bytes) or, with ``-x``, hex. ``g
 writes the value byte for byte, nothing added, so ``kvmm get db k > f`` gives the
 value (with ``-x``: a line of hex); ``scan`` writes ``key<TAB>value`` lines escaped as
 ``kvmm dump -p`` escapes them (hex with ``-x``), so every line is one record whatever
-the bytes. ``-s NAME`` works on a named database.
+the bytes. ``-s NAME`` works on a named database. In a database whose keys are not in
+byte order (``reverse_key``, ``integerkey``), the keys with a prefix do not follow one
+another: ``scan --prefix`` looks at every key from ``--start``.
 
 Only ``put --create`` creates a database: a mistyped path is an error that leaves
 nothing behind, and the reads never create one.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import itertools
 import sys
 
+from .. import orders
 from . import dumpfmt
 from .common import CliError, arg_bytes, binary_stdout, named_dbs, open_env, open_named, show
 
@@ -136,10 +139,14 @@ def run_scan(args) -> int:
     out = binary_stdout()
     try:
         with env.begin() as txn:
-            entries = _entries_from(txn, open_named(env, txn, _name(args)), max(start, prefix))
-            for key, value in itertools.islice(entries, args.limit):
-                if not key.startswith(prefix):
-                    break
+            db = open_named(env, txn, _name(args))
+            bytewise = not db._flags & orders.KEY_ORDERS
+            entries = _entries_from(txn, db, max(start, prefix) if bytewise else start)
+            if bytewise:  # the keys with the prefix are a run from the first one
+                found = itertools.takewhile(lambda kv: kv[0].startswith(prefix), entries)
+            else:
+                found = (kv for kv in entries if kv[0].startswith(prefix))
+            for key, value in itertools.islice(found, args.limit):
                 line = encode(key) if args.keys else encode(key) + b"\t" + encode(value)
                 out.write(line + b"\n")
     finally:

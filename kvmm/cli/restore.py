@@ -5,9 +5,11 @@
   else ``-s NAME``, else the main database.
 - ``-N`` keeps the value of keys that exist already; ``-T`` reads plain-text lines, a
   key line then a value line, escaped as the ``print`` format, with no header.
-- Unknown header keywords are ignored with a warning; ``duplicates``/``dupsort`` make
-  a dupsort database; the flags kvmm lacks (``reversekey``, ``integerkey`` and the
-  others) stop the restore, since their data would not mean the same.
+- Unknown header keywords are ignored with a warning; the flag keywords
+  (``duplicates``/``dupsort``, ``reversekey``, ``integerkey``, ``dupfixed``,
+  ``integerdup``) give the database its flags, and a database that exists already
+  must have those flags; ``reversedup``, which kvmm lacks, stops the restore, since
+  its data would not mean the same.
 - It commits every :data:`BATCH` records, so memory stays flat however long the input;
   a bad line stops it with ``line N: <what is wrong>``. Restored into an existing
   database, the batches before it stay committed (and synced), the batch holding the
@@ -22,6 +24,7 @@ import stat
 import sys
 
 from .. import format as fmt
+from .. import orders
 from ..errors import BadValsizeError, Error
 from . import dumpfmt
 from .common import CliError, arg_bytes, open_env, removed_on_failure, show
@@ -64,23 +67,29 @@ def add_parser(sub) -> None:
         p.set_defaults(run=run)
 
 
+#: Header keyword -> the record flag it sets.
+_FLAG_BITS = dict(dumpfmt.FLAG_KEYWORDS, **{dumpfmt.DUPLICATES_KEYWORD: fmt.DB_DUPSORT})
+
+
 class InputError(CliError):
     """A line of the input that cannot be read: ``line N: <what is wrong>``."""
 
     def __init__(self, lineno: int, what: str):
         super().__init__(f"line {lineno}: {what}")
+        self.lineno = lineno
+        self.what = what
 
 
 class Header:
     """What one block's header says."""
 
-    __slots__ = ("dupsort", "name", "page_size", "printable")
+    __slots__ = ("flags", "name", "page_size", "printable")
 
     def __init__(self):
         self.name: bytes | None = None
         self.printable = False
         self.page_size: int | None = None
-        self.dupsort = False
+        self.flags = 0  # the database's record flags (format.DB_*)
 
 
 def _strip(line: bytes) -> bytes:
@@ -94,10 +103,11 @@ class DumpReader:
         self._lines = iter(stream)
         self._warn = warn
         self.lineno = 0
+        self.head: Header | None = None  # the header being read, or last read
 
     def header(self) -> Header | None:
         """The next block's header, or None at the end of the input."""
-        head = Header()
+        head = self.head = Header()
         started = False
         for line in self._lines:
             self.lineno += 1
@@ -143,9 +153,13 @@ class DumpReader:
                     f"line {self.lineno}: db_pagesize={size} is not a kvmm page size; "
                     "a new database gets the default"
                 )
-        elif keyword in dumpfmt.DUPSORT_KEYWORDS:
-            head.dupsort = self._number(keyword, value) != 0
-        elif keyword in dumpfmt.FLAG_KEYWORDS:
+        elif keyword in _FLAG_BITS:
+            bit = _FLAG_BITS[keyword]
+            if self._number(keyword, value):
+                head.flags |= bit
+            else:
+                head.flags &= ~bit
+        elif keyword in dumpfmt.UNSUPPORTED_KEYWORDS:
             raise InputError(
                 self.lineno, f"{keyword}={shown}: {keyword} databases are not supported by kvmm"
             )
@@ -244,11 +258,12 @@ def run(args) -> int:
             load(default, reader.text_records())
         while head is not None:
             name = head.name if head.name is not None else default
-            if head.dupsort and name is None:
+            if head.flags and name is None:
+                shown = ", ".join(k for k, on in orders.flag_dict(head.flags).items() if on)
                 raise InputError(
-                    reader.lineno, "a dupsort main database is not supported by kvmm: "
-                    "restore it into a named one with -s NAME")
-            load(name, reader.records(head.printable), head.dupsort)
+                    reader.lineno, f"a main database with flags ({shown}) is not supported "
+                    "by kvmm: restore it into a named one with -s NAME")
+            load(name, reader.records(head.printable), head.flags)
             head = reader.header()
     return 0
 
@@ -268,13 +283,19 @@ class Loader:
         self.advance = advance
         self.fault = fault
 
-    def __call__(self, name: bytes | None, records, dupsort: bool = False) -> None:
+    def __call__(self, name: bytes | None, records, flags: int = 0) -> None:
         env, overwrite = self.env, self.overwrite
+        what = "the main database" if name is None else f"database {show(name)}"
+        flags = orders.db_flags(**orders.flag_dict(flags))  # dupfixed means dupsort too
         try:
-            db = env.open_db(name, dupsort=dupsort) if name is not None else env.open_db(None)
+            db = (env.open_db(name, **orders.flag_dict(flags)) if name is not None
+                  else env.open_db(None))
         except Error as e:
-            what = "the main database" if name is None else f"database {show(name)}"
             raise self.fault(f"{what}: {e}", False) from None
+        if db._flags != flags:
+            had = orders.flag_dict(db._flags)
+            raise self.fault(f"{what} exists with other flags "
+                             f"({', '.join(k for k, on in had.items() if on) or 'none'})", False)
         txn = env.begin(write=True)
         try:
             n = 0

@@ -114,7 +114,9 @@ def _tour(env, step) -> None:
         said(f"{snapshot.get(b'fig')!r}, {fresh.get(b'fig')!r}")
     snapshot.abort()
 
-    step("The figures: env.stat() for the main database, env.info() for the file.")
+    step("The figures: env.stat() for the main database, env.info() for the file. Its "
+         "map_size is the file's size, which grows by itself; kvmm.open(path, map_size=N) "
+         "makes N a cap instead, as in LMDB (a commit past it raises MapFullError).")
     show("env.stat()")
     said(_dict(env.stat()))
     show("env.info()")

@@ -1,0 +1,183 @@
+"""Page access: tree pages and overflow values read from the map of the data file.
+
+A page is read where it lies in the map. Its header is checked on every read (its
+pgno, the txnid the reference names, its kind), its checksum once per version per
+process: a page is written once per transaction, so (pgno, txnid) names its contents
+for ever, and ``Checked`` remembers the txnid each page was last verified at. Decoded
+pages go to the :class:`~kvmm.pagecache.PageCache`.
+
+Invariants:
+- No bytes reach a caller from a page whose checksum this process has not verified
+  at the txnid its header names; a page that fails raises CorruptedError.
+- A damaged page raises CorruptedError, never IndexError, struct.error or a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+from . import format as fmt
+from .btree import Node
+from .errors import CorruptedError
+from .pagecache import PageCache
+
+CHECKED_CHUNK_BITS = 12  # pages per chunk of Checked: 4096, 32 KiB of txnids
+_CHECKED_MASK = (1 << CHECKED_CHUNK_BITS) - 1
+_NEVER = array("Q", bytes(8 << CHECKED_CHUNK_BITS))  # the chunk of pages never verified
+
+
+class Checked:
+    """The txnid at which each page's checksum was last verified, by pgno (0: never).
+
+    8 bytes per page (0.2% of the file at 4 KiB pages), in chunks of 4096 pages
+    made when a page of theirs is first verified: a process that reads a few pages
+    of a large file holds a few chunks, and opening costs nothing. O(1) per lookup
+    (``seen``, inlined on hot paths as ``chunks[pgno >> CHECKED_CHUNK_BITS][pgno &
+    _CHECKED_MASK]``) and per mark.
+    """
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        self.chunks: list[array] = []
+
+    def seen(self, pgno: int, txnid: int) -> bool:
+        chunks = self.chunks
+        c = pgno >> CHECKED_CHUNK_BITS
+        return c < len(chunks) and chunks[c][pgno & _CHECKED_MASK] == txnid
+
+    def mark(self, pgno: int, txnid: int) -> None:
+        chunks = self.chunks
+        c = pgno >> CHECKED_CHUNK_BITS
+        if c >= len(chunks):
+            chunks.extend([_NEVER] * (c + 1 - len(chunks)))
+        chunk = chunks[c]
+        if chunk is _NEVER:
+            chunk = chunks[c] = array("Q", _NEVER)
+        chunk[pgno & _CHECKED_MASK] = txnid
+
+    def clear(self) -> None:
+        self.chunks = []
+
+
+class Pages:
+    """Reads an environment's tree pages and overflow runs, through its cache."""
+
+    __slots__ = ("cache", "checked", "page_size")
+
+    def __init__(self, page_size: int, cache_size: int):
+        self.page_size = page_size
+        self.cache = PageCache(cache_size)
+        self.checked = Checked()
+
+    def loader(self, mm, limit: int, private: bool = False):
+        """A function (pgno, txnid) -> Node reading a snapshot of ``limit`` pages
+        from map ``mm``: the cached node when it is that version, else the page
+        (``private``: see ``read_node``)."""
+        get = self.cache.get
+        read = self.read_node
+
+        def load(pgno: int, txnid: int) -> Node:
+            node = get(pgno)
+            if node is not None and node.txnid == txnid:
+                return node
+            return read(mm, limit, pgno, txnid, private=private)
+
+        return load
+
+    def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,
+                  private: bool = False) -> Node:
+        """Decode page ``pgno`` written by ``txnid`` and cache it. ``verify``: check
+        its checksum even if this process verified that version before, and keep it
+        out of the cache (``kvmm check`` reads every page once). ``private``: a
+        write transaction's read, whose leaves it keeps for itself (``Node.own``):
+        most are made dirty at once, and their committed version is freed."""
+        if not fmt.NUM_METAS <= pgno < limit:
+            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+        ps = self.page_size
+        off = pgno * ps
+        page = mm[off : off + ps]  # short (and refused) past the end of the map
+        kind, count, _ = fmt.check_header(page, pgno, txnid, crc=False)
+        if verify or not txnid or not self.checked.seen(pgno, txnid):
+            fmt.check_crc(page, pgno)
+            self.checked.mark(pgno, txnid)
+        try:
+            if kind == fmt.LEAF:
+                keys, vals, flags, used = fmt.decode_leaf(page, pgno, count)
+                node = Node(pgno, txnid, keys, vals, flags)
+            elif kind == fmt.BRANCH:
+                keys, kids, ktxn, used = fmt.decode_branch(page, pgno, count)
+                node = Node(pgno, txnid, keys, kids=kids, ktxn=ktxn)
+            else:
+                raise CorruptedError(f"page {pgno}: kind {kind} where a tree page belongs")
+        except (ValueError, IndexError, OverflowError) as e:
+            raise CorruptedError(f"page {pgno}: {e}") from None
+        node.size = used
+        if private and node.kids is None:
+            node.own = True
+        elif not verify:
+            self.cache.put(node)
+        return node
+
+    def find(self, mm, limit: int, pgno: int, txnid: int, key: bytes):
+        """Search leaf ``pgno`` written by ``txnid`` for ``key`` where it lies in map
+        ``mm``, without decoding or caching it: (stored value, flags) or None."""
+        if not fmt.NUM_METAS <= pgno < limit:
+            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+        ps = self.page_size
+        off = pgno * ps
+        try:
+            _, kind, count, hpgno, htxnid, _ = fmt.PAGE_HEADER.unpack_from(mm, off)
+        except struct.error:
+            raise CorruptedError(f"page {pgno}: truncated page") from None
+        if kind != fmt.LEAF or hpgno != pgno or htxnid != txnid:
+            fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF)
+        chunks = self.checked.chunks  # Checked.seen, inline
+        c = pgno >> CHECKED_CHUNK_BITS
+        if not txnid or c >= len(chunks) or chunks[c][pgno & _CHECKED_MASK] != txnid:
+            fmt.check_crc(mm[off : off + ps], pgno)
+            self.checked.mark(pgno, txnid)
+        return fmt.leaf_find(mm, off, pgno, count, key, ps)
+
+    def read_overflow(self, mm, limit: int, pgno: int, txnid: int, length: int,
+                      buffers: bool, verify: bool = False):
+        """The value of ``length`` bytes in the overflow run at ``pgno``: bytes, or a
+        memoryview into the map with ``buffers``."""
+        n = fmt.overflow_pages(length, self.page_size)
+        if not fmt.NUM_METAS <= pgno or pgno + n > limit:
+            raise CorruptedError(f"overflow run at page {pgno} lies outside the file's pages")
+        off = pgno * self.page_size
+        head = mm[off : off + fmt.HEADER_SIZE]
+        _, _, extra = fmt.check_header(head, pgno, txnid, fmt.OVERFLOW)
+        if extra != length:
+            raise CorruptedError(f"page {pgno}: overflow length {extra}, expected {length}")
+        start = off + fmt.HEADER_SIZE
+        value = memoryview(mm)[start : start + length] if buffers else mm[start : start + length]
+        if verify or not txnid or not self.checked.seen(pgno, txnid):
+            if not fmt.overflow_crc_ok(head, value):
+                raise CorruptedError(f"page {pgno}: overflow checksum mismatch")
+            self.checked.mark(pgno, txnid)
+        return value
+
+    def published(self, nodes, freed=()) -> None:
+        """A commit wrote dirty ``nodes`` (committed now) and freed the pages
+        ``freed``. Forget the freed ones (only readers of older snapshots could use
+        them, and they read them again; left in, they would push live pages out of a
+        full cache). Cache the new branches, and the new leaves when they take less
+        than a quarter of the cache: a large commit's leaves would only push each
+        other out. This process encoded them, so their checksums need no check."""
+        cache = self.cache
+        for pgno in freed:
+            cache.drop(pgno)
+        leaves = len(nodes) * self.page_size * 2 <= cache.budget // 4
+        mark = self.checked.mark
+        for node in nodes:
+            mark(node.pgno, node.txnid)
+            if leaves or node.kids is not None:
+                node.freeze()
+                cache.put(node)
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.checked.clear()

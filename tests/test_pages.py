@@ -1,0 +1,256 @@
+"""The page cache (kvmm.pagecache) and page access (kvmm.pages): a byte budget kept
+with O(1) work per page, nodes freed as the cache forgets them, and checksums
+verified once per version of a page per process."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import pytest
+
+import kvmm
+from kvmm import format as fmt
+from kvmm.btree import Node
+from kvmm.pagecache import PageCache, node_bytes
+
+
+def _leaf(pgno: int, n: int = 10) -> Node:
+    node = Node(pgno, 1, tuple(b"k%05d" % i for i in range(n)), tuple(b"v" * 50 for _ in range(n)))
+    node.measure()
+    return node
+
+
+def _branch(pgno: int, n: int = 100) -> Node:
+    keys = (b"",) + tuple(b"%08d" % i for i in range(1, n))
+    node = Node(pgno, 1, keys, kids=fmt.u64_array(range(n)), ktxn=fmt.u64_array([1] * n))
+    node.measure()
+    return node
+
+
+def test_the_cache_keeps_its_budget_when_branches_alone_fill_it():
+    cache = PageCache(256 << 10)
+    for pgno in range(2, 1000):
+        cache.put(_branch(pgno))
+        assert cache.bytes <= cache.budget
+    assert 0 < len(cache) < 500
+    assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
+
+
+def test_the_cache_forgets_the_oldest_leaves_and_keeps_its_branches():
+    cache = PageCache(64 << 10)
+    cache.put(_branch(2, 20))
+    for pgno in range(3, 400):
+        cache.put(_leaf(pgno))
+    held = {node.pgno for node in cache.nodes()}
+    assert 2 in held  # the branch, the oldest entry, stayed
+    leaves = sorted(held - {2})
+    assert leaves == list(range(400 - len(leaves), 400))  # the youngest leaves
+    assert cache.bytes <= cache.budget
+
+
+def test_one_put_into_a_full_cache_forgets_about_one_node():
+    """Eviction is O(1) per page: making room for one node forgets one or two, never
+    a batch, and walks nothing."""
+    cache = PageCache(128 << 10)
+    for pgno in range(2, 2000):
+        before = len(cache)
+        cache.put(_leaf(pgno))
+        assert len(cache) >= before - 1
+
+
+def test_a_node_the_cache_forgets_is_freed_at_once():
+    """Nodes name their children by number, never hold them: nothing keeps a
+    forgotten node alive, without the cyclic GC's help."""
+    cache = PageCache(64 << 10)
+    first = _leaf(2)
+    ref = weakref.ref(first)
+    cache.put(first)
+    del first
+    gc.disable()
+    try:
+        for pgno in range(3, 400):
+            cache.put(_leaf(pgno))
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_reading_a_database_larger_than_the_cache_frees_what_it_forgets(tmp_path):
+    records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
+    with kvmm.open(str(tmp_path / "db")) as env, env.begin(write=True) as txn:
+        for key, value in records.items():
+            txn.put(key, value)
+    with kvmm.open(str(tmp_path / "db"), cache_size=256 << 10) as env:
+        refs = []
+        with env.begin() as txn:
+            for key, value in records.items():
+                assert txn.get(key) == value
+            refs = [weakref.ref(n) for n in env._cache.nodes()]
+        gc.disable()
+        try:
+            with env.begin() as txn:
+                for key in reversed(records):
+                    txn.get(key)
+            alive = sum(ref() is not None for ref in refs)
+            assert alive <= len(env._cache)
+        finally:
+            gc.enable()
+
+
+@pytest.fixture
+def crc_calls(monkeypatch):
+    """Counts the checksum checks of tree pages, by pgno."""
+    calls: dict[int, int] = {}
+    real = fmt.check_crc
+
+    def counted(page, pgno):
+        calls[pgno] = calls.get(pgno, 0) + 1
+        return real(page, pgno)
+
+    monkeypatch.setattr(fmt, "check_crc", counted)
+    return calls
+
+
+def test_a_page_checksum_is_verified_once_per_version_per_process(tmp_path, crc_calls):
+    path = str(tmp_path / "db")
+    records = {b"%08d" % i: b"x" * 100 for i in range(20000)}
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for key, value in records.items():
+            txn.put(key, value)
+    crc_calls.clear()  # of the strict mode's check after the commit, if on
+    # A cache far smaller than the tree: pages are read from the map again and again.
+    with kvmm.open(path, cache_size=256 << 10) as env:
+        for _ in range(3):
+            with env.begin() as txn:
+                assert all(txn.get(key) == value for key, value in records.items())
+        pages = env.stat()["branch_pages"] + env.stat()["leaf_pages"]
+        assert len(crc_calls) == pages
+        assert set(crc_calls.values()) == {1}
+        # A commit of another environment rewrites a leaf: its new version is checked.
+        with kvmm.open(path) as other, other.begin(write=True) as txn:
+            txn.put(b"%08d" % 5, b"new")
+        crc_calls.clear()
+        with env.begin() as txn:
+            assert txn.get(b"%08d" % 5) == b"new"
+        assert len(crc_calls) >= 1
+
+
+def test_a_damaged_new_version_of_a_verified_page_is_refused(tmp_path):
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for i in range(2000):
+            txn.put(b"%08d" % i, b"x" * 100)
+    with kvmm.open(path, cache_size=256 << 10) as reader:
+        with reader.begin() as txn:
+            assert txn.get(b"%08d" % 7) == b"x" * 100  # verified, cached
+        with kvmm.open(path) as writer:
+            with writer.begin(write=True) as txn:
+                txn.put(b"%08d" % 7, b"y" * 100)
+            with writer.begin() as txn:
+                cur = txn.cursor()
+                assert cur.set_key(b"%08d" % 7)
+                leaf = cur._path[-1][0]
+                pgno = leaf.pgno
+        ps = reader._page_size
+        with open(os.path.join(path, "data.kvmm"), "r+b") as f:
+            f.seek(pgno * ps + ps - 60)
+            byte = f.read(1)
+            f.seek(pgno * ps + ps - 60)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        with reader.begin() as txn, pytest.raises(kvmm.CorruptedError, match="checksum"):
+            txn.get(b"%08d" % 7)
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_gets_of_leaves_searched_in_the_map_match_what_was_put(tmp_path, buffers):
+    """A get in a fresh environment finds each leaf in the map without decoding it:
+    keys of every length, empty values, overflow values, missing keys."""
+    import random
+
+    rng = random.Random(7)
+    records = {}
+    for _ in range(3000):
+        key = rng.randbytes(rng.choice([1, 2, 16, 40, rng.randrange(1, 512)]))
+        records[key] = rng.randbytes(rng.choice([0, 1, 100, rng.randrange(0, 5000)]))
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for key, value in records.items():
+            txn.put(key, value)
+    with kvmm.open(path, cache_size=256 << 10) as env, env.begin(buffers=buffers) as txn:
+        for key, value in records.items():
+            got = txn.get(key)
+            assert bytes(got) == value
+            assert isinstance(got, memoryview) == buffers
+        for _ in range(2000):
+            key = rng.randbytes(rng.randrange(1, 40))
+            assert txn.get(key, b"none") == records.get(key, b"none")
+        leaves = [n for n in env._cache.nodes() if n.kids is None]
+        assert leaves == []  # no get decoded a leaf
+
+
+def test_a_leaf_whose_lengths_run_past_its_page_is_corrupted_not_read(tmp_path):
+    """A leaf whose last value length claims the whole page, with its checksum made
+    good again: only the checks of the lengths stand between it and a read past
+    the page."""
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for i in range(300):
+            txn.put(b"%08d" % i, b"x" * 100)
+    with kvmm.open(path) as env, env.begin() as txn:
+        cur = txn.cursor()
+        assert cur.set_key(b"%08d" % 3)
+        leaf = cur._path[-1][0]
+        pgno, keys = leaf.pgno, leaf.keys
+        ps = env._page_size
+    n = len(keys)
+    with open(os.path.join(path, "data.kvmm"), "r+b") as f:
+        f.seek(pgno * ps)
+        page = bytearray(f.read(ps))
+        at = fmt.HEADER_SIZE + 2 * n + 4 * (n - 1)
+        page[at : at + 4] = ps.to_bytes(4, "little")
+        page[0:4] = fmt._crc32(bytes(page[4:])).to_bytes(4, "little")
+        f.seek(pgno * ps)
+        f.write(page)
+    with kvmm.open(path) as env, env.begin() as txn:
+        for key in (keys[0], keys[-1]):  # the lengths are checked as a whole
+            with pytest.raises(kvmm.CorruptedError, match=f"page {pgno}"):
+                txn.get(key)
+
+
+def test_a_write_transaction_takes_over_the_leaves_it_decodes_and_copies_cached_ones(
+        tmp_path, monkeypatch):
+    """A leaf a write transaction decodes for itself is not cached, and becomes the
+    dirty page itself; a leaf the cache holds (shared with readers) is copied."""
+    path = str(tmp_path / "db")
+    with kvmm.open(path) as env, env.begin(write=True) as txn:
+        for i in range(3000):
+            txn.put(b"%08d" % i, b"x" * 100)
+    copied = []
+    real_copy = Node.copy
+
+    def counted_copy(node, pgno, txnid):
+        copied.append(node)
+        return real_copy(node, pgno, txnid)
+
+    monkeypatch.setattr(Node, "copy", counted_copy)
+    with kvmm.open(path) as env:
+        with env.begin() as txn:
+            cur = txn.cursor()
+            assert cur.set_key(b"%08d" % 10)  # a cursor caches the leaves it reads
+            cached_leaf = cur._path[-1][0]
+        assert env._cache.get(cached_leaf.pgno) is cached_leaf
+        with env.begin(write=True) as txn:
+            cur = txn.cursor()
+            assert cur.set_key(b"%08d" % 2990)
+            own = cur._path[-1][0]
+            assert own.own and env._cache.get(own.pgno) is None
+            txn.put(b"%08d" % 2990, b"y")
+            assert not [n for n in copied if n.kids is None]  # taken over
+            txn.put(b"%08d" % 10, b"y")
+            assert [n for n in copied if n.kids is None] == [cached_leaf]
+            assert cached_leaf.vals[cached_leaf.keys.index(b"%08d" % 10)] == b"x" * 100
+        with env.begin() as txn:
+            assert txn.get(b"%08d" % 2990) == b"y" and txn.get(b"%08d" % 10) == b"y"
+            assert txn.get(b"%08d" % 11) == b"x" * 100
