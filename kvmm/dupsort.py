@@ -23,18 +23,10 @@ nested tree.
 from __future__ import annotations
 
 from .btree import descend, insert, remove_range
-from .cursor import Cursor, _key_bytes, as_bytes, path_next, path_prev
+from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next, path_prev
 from .errors import BadValsizeError, CorruptedError, IncompatibleError
-from .format import DB_DUPFIXED, DB_INTEGERDUP, MAX_KEY_SIZE
-from .orders import (
-    key_in,
-    key_out,
-    lookup_key,
-    range_stored_key,
-    seek_stored_key,
-    value_in,
-    value_out,
-)
+from .format import DB_DUPFIXED, MAX_KEY_SIZE
+from .orders import key_in, key_out, seek_stored_key, value_in, value_out
 
 TERMINATOR = b"\x00\x00"
 _ESCAPED_NUL = b"\x00\xff"
@@ -85,14 +77,6 @@ def _value_bytes(value) -> bytes:
     return value
 
 
-def _several_values(txn, state, key: bytes) -> bool:
-    """Whether stored key ``key`` has more than one value. O(log n)."""
-    low = floor(key)
-    path, raw = _first_at(txn, state, low)
-    return (raw is not None and raw.startswith(low) and path_next(txn.load, path)
-            and path[-1][0].keys[path[-1][1]].startswith(low))
-
-
 def _first_at(txn, state, raw: bytes):
     """The path to the first entry >= ``raw``, and that entry; (None, None) past the
     end."""
@@ -113,10 +97,7 @@ def _first_at(txn, state, raw: bytes):
 def get(txn, state, key: bytes, default):
     """The first value of ``key``. O(log n)."""
     flags = state.flags
-    key = lookup_key(flags, key)
-    if key is None:
-        return default
-    low = floor(key)
+    low = floor(key_in(flags, key))
     _, raw = _first_at(txn, state, low)
     if raw is None or not raw.startswith(low):
         return default
@@ -159,14 +140,15 @@ def delete(txn, state, key, value) -> bool:
     """Delete the pair (key, value), or every value of ``key`` when ``value`` is
     empty. O(log n) per leaf of values."""
     flags = state.flags
-    key = lookup_key(flags, key)
+    key = _lookup_key(key)
     if key is None:
-        return False
+        return False  # too long to be stored: absent, as in py-lmdb
+    key = key_in(flags, key)
     if value:
-        try:
-            raw = pair(key, value_in(flags, _value_bytes(value)))
-        except BadValsizeError:
-            return False  # no stored value can be it: absent, as in py-lmdb
+        value = as_bytes(value, "values")
+        if len(value) > MAX_KEY_SIZE:
+            return False
+        raw = pair(key, value_in(flags, _value_bytes(value)))
         path = descend(txn.load, state, raw)
         if path is None:
             return False
@@ -266,38 +248,25 @@ class DupCursor(Cursor):
         Cursor.set_range)."""
         if not key:
             return self.first()
-        key = self._range_key(key)
-        return False if key is None else self._seek(floor(key))
-
-    def _range_key(self, key):
-        """``key`` as set_range seeks it: of any length, since it only compares."""
-        return as_bytes(key, "keys")
-
-    def _range_value(self, value):
-        """A value too long to be stored as set_range_dup seeks it: as it is."""
-        return value
+        return self._seek(floor(as_bytes(key, "keys")))
 
     def _seek_pair(self, key, value, exact: bool):
         """pair(key, value) for a seek, or None when the seek finds nothing: a key
         too long to be stored, or for an ``exact`` seek such a value (a range seek
-        compares a long value as any other). An empty value raises BadValsizeError,
-        as in py-lmdb."""
+        compares a long value as any other). An empty key or value raises
+        BadValsizeError, as in py-lmdb."""
         key = self._seek_key(key)
         value = as_bytes(value, "values")
         if not value:
-            # LMDB compares the value with a key's only one, but refuses an empty one
-            # when the key has several: so does py-lmdb, and so does this.
-            txn = self._check()
-            if key is not None and _several_values(txn, txn._state(self._db), key):
-                self._positioned = False
-                raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to "
-                                      f"{MAX_KEY_SIZE} bytes")
-        else:
+            self._positioned = False
+            raise BadValsizeError(f"value of 0 bytes: dupsort values are 1 to {MAX_KEY_SIZE} "
+                                  "bytes")
+        if len(value) <= MAX_KEY_SIZE:
             try:
                 value = self._value_in(value)
-            except BadValsizeError:  # too long, or an integer of another width
-                value = None if exact else self._range_value(value)
-        if key is None or value is None:
+            except BadValsizeError:
+                key = None  # a value this database cannot hold: no pair has it
+        if key is None or exact and len(value) > MAX_KEY_SIZE:
             self._positioned = False
             return None
         return pair(key, value)
@@ -600,11 +569,14 @@ class OrderedDupCursor(DupCursor):
         return value_in(self._db._flags, _value_bytes(value))
 
     _seek_key = seek_stored_key
-    _range_key = range_stored_key
 
-    def _range_value(self, value):
-        # An integer value has a stored form only at its widths; others are as they are.
-        return None if self._db._flags & DB_INTEGERDUP else value
+    def set_range(self, key) -> bool:
+        """Move to the first value of the first key >= ``key`` in the database's
+        order (a key its order cannot hold: False)."""
+        if not key:
+            return self.first()
+        key = self._seek_key(key)
+        return False if key is None else self._seek(floor(key))
 
     def iternext_dup(self, keys=False, values=True):
         # Through the moves, which give the user's form (the leaf walk gives the stored).

@@ -1091,8 +1091,8 @@ class Environment:
             self._unlock_writer()
 
     def copy(self, path, compact=False, txn=None) -> None:
-        """Write a consistent copy of the environment to ``path`` (a directory, or for
-        a ``subdir=False`` environment the data file, as py-lmdb's copy does): of the
+        """Write a consistent copy of the environment to ``path``: a directory, or for a
+        ``subdir=False`` environment the data file, as py-lmdb's copy does; of the
         snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the last
         commit."""
         from .copy import copy_env

@@ -91,7 +91,9 @@ class FreeList:
     """
 
     def __init__(self, txn, reader_bound: int, steady: int, inline: tuple):
-        self.txn = txn
+        # The transaction owns its free list; a weak reference back keeps the two out
+        # of a reference cycle, so dropping the transaction aborts it at once.
+        self._txn = weakref.ref(txn)
         self.txnid = txn.txnid
         self.reader_bound = reader_bound
         self.steady = steady
@@ -120,6 +122,12 @@ class FreeList:
         self.saving = False
         self.extend_only = False
 
+
+    def bind(self, txn) -> None:
+        """Allocate for ``txn`` from now on: a nested transaction shares its parent's
+        list while it is open (kvmm.nested). Weak, as in __init__: the list is the
+        transaction's and must not keep it alive."""
+        self._txn = weakref.ref(txn)
     def reusable(self, tag: int) -> bool:
         """Whether pages freed with ``tag`` (txnid, maybe | WEAK_BORN) may be reused."""
         txnid = tag & ~WEAK_BORN
@@ -145,18 +153,6 @@ class FreeList:
         pgno = txn.next_pgno
         txn.next_pgno += n
         return pgno
-
-    @property
-    def txn(self):
-        """The write transaction allocating these pages (of a family of nested ones,
-        the innermost). The transaction owns its free list; a weak reference back
-        keeps the two out of a reference cycle, so dropping the transaction aborts it
-        at once."""
-        return self._txn()
-
-    @txn.setter
-    def txn(self, txn) -> None:
-        self._txn = weakref.ref(txn)
 
     def _find_run(self, n: int):
         """The lowest run of ``n`` consecutive reusable pages, taken out of ``reuse``.

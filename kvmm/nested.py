@@ -83,7 +83,7 @@ class Savepoint:
         self.dbs = [(db, state, state.record(), state.changed)
                     for db, state in txn._dbs.items()]
         self.free_db = (txn.free_db.record(), txn.free_db.changed)
-        # Weak references, as the transaction's own (see Transaction._cursors).
+        # (weak reference, fields) of each live cursor (Transaction._cursors).
         self.cursors = [(ref, [getattr(cur, f) for f in CURSOR_FIELDS])
                         for ref in txn._cursors if (cur := ref()) is not None]
 
@@ -161,8 +161,10 @@ def begin(child, parent, write: bool) -> None:
         child._savepoint = Savepoint(parent)
         for name in SHARED:
             setattr(child, name, getattr(parent, name))
-        child.freelist.txn = child
+        child.freelist.bind(child)
         child._gen = parent._gen
+        # The parent's set of cursors is lent to the child (each cursor's weak
+        # reference removes itself from that set when the cursor dies).
         child._cursors = parent._cursors
         parent._cursors = set()
         for ref in child._cursors:
@@ -193,19 +195,28 @@ def end(child, commit: bool) -> None:
             env._forget_db(db)
         savepoint.restore(parent)
     child._opened = []
-    parent.freelist.txn = parent
+    parent.freelist.bind(parent)
     parent._gen = child._gen + 1
-    for ref, values in savepoint.cursors:
+    # The lent set goes back to the parent with the parent's cursors; the child's own
+    # cursors end with it.
+    shared = child._cursors
+    saved = dict(savepoint.cursors)
+    for ref in list(shared):
         cur = ref()
         if cur is None or cur._txn is not child:
-            continue  # dropped or closed meanwhile
-        child._cursors.discard(ref)
+            continue  # died or closed meanwhile
+        values = saved.get(ref)
+        if values is None:
+            shared.discard(ref)
+            cur._txn = cur._path = cur._fast = None
+            continue
         cur._txn = parent
         cur._fast = None
         if not commit:
             for f, value in zip(CURSOR_FIELDS, values):
                 setattr(cur, f, value)
-        parent._cursors.add(weakref.ref(cur, parent._cursors.discard))
+    parent._cursors = shared
+    child._cursors = set()
     child._savepoint = None
     parent._child = None
     parent._done = False

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 
-from .cursor import Cursor, _lookup_key, as_bytes
+from .cursor import Cursor
 from .errors import BadValsizeError
 from .format import (
     DB_DUPFIXED,
@@ -40,7 +40,6 @@ from .format import (
     DB_INTEGERDUP,
     DB_INTEGERKEY,
     DB_REVERSEKEY,
-    MAX_KEY_SIZE,
 )
 
 #: Widths of an integer key or value: C's unsigned int and size_t.
@@ -96,19 +95,6 @@ def key_in(flags: int, key: bytes) -> bytes:
     return _stored(key, flags & DB_INTEGERKEY, flags & FLIP_KEY, "integerkey key")
 
 
-def lookup_key(flags: int, key) -> bytes | None:
-    """The stored form of ``key`` for a lookup, or None when no stored key can be it
-    (too long, or an integer key of another width): py-lmdb answers such a lookup as
-    for an absent key. An empty key raises BadValsizeError."""
-    key = _lookup_key(key)
-    if key is None:
-        return None
-    try:
-        return key_in(flags, key)
-    except BadValsizeError:
-        return None
-
-
 def key_out(flags: int, stored: bytes) -> bytes:
     """The key a stored form stands for. O(len)."""
     return stored[::-1] if flags & FLIP_KEY else stored
@@ -157,17 +143,6 @@ def seek_stored_key(cursor, key):
         return None
 
 
-def range_stored_key(cursor, key):
-    """``set_range``'s stored form of ``key``: as seek_stored_key's, but a key too long
-    to be stored still has its place among (reversed) keys, as in py-lmdb; None for a
-    key that has none (an integer key of another width)."""
-    flags = cursor._db._flags
-    if len(key) > MAX_KEY_SIZE and not flags & DB_INTEGERKEY:
-        key = as_bytes(key, "keys")
-        return key[::-1] if flags & DB_REVERSEKEY else key
-    return seek_stored_key(cursor, key)
-
-
 class OrderedCursor(Cursor):
     """A cursor on a database without duplicates whose keys have a stored form
     (``reverse_key``, ``integerkey``): keys are turned into it on the way in and back
@@ -181,8 +156,12 @@ class OrderedCursor(Cursor):
     def set_range(self, key) -> bool:
         if not key:
             return self.first()
-        key = range_stored_key(self, key)
-        return False if key is None else self._seek(key)
+        key = self._seek_key(key)
+        if key is None:  # no key of this database sorts there: unpositioned
+            self._sync()  # the path up to date, so that nothing positions it again
+            self._positioned = False
+            return False
+        return self._seek(key)
 
     def _user_key(self, stored):
         return key_out(self._db._flags, bytes(stored))

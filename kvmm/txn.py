@@ -65,7 +65,7 @@ class Transaction:
         # Ended until begun: the finalizer of a transaction whose begin failed (say, a
         # second write transaction of one thread) must not end another's.
         self._done = True
-        self._child_ref = None  # see _child
+        self._child = None  # the open child transaction, which blocks this one
         self._parent = None
         self._family = None  # the lock of a transaction with children (kvmm.nested)
         env._usable()
@@ -110,26 +110,15 @@ class Transaction:
             except BaseException:
                 env._end_write(self)
                 raise
+            self._done = False
         else:
             self.meta, self._slot, self._mm = env._begin_read()
+            self._done = False
             self.txnid = self.meta.txnid
             self.load = env._pages.loader(self._mm, self.meta.next_pgno)
         self._done = False
         env._txns[id(self)] = weakref.ref(self)
         self._done = False
-
-    @property
-    def _child(self):
-        """The open child transaction, which blocks this one, or None. Held weakly: a
-        child keeps its parent alive, not the other way round, so a child dropped
-        without commit() or abort() aborts at once (and its parent goes on), as in
-        py-lmdb."""
-        ref = self._child_ref
-        return None if ref is None else ref()
-
-    @_child.setter
-    def _child(self, child) -> None:
-        self._child_ref = None if child is None else weakref.ref(child)
 
     def _start_write(self):
         env = self.env
@@ -354,9 +343,7 @@ class Transaction:
             if state.flags:
                 if state.flags & DB_DUPSORT:
                     return dupsort.get(self, state, key, default)
-                key = orders.lookup_key(state.flags, key)
-                if key is None:
-                    return default
+                key = orders.key_in(state.flags, key)
             pgno = state.root
             if not pgno:
                 return default
@@ -608,9 +595,10 @@ class Transaction:
         if state.flags:
             if state.flags & DB_DUPSORT:
                 return dupsort.delete(self, state, key, value)
-            key = orders.lookup_key(state.flags, key)
+            key = _lookup_key(key)
             if key is None:
-                return False
+                return False  # too long to be stored: absent, as in py-lmdb
+            key = orders.key_in(state.flags, key)
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
             key = _lookup_key(key)
             if key is None:

@@ -275,9 +275,9 @@ def no_gc():
 
 
 def _reader_txnids(env) -> list[int]:
-    """The snapshots pinned in the reader table (txnid "-": a slot that pins none)."""
+    """The snapshots pinned in the reader table (``-``: a slot that pins none)."""
     rows = [line.split() for line in env.readers().splitlines()[1:] if line.strip()]
-    return [int(row[2]) for row in rows if row[2] != "-"]
+    return [int(row[2]) for row in rows if row[2] not in ("-", "0")]
 
 
 def _abandon(env, write, cursors, db=None) -> weakref.ref:
@@ -334,6 +334,19 @@ def test_a_write_transaction_dropped_in_another_thread_lets_this_thread_write(en
     writer.start()
     writer.join(60)
     assert done == [None]
+
+
+def test_a_write_transaction_that_fails_to_begin_leaves_the_writer_lock_to_its_holder(env):
+    """A second begin(write=True) in the thread that writes raises BadTxnError; the
+    failed transaction's finalizer must not release the first one's lock."""
+    first = env.begin(write=True)
+    with pytest.raises(kvmm.BadTxnError):
+        env.begin(write=True)
+    gc.collect()
+    first.put(b"k", b"v")
+    first.commit()  # raised LockError when the failed begin had released the lock
+    with env.begin() as txn:
+        assert txn.get(b"k") == b"v"
 
 
 def test_write_transaction_context_manager_commits_on_normal_exit(env):

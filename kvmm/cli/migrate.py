@@ -4,9 +4,8 @@ database.
 LMDB_PATH is an LMDB environment directory (holding ``data.mdb``) or an LMDB data file
 (LMDB's ``subdir=False``). Every database is copied: the main database's records and
 every named database with its flags (``dupsort``, ``reverse_key``, ``integerkey``,
-``integerdup``, ``dupfixed``). LMDB's ``reversedup``, which kvmm lacks, stops the
-migration, since its data would not mean the same; so do flags on LMDB's main
-database, which kvmm's cannot have.
+``integerdup``, ``dupfixed``). A database with a flag kvmm lacks (``reversedup``) stops
+the migration, since its data would not mean the same.
 
 LMDB is read through py-lmdb when it is installed, in one read transaction (one
 snapshot); else through LMDB's ``mdb_dump`` when it is on PATH, whose output is read as
@@ -23,7 +22,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from .. import orders
@@ -32,8 +30,8 @@ from .common import CliError, open_env, removed_on_failure, show
 from .progress import Progress
 from .restore import DumpReader, InputError, Loader, warn
 
-#: LMDB's MDB_REVERSEDUP, in a named database's record: kvmm has no such order.
-MDB_REVERSEDUP = 0x40
+#: LMDB flags of a database that kvmm has no equivalent for (py-lmdb's names).
+UNSUPPORTED_FLAGS = ("reversedup",)
 #: The size of a named database's record in LMDB's main database (its MDB_db struct)
 #: on 32-bit and 64-bit builds: main records of another size are not databases.
 _DB_RECORD_SIZES = (28, 48)
@@ -91,12 +89,16 @@ def run(args) -> int:
     return 0
 
 
-def _refuse_main_flags(src: str, flags: int) -> None:
-    """Refuse flags on LMDB's main database: kvmm's main database has none."""
-    if flags:
-        shown = ", ".join(k for k, on in orders.flag_dict(flags).items() if on)
-        raise CliError(f"{src}: the main database has flags ({shown}), which kvmm's main "
-                       "database cannot have")
+def _unsupported(src: str, name: bytes | None, flags: dict) -> None:
+    """Refuse a database whose ``flags`` (py-lmdb's) kvmm has no equivalent for."""
+    what = "the main database" if name is None else f"database {show(name)}"
+    for flag in UNSUPPORTED_FLAGS:
+        if flags.get(flag):
+            raise CliError(f"{src}: {what}: {flag} databases are not supported by kvmm")
+    if name is None and any(flags.values()):
+        shown = ", ".join(k for k, on in flags.items() if on)
+        raise CliError(f"{src}: the main database has flags ({shown}), which kvmm does not "
+                       "support (named databases may have them)")
 
 
 def _with_py_lmdb(lmdb, src: str, subdir: bool, env, progress) -> tuple[int, list]:
@@ -117,19 +119,17 @@ def _with_py_lmdb(lmdb, src: str, subdir: bool, env, progress) -> tuple[int, lis
 def _copy_snapshot(lmdb, src: str, source, txn, candidates: list, env,
                    progress) -> tuple[int, list]:
     main = source.open_db(None)
-    _refuse_main_flags(src, orders.db_flags(**main.flags(txn)))
+    _unsupported(src, None, main.flags(txn))
     dbs = {}
     for name in candidates:
         try:
             db = source.open_db(name, txn=txn, create=False)
         except lmdb.Error:
             continue  # a record of the main database, not a database
-        # py-lmdb does not tell reversedup: LMDB's record of the database does (its
-        # flags are the 16 bits after 4 of padding).
-        if int.from_bytes(txn.get(name)[4:6], sys.byteorder) & MDB_REVERSEDUP:
-            raise CliError(f"{src}: database {show(name)}: reversedup databases are not "
-                           "supported by kvmm")
-        dbs[name] = (db, orders.db_flags(**db.flags(txn)))
+        flags = db.flags(txn)
+        _unsupported(src, name, flags)
+        dbs[name] = (db, orders.db_flags(**{k: v for k, v in flags.items()
+                                              if k not in UNSUPPORTED_FLAGS}))
     if progress.enabled:
         progress.set_total(sum(txn.stat(db)["entries"] for db, _ in dbs.values())
                            + txn.stat(main)["entries"] - len(dbs))
@@ -181,17 +181,15 @@ def _with_mdb_dump(tool: str, src: str, subdir: bool, env, progress) -> tuple[in
                         names.append(head.name)
                         load(head.name, records, head.flags)
                     else:
-                        _refuse_main_flags(src, head.flags)
+                        if head.flags:
+                            _unsupported(src, None, orders.flag_dict(head.flags))
                         counted = _Counted(records, set(names))
                         load(None, counted)
                     head = reader.header()
             except InputError as e:
                 proc.kill()
-                name = reader.head.name if reader.head is not None else None
-                what = "the main database" if name is None else f"database {show(name)}"
                 said = " ".join([os.path.basename(tool), *args[1:-1]])
-                raise CliError(f"{src}: {what}: {e.what} (line {e.lineno} of what {said} "
-                               "wrote)") from None
+                raise CliError(f"{src}: the output of {said}, {e}") from None
             except BaseException:
                 proc.kill()
                 raise

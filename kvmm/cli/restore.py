@@ -76,8 +76,6 @@ class InputError(CliError):
 
     def __init__(self, lineno: int, what: str):
         super().__init__(f"line {lineno}: {what}")
-        self.lineno = lineno
-        self.what = what
 
 
 class Header:
@@ -103,11 +101,10 @@ class DumpReader:
         self._lines = iter(stream)
         self._warn = warn
         self.lineno = 0
-        self.head: Header | None = None  # the header being read, or last read
 
     def header(self) -> Header | None:
         """The next block's header, or None at the end of the input."""
-        head = self.head = Header()
+        head = Header()
         started = False
         for line in self._lines:
             self.lineno += 1
@@ -295,7 +292,8 @@ class Loader:
         if db._flags != flags:
             had = orders.flag_dict(db._flags)
             raise self.fault(f"{what} exists with other flags "
-                             f"({', '.join(k for k, on in had.items() if on) or 'none'})", False)
+                             f"({', '.join(k for k, on in had.items() if on) or 'none'})",
+                             False)
         txn = env.begin(write=True)
         try:
             n = 0
