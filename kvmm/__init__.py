@@ -10,6 +10,9 @@ A drop-in for the common part of py-lmdb's API, in pure Python::
         assert txn.get(b"key") == b"value"
 """
 
+from typing import Literal, overload
+
+from . import check
 from . import errors as _errors
 from .cursor import Cursor
 from .env import Environment, _Database, open
@@ -19,7 +22,11 @@ from .txn import Transaction
 __version__ = "0.1.0"
 
 
-def version(subpatch: bool = False) -> tuple:
+@overload
+def version(subpatch: Literal[False] = False) -> tuple[int, int, int]: ...
+@overload
+def version(subpatch: Literal[True]) -> tuple[int, int, int, int]: ...
+def version(subpatch: bool = False) -> tuple[int, ...]:
     """kvmm's version as a tuple, as py-lmdb's ``lmdb.version()``. With ``subpatch``
     a fourth element, 1: as py-lmdb's patched LMDB, ``copy()`` and ``copyfd()`` take
     a transaction (with ``compact=True``)."""
@@ -33,6 +40,7 @@ __all__ = [
     "Transaction",
     "_Database",
     "__version__",
+    "check",
     "open",
     "version",
 ]

@@ -239,11 +239,11 @@ class AsyncTransaction(_InTurn):
             await self._finish(self._txn.commit if exc_type is None else self._txn.abort)
 
     @functools.wraps(Transaction.commit)
-    async def commit(self):
+    async def commit(self) -> None:
         await self._finish(self._txn.commit)
 
     @functools.wraps(Transaction.abort)
-    async def abort(self):
+    async def abort(self) -> None:
         await self._finish(self._txn.abort)
 
     async def _finish(self, end) -> None:
@@ -255,7 +255,7 @@ class AsyncTransaction(_InTurn):
         finally:
             if self._owns_executor:
                 self._owns_executor = False
-                self._executor.shutdown(wait=False)
+                self._executor.shutdown(wait=False)  # type: ignore[union-attr]  # owned
 
     @functools.wraps(Transaction.cursor)
     def cursor(self, *args, **kwargs) -> _Opening:

@@ -196,7 +196,7 @@ def descend(load, db: DbState, key: bytes) -> list | None:
     if not db.root:
         return None
     node = load(db.root, db.root_txnid)
-    path = []
+    path: list = []
     append = path.append
     left = db.depth  # levels from ``node`` down, the leaf's included
     while node.kids is not None:
@@ -270,7 +270,7 @@ def touch_path(txn, db: DbState, path: list) -> None:
     for step in path:
         node = step[0]
         if node.txnid != txnid:
-            node = txn.touch(node, db)
+            node = txn._touch(node, db)
             step[0] = node
             if parent is None:
                 db.root = node.pgno
@@ -363,7 +363,7 @@ def append_leaf(txn, db: DbState, path: list, key: bytes, value: bytes) -> bool:
     if (parent.txnid != txn.txnid
             or parent.size + BRANCH_ENTRY_COST + len(key) > txn.capacity):
         return False
-    leaf = txn.new_node(db, leaf=True)
+    leaf = txn._new_node(db, leaf=True)
     leaf.keys.append(key)
     leaf.vals.append(value)
     leaf.size = LEAF_ENTRY_COST + len(key) + len(value)
@@ -404,7 +404,7 @@ def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag:
     db.changed = True
     db.entries += 1
     if path is None:
-        leaf = txn.new_node(db, leaf=True)
+        leaf = txn._new_node(db, leaf=True)
         db.root, db.root_txnid, db.depth = leaf.pgno, leaf.txnid, 1
         path = [[leaf, 0]]
     else:
@@ -505,7 +505,7 @@ def _fix_root(txn, db: DbState, root: Node, tail: bool) -> None:
     while True:
         if root.size > txn.capacity:
             sep, right = _split(txn, db, root, tail)
-            new = txn.new_node(db, leaf=False)
+            new = txn._new_node(db, leaf=False)
             new.keys = [b"", sep]
             new.kids = u64_array((root.pgno, right.pgno))
             new.ktxn = u64_array((root.txnid, right.txnid))
@@ -515,12 +515,12 @@ def _fix_root(txn, db: DbState, root: Node, tail: bool) -> None:
             root = new
         elif root.kids is not None and len(root.kids) == 1:
             child = _child(txn.load, root, 0)
-            txn.free_node(root, db)
+            txn._free_node(root, db)
             db.root, db.root_txnid = child.pgno, child.txnid
             db.depth -= 1
             root = child
         elif root.kids is None and not root.keys:
-            txn.free_node(root, db)
+            txn._free_node(root, db)
             db.root = db.root_txnid = db.depth = 0
             return
         else:
@@ -563,7 +563,7 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     m = _split_point(node, tail)
     node.patched = None
     _own_keys(node)
-    right = txn.new_node(db, leaf=node.kids is None)
+    right = txn._new_node(db, leaf=node.kids is None)
     right.keys = node.keys[m:]
     del node.keys[m:]
     if node.kids is None:
@@ -615,7 +615,7 @@ def _branch_remove(parent: Node, i: int) -> None:
 def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
     child = _child(txn.load, parent, i)
     if child.txnid != txn.txnid:
-        child = txn.touch(child, db)
+        child = txn._touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
         _patched(parent, i, PATCH_BRANCH_MAX)
@@ -662,7 +662,7 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
             left.ktxn += right.ktxn
         left.size = merged
         _branch_remove(parent, ri)
-        txn.free_node(right, db)
+        txn._free_node(right, db)
         return
     # Move entries one at a time from the fuller sibling into the emptier one.
     low = txn.capacity // 4

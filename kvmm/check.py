@@ -25,6 +25,9 @@ It never writes to the data file.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from . import format as fmt
 from .dupsort import check_pair, split
 from .errors import Error
@@ -280,7 +283,8 @@ def check_env(env, progress=None, notes: list | None = None) -> list[str]:
         txn.abort()
 
 
-def check(path, progress=None, notes: list | None = None, **open_options) -> list[str]:
+def check(path: str | os.PathLike[str], progress: Any = None, notes: list[str] | None = None,
+          **open_options: Any) -> list[str]:
     """Open ``path`` read-only and check it; return the problems (empty when clean)."""
     from .env import open as open_env
 

@@ -28,7 +28,10 @@ Invariants:
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, overload
 
+from ._typing import BytesLike, T, V_co
 from .btree import child, descend, first_path
 from .errors import (
     BadValsizeError,
@@ -38,6 +41,12 @@ from .errors import (
     InvalidParameterError,
 )
 from .format import MAX_KEY_SIZE
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .env import _Database
+    from .txn import Transaction
 
 
 def _at_level(node, level: int, path: list):
@@ -116,7 +125,7 @@ def _lookup_key(key):
     return _key_bytes(key) if len(key) <= MAX_KEY_SIZE else None
 
 
-class Cursor:
+class Cursor(Generic[V_co]):
     """A position in a database, moved by ``first``/``next``/``set_range``...
 
     Use as py-lmdb's Cursor; also iterable (``for key, value in cursor``).
@@ -136,18 +145,18 @@ class Cursor:
         "_txn",
     )
 
-    def __init__(self, db, txn):
+    def __init__(self, db: _Database, txn: Transaction[V_co]) -> None:
         txn._live()
-        self._txn = txn
+        self._txn: Any = txn  # None once closed
         self._db = db
         self._state = txn._state(db)
-        self._path = None
-        self._fast = None
+        self._path: Any = None  # [[node, index], ...] from the root
+        self._fast: Any = None
         self._positioned = False
         self._eof = False
         self._on_entry = False
         self._gen = txn._gen
-        self._key = b""
+        self._key: Any = b""
         txn._cursors.add(weakref.ref(self, txn._cursors.discard))
         txn._tail = None  # its fast inserts do not tell cursors
 
@@ -280,19 +289,19 @@ class Cursor:
             self._positioned = False
         return key
 
-    def set_key(self, key) -> bool:
+    def set_key(self, key: BytesLike) -> bool:
         """Move to ``key`` exactly; False (unpositioned) when absent. O(log n)."""
         key = self._seek_key(key)
         if key is None:
             return False
-        found = self._seek(key)
+        found = self._seek(key)  # type: ignore[arg-type]
         if found and self._path[-1][0].keys[self._path[-1][1]] == key:
             return True
         # A miss leaves the cursor at the insertion point, as LMDB's.
         self._positioned = False
         return False
 
-    def set_range(self, key) -> bool:
+    def set_range(self, key: BytesLike) -> bool:
         """Move to the first entry with a key >= ``key``; False past the end. O(log n)."""
         if key.__class__ is not bytes or not key:
             if not key:
@@ -320,7 +329,7 @@ class Cursor:
 
     # --- reading --------------------------------------------------------------------
 
-    def key(self):
+    def key(self) -> V_co:
         """The current key, or empty when unpositioned. O(1)."""
         step = self._fast
         if step is not None and self._positioned:
@@ -329,9 +338,9 @@ class Cursor:
             return self._nothing()
         leaf, i = self._path[-1]
         k = leaf.keys[i]
-        return memoryview(k) if self._txn._buffers else k
+        return memoryview(k) if self._txn._buffers else k  # type: ignore[return-value]
 
-    def value(self):
+    def value(self) -> V_co:
         """The current value, or empty when unpositioned. O(1) (overflow: O(size))."""
         step = self._fast
         if step is not None and self._positioned:
@@ -341,12 +350,12 @@ class Cursor:
         leaf, i = self._path[-1]
         return self._txn._value(leaf, i)
 
-    def _nothing(self):
+    def _nothing(self) -> Any:
         """What an unpositioned cursor reads: empty, a memoryview with ``buffers``
         (as py-lmdb's; a new one each time, since a caller may release it)."""
         return memoryview(b"") if self._txn._buffers else b""
 
-    def item(self) -> tuple:
+    def item(self) -> tuple[V_co, V_co]:
         """(key, value) of the current entry, or two empty ones."""
         step = self._fast
         if step is not None and self._positioned:
@@ -354,7 +363,11 @@ class Cursor:
             return leaf.keys[i], leaf.vals[i]
         return Cursor.key(self), self.value()  # the stored key: see OrderedCursor.item
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: BytesLike, default: None = None) -> V_co | None: ...
+    @overload
+    def get(self, key: BytesLike, default: T) -> V_co | T: ...
+    def get(self, key: BytesLike, default: object = None) -> object:
         """Move to ``key`` and return its value, or ``default`` when absent."""
         if self.set_key(key):
             return self.value()
@@ -374,8 +387,21 @@ class Cursor:
         if self._path is None:
             raise InvalidParameterError(f"{what}() needs a cursor positioned by a move first")
 
-    def getmulti(self, keys, dupdata=False, dupfixed_bytes=None, keyfixed=False,
-                 values=True):
+    @overload
+    def getmulti(self, keys: Iterable[BytesLike], dupdata: bool = False,
+                 dupfixed_bytes: int | None = None, keyfixed: Literal[False] = False,
+                 values: Literal[True] = True) -> list[tuple[V_co, V_co]]: ...
+    @overload
+    def getmulti(self, keys: Iterable[BytesLike], dupdata: bool = False,
+                 dupfixed_bytes: int | None = None, keyfixed: Literal[False] = False,
+                 *, values: Literal[False]) -> list[V_co]: ...
+    @overload
+    def getmulti(self, keys: Iterable[BytesLike], dupdata: bool = False,
+                 dupfixed_bytes: int | None = None, *, keyfixed: Literal[True],
+                 values: bool = True) -> memoryview: ...
+    def getmulti(self, keys: Iterable[BytesLike], dupdata: bool = False,
+                 dupfixed_bytes: int | None = None, keyfixed: bool = False,
+                 values: bool = True) -> Any:
         """[(key, value)] for each of ``keys`` that is present, in the order given, as
         py-lmdb's: with ``values=False`` only the keys found; in a dupsort database,
         with ``dupdata`` every value of each key, and with ``dupfixed_bytes`` (a
@@ -416,14 +442,38 @@ class Cursor:
             raise IncompatibleError("getmulti(dupfixed_bytes=...) needs a dupfixed database")
         return [self.item()]
 
-    def iternext(self, keys=True, values=True):
+    @overload
+    def iternext(self, keys: Literal[True] = True,
+               values: Literal[True] = True) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iternext(self, keys: Literal[True] = True, *,
+               values: Literal[False]) -> Iterator[V_co]: ...
+    @overload
+    def iternext(self, keys: Literal[True], values: Literal[False]) -> Iterator[V_co]: ...
+    @overload
+    def iternext(self, keys: Literal[False], values: Literal[True] = True) -> Iterator[V_co]: ...
+    @overload
+    def iternext(self, keys: bool = True, values: bool = True) -> Iterator[Any]: ...
+    def iternext(self, keys: bool = True, values: bool = True) -> Iterator[Any]:
         """Iterate forwards from the current entry (from the first if unpositioned)."""
         self._check()
         if not self._positioned and not self.first():
             return
         yield from self._walk(keys, values, True)
 
-    def iterprev(self, keys=True, values=True):
+    @overload
+    def iterprev(self, keys: Literal[True] = True,
+               values: Literal[True] = True) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iterprev(self, keys: Literal[True] = True, *,
+               values: Literal[False]) -> Iterator[V_co]: ...
+    @overload
+    def iterprev(self, keys: Literal[True], values: Literal[False]) -> Iterator[V_co]: ...
+    @overload
+    def iterprev(self, keys: Literal[False], values: Literal[True] = True) -> Iterator[V_co]: ...
+    @overload
+    def iterprev(self, keys: bool = True, values: bool = True) -> Iterator[Any]: ...
+    def iterprev(self, keys: bool = True, values: bool = True) -> Iterator[Any]:
         """Iterate backwards from the current entry (from the last if unpositioned)."""
         self._check()
         if not self._positioned and not self.last():
@@ -432,11 +482,35 @@ class Cursor:
 
     __iter__ = iternext
 
-    def iternext_nodup(self, keys=True, values=False):
+    @overload
+    def iternext_nodup(self, keys: Literal[True] = True,
+               values: Literal[False] = False) -> Iterator[V_co]: ...
+    @overload
+    def iternext_nodup(self, keys: Literal[True] = True, *,
+               values: Literal[True]) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iternext_nodup(self, keys: Literal[True], values: Literal[True]) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iternext_nodup(self, keys: Literal[False], values: Literal[True]) -> Iterator[V_co]: ...
+    @overload
+    def iternext_nodup(self, keys: bool = True, values: bool = False) -> Iterator[Any]: ...
+    def iternext_nodup(self, keys: bool = True, values: bool = False) -> Iterator[Any]:
         """As iternext: every key is unique in a database without duplicates."""
         return self.iternext(keys, values)
 
-    def iterprev_nodup(self, keys=True, values=False):
+    @overload
+    def iterprev_nodup(self, keys: Literal[True] = True,
+               values: Literal[False] = False) -> Iterator[V_co]: ...
+    @overload
+    def iterprev_nodup(self, keys: Literal[True] = True, *,
+               values: Literal[True]) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iterprev_nodup(self, keys: Literal[True], values: Literal[True]) -> Iterator[tuple[V_co, V_co]]: ...
+    @overload
+    def iterprev_nodup(self, keys: Literal[False], values: Literal[True]) -> Iterator[V_co]: ...
+    @overload
+    def iterprev_nodup(self, keys: bool = True, values: bool = False) -> Iterator[Any]: ...
+    def iterprev_nodup(self, keys: bool = True, values: bool = False) -> Iterator[Any]:
         return self.iterprev(keys, values)
 
     def _walk(self, keys: bool, values: bool, forward: bool, stored: bool = False):
@@ -506,7 +580,8 @@ class Cursor:
 
     # --- writing --------------------------------------------------------------------
 
-    def put(self, key, value, dupdata=True, overwrite=True, append=False) -> bool:
+    def put(self, key: BytesLike, value: BytesLike, dupdata: bool = True,
+            overwrite: bool = True, append: bool = False) -> bool:
         """Store ``value`` under ``key`` and move to it; as Transaction.put."""
         txn = self._check()
         ok = txn.put(key, value, dupdata=dupdata, overwrite=overwrite, append=append,
@@ -514,7 +589,8 @@ class Cursor:
         self.set_key(key)
         return ok
 
-    def putmulti(self, items, dupdata=True, overwrite=True, append=False) -> tuple:
+    def putmulti(self, items: Iterable[tuple[BytesLike, BytesLike]], dupdata: bool = True,
+                 overwrite: bool = True, append: bool = False) -> tuple[int, int]:
         """Store many (key, value) pairs; return (consumed, added)."""
         txn = self._check()
         consumed = added = 0
@@ -529,24 +605,24 @@ class Cursor:
             self.set_key(last)
         return consumed, added
 
-    def replace(self, key, value):
+    def replace(self, key: BytesLike, value: BytesLike) -> bytes | None:
         """Store ``value`` under ``key``; return the old value or None."""
         txn = self._check()
         old = txn.replace(key, value, db=self._db)
         self.set_key(key)
         return old
 
-    def pop(self, key):
+    def pop(self, key: BytesLike) -> bytes | None:
         """Move to ``key`` and delete it; return its value, or None when absent."""
         if not self.set_key(key):
             return None
-        old = self.value()
+        old: Any = self.value()
         if old.__class__ is not bytes:
             old = bytes(old)
         self.delete()
         return old
 
-    def delete(self, dupdata=False) -> bool:
+    def delete(self, dupdata: bool = False) -> bool:
         """Delete the current entry and move to the next; False when unpositioned."""
         txn = self._check()
         self._resync()
@@ -589,16 +665,17 @@ class Cursor:
         self._fast = None
         self._positioned = False
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     @property
-    def txn(self):
+    def txn(self) -> Transaction[V_co]:
         return self._txn
 
     @property
-    def db(self):
+    def db(self) -> _Database:
         return self._db

@@ -12,10 +12,13 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
 import weakref
+from types import TracebackType
+from typing import Any, Literal, Self, overload
 
 from . import format as fmt
 from . import orders
@@ -37,6 +40,8 @@ from .lock import LockFile
 from .mapfile import DataFile, Map
 from .pages import Pages
 from .txn import Transaction
+
+PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 DATA_NAME = "data.kvmm"
 LOCK_NAME = "lock.kvmm"
@@ -96,7 +101,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _read_boot_id() -> bytes:
     try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        with builtins.open("/proc/sys/kernel/random/boot_id", "rb") as f:
             text = f.read().strip().replace(b"-", b"")
         return bytes.fromhex(text.decode())[:16].ljust(16, b"\0")
     except (OSError, ValueError):
@@ -117,14 +122,14 @@ class _Database:
 
     __slots__ = ("__weakref__", "_dropped", "_flags", "_txn", "env", "name")
 
-    def __init__(self, env, name, flags):
+    def __init__(self, env: Environment, name: bytes | None, flags: int) -> None:
         self.env = env
         self.name = name
         self._flags = flags
         self._dropped = False
-        self._txn = None
+        self._txn: Any = None
 
-    def flags(self, *args) -> dict:
+    def flags(self, *args: Any) -> dict[str, bool]:
         """py-lmdb's dict of the database's ``open_db`` flags (a transaction may be
         passed, as to py-lmdb's; the handle knows them)."""
         if len(args) > 1:
@@ -146,13 +151,17 @@ def _count(name: str, value) -> int:
 
 
 class Environment:
-    """An open kvmm environment (py-lmdb's ``Environment``); see SPEC section 3."""
+    """An open kvmm environment (py-lmdb's ``Environment``); ``kvmm.open`` lists
+    the options and docs/reference.md of the project every method."""
 
-    def __init__(self, path, map_size=None, subdir=True, readonly=False,
-                 metasync=True, sync=True, map_async=False, mode=0o644, create=True,
-                 readahead=True, writemap=False, meminit=True, max_readers=126,
-                 max_dbs=0, max_spare_txns=1, lock=True, page_size=fmt.DEFAULT_PAGE_SIZE,
-                 max_size=None, cache_size=DEFAULT_CACHE_SIZE, datafile_class=DataFile):
+    def __init__(self, path: PathLike, map_size: int | None = None, subdir: bool = True,
+                 readonly: bool = False, metasync: bool = True, sync: bool = True,
+                 map_async: bool = False, mode: int = 0o644, create: bool = True,
+                 readahead: bool = True, writemap: bool = False, meminit: bool = True,
+                 max_readers: int = 126, max_dbs: int = 0, max_spare_txns: int = 1,
+                 lock: bool = True, page_size: int = fmt.DEFAULT_PAGE_SIZE,
+                 max_size: int | None = None, cache_size: int = DEFAULT_CACHE_SIZE,
+                 datafile_class: type[DataFile] = DataFile) -> None:
         self._closed = True
         self._forked = False
         path = os.fspath(path)
@@ -179,7 +188,7 @@ class Environment:
                        "lock": bool(lock)}
         self._max_dbs = max_dbs
         self._max_size = max_size
-        self._map_size = None  # the cap map_size sets; see _set_cap
+        self._map_size: Any = None  # the cap map_size sets; see _set_cap
         self._mode = mode
         self._boot_id = BOOT_ID
         refuse_lmdb(path, os.path.join(path, DATA_NAME) if subdir else path)
@@ -208,9 +217,9 @@ class Environment:
         if readonly and not os.path.exists(data_path):
             raise NotFoundError(f"{data_path}: no such file")
         self._data_path = data_path
-        self._lock = None
+        self._lock: Any = None
         self._thread_writer = threading.Lock()  # used when lock=False
-        self._writer_owner = None
+        self._writer_owner: Any = None
         # The I/O seam: tests pass a subclass that injects faults or loses writes.
         try:
             self._datafile = datafile_class(data_path, readonly=readonly, create=True,
@@ -241,12 +250,12 @@ class Environment:
         # Pages are read through the map and kept decoded in this process's cache.
         self._pages = Pages(self._page_size, max(64 * self._page_size, cache_size))
         self._cache = self._pages.cache
-        self._meta_key = None
-        self._meta_undo = None  # (slot, bytes) a failed commit left to write back
+        self._meta_key: Any = None
+        self._meta_undo: Any = None  # (slot, bytes) a failed commit left to write back
         self._intact_seen: dict = {}  # (txnid, written) of a one-flush meta -> intact
-        self._meta_seen = None
-        self._meta_pick = None
-        self._torn_seen = None  # bytes of a newer meta slot that stayed torn (a crash)
+        self._meta_seen: Any = None
+        self._meta_pick: Any = None
+        self._torn_seen: Any = None  # bytes of a newer meta slot that stayed torn (a crash)
         self._main_db = _Database(self, None, 0)
         self._dbs: dict[bytes, _Database] = {}
         self._unsynced = 0
@@ -407,7 +416,7 @@ class Environment:
         picked is, most likely, a commit's meta being written by another process
         right now: with ``sync=False`` every commit rewrites the same slot, and the
         other one holds the last steady commit, which may be far older (at first the
-        empty database). A transaction begun then must see the newest commit (SPEC:
+        empty database). A transaction begun then must see the newest commit (docs/reference.md:
         "a snapshot of the last commit at begin()"), so the look waits, up to
         META_WAIT, for the slot to become whole. A slot still torn after that was
         torn by a crash: the steady meta is what the file holds, and the same torn
@@ -428,12 +437,12 @@ class Environment:
             if self._meta_undo is not None:
                 # A failed commit's meta is in the slot: what counts is what it held.
                 slot, old = self._meta_undo
-                metas = list(metas)
+                patched = list(metas)
                 try:
-                    metas[slot] = fmt.decode_meta(old)
+                    patched[slot] = fmt.decode_meta(old)
                 except Error:
-                    metas[slot] = None
-                metas = tuple(metas)
+                    patched[slot] = None
+                metas = tuple(patched)
             self._meta_seen = metas
             self._meta_pick = self._pick(metas)
             # A torn slot may become whole without its txnid changing: look again.
@@ -538,7 +547,20 @@ class Environment:
         if self._forked:
             raise Error("environment was opened before fork(); open it again in the child")
 
-    def begin(self, db=None, parent=None, write=False, buffers=False) -> Transaction:
+    @overload
+    def begin(self, db: _Database | None = None, parent: Transaction[Any] | None = None,
+              write: bool = False, buffers: Literal[False] = False) -> Transaction[bytes]: ...
+    @overload
+    def begin(self, db: _Database | None, parent: Transaction[Any] | None, write: bool,
+              buffers: Literal[True]) -> Transaction[memoryview]: ...
+    @overload
+    def begin(self, db: _Database | None = None, parent: Transaction[Any] | None = None,
+              write: bool = False, *, buffers: Literal[True]) -> Transaction[memoryview]: ...
+    @overload
+    def begin(self, db: _Database | None = None, parent: Transaction[Any] | None = None,
+              write: bool = False, buffers: bool = False) -> Transaction[Any]: ...
+    def begin(self, db: _Database | None = None, parent: Transaction[Any] | None = None,
+              write: bool = False, buffers: bool = False) -> Transaction[Any]:
         """Begin a read (default) or write transaction. A write waits for the writer;
         with ``parent`` (a write transaction) it is a nested one (kvmm.nested)."""
         return Transaction(self, db=db, parent=parent, write=write, buffers=buffers)
@@ -901,8 +923,10 @@ class Environment:
 
     # --- databases ------------------------------------------------------------------
 
-    def open_db(self, key=None, txn=None, reverse_key=False, dupsort=False, create=True,
-                integerkey=False, integerdup=False, dupfixed=False):
+    def open_db(self, key: bytes | None = None, txn: Transaction[Any] | None = None,
+                reverse_key: bool = False, dupsort: bool = False, create: bool = True,
+                integerkey: bool = False, integerdup: bool = False,
+                dupfixed: bool = False) -> _Database:
         """A handle on the main database (``key=None``) or on named database ``key``,
         created when missing (in ``txn``, or in a transaction of its own), with the
         orders of :mod:`kvmm.orders`. As in py-lmdb, the flags are those the database
@@ -924,30 +948,29 @@ class Environment:
                                "open with a larger max_dbs=")
         db = _Database(self, key, flags)
         own = txn is None
-        if own:
-            txn = self.begin(write=create and not self._readonly)
+        work: Any = self.begin(write=create and not self._readonly) if own else txn
         try:
-            record = txn._find_db_record(key)
+            record = work._find_db_record(key)
             if record is None:
                 if not create:
                     raise NotFoundError(f"named database {key!r} does not exist")
-                if not txn.write:
+                if not work.write:
                     raise ReadonlyError(f"cannot create database {key!r} read-only")
-                txn._create_db(db)
+                work._create_db(db)
             else:
                 problem = orders.flags_problem(record[3])
                 if problem is not None:
                     raise IncompatibleError(f"database {key!r}: {problem}")
                 db._flags = record[3]
             if own:
-                txn.commit()
+                work.commit()
             else:
                 # The handle is the transaction's until it ends (see _Database).
-                db._txn = weakref.ref(txn)
-                txn._opened.append(db)
+                db._txn = weakref.ref(work)
+                work._opened.append(db)
         except BaseException:
             if own:
-                txn.abort()
+                work.abort()
             raise
         self._dbs[key] = db
         return db
@@ -958,25 +981,24 @@ class Environment:
 
     # --- information ----------------------------------------------------------------
 
-    def stat(self) -> dict:
+    def stat(self) -> dict[str, int]:
         """py-lmdb's statistics of the main database."""
         with self.begin() as txn:
             return txn.stat()
 
-    def dbs(self, txn=None) -> list:
+    def dbs(self, txn: Transaction[Any] | None = None) -> list[bytes]:
         """The names of the named databases, in key order (in ``txn``'s view, else
         in a read transaction of its own). O(entries of the main database)."""
         self._usable()
         own = txn is None
-        if own:
-            txn = self.begin()
+        work: Any = self.begin() if own else txn
         try:
-            return txn._db_names()
+            return work._db_names()
         finally:
             if own:
-                txn.abort()
+                work.abort()
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, int]:
         """map_size (the cap when one is set, else the file's size), last_pgno,
         last_txnid, max_readers, num_readers."""
         self._usable()
@@ -1008,7 +1030,7 @@ class Environment:
         self._usable()
         return self._lock.max_readers if self._lock is not None else 0
 
-    def flags(self) -> dict:
+    def flags(self) -> dict[str, bool]:
         """The options the environment was opened with, by py-lmdb's names."""
         self._usable()
         return dict(self._flags)
@@ -1066,7 +1088,7 @@ class Environment:
 
     # --- maintenance ----------------------------------------------------------------
 
-    def sync(self, force=False) -> None:
+    def sync(self, force: bool = False) -> None:
         """Make every commit so far durable, even those made with sync=False."""
         self._usable()
         if self._readonly:
@@ -1090,7 +1112,8 @@ class Environment:
         finally:
             self._unlock_writer()
 
-    def copy(self, path, compact=False, txn=None) -> None:
+    def copy(self, path: PathLike, compact: bool = False,
+             txn: Transaction[Any] | None = None) -> None:
         """Write a consistent copy of the environment to ``path``: a directory, or for a
         ``subdir=False`` environment the data file, as py-lmdb's copy does; of the
         snapshot of ``txn`` (py-lmdb takes one with ``compact`` only) or of the last
@@ -1098,9 +1121,10 @@ class Environment:
         from .copy import copy_env
 
         self._copy_txn(compact, txn)
-        copy_env(self, os.fspath(path), compact=compact, txn=txn)
+        copy_env(self, os.fsdecode(path), compact=compact, txn=txn)
 
-    def copyfd(self, fd, compact=False, txn=None) -> None:
+    def copyfd(self, fd: int, compact: bool = False,
+               txn: Transaction[Any] | None = None) -> None:
         """Write a consistent copy of the environment's data file to descriptor
         ``fd``; ``compact`` and ``txn`` as in copy()."""
         from .copy import copy_to_fd
@@ -1138,19 +1162,59 @@ class Environment:
             if self._lock is not None:
                 self._lock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
 
 
-def open(path, **kwargs) -> Environment:  # py-lmdb's name, shadowing the builtin
-    """Open (by default create) the environment at ``path``; see SPEC section 3."""
-    return Environment(path, **kwargs)
+def open(path: PathLike, map_size: int | None = None, subdir: bool = True,
+         readonly: bool = False, metasync: bool = True, sync: bool = True,
+         map_async: bool = False, mode: int = 0o644, create: bool = True,
+         readahead: bool = True, writemap: bool = False, meminit: bool = True,
+         max_readers: int = 126, max_dbs: int = 0, max_spare_txns: int = 1,
+         lock: bool = True, page_size: int = fmt.DEFAULT_PAGE_SIZE,
+         max_size: int | None = None,
+         cache_size: int = DEFAULT_CACHE_SIZE) -> Environment:
+    """Open (by default create) the environment at ``path`` (py-lmdb's ``lmdb.open``,
+    a name that shadows the builtin inside kvmm.env).
+
+    ``path`` is a directory holding ``data.kvmm`` and ``lock.kvmm`` (with
+    ``subdir=False``: the data file itself, its lock file ``path + "-lock"``).
+
+    - ``map_size``: not passed, no cap (the file grows and shrinks by itself); passed,
+      the cap on the file's size, as in LMDB (a commit past it raises MapFullError).
+    - ``subdir``: ``path`` is a directory (True) or the data file (False).
+    - ``readonly``: no write transactions; the files must exist.
+    - ``metasync``, ``sync``: a commit syncs its meta page / its pages (``sync=False``:
+      a power loss may roll back to the last synced commit, never to a torn state).
+    - ``mode``: the directory's mode (x added where it has r); the files get it
+      without x bits.
+    - ``create``: create the directory when missing.
+    - ``max_readers``: reader slots in the lock file (126).
+    - ``max_dbs``: named databases ``open_db`` may open (0: only the main one).
+    - ``max_spare_txns``: reader slots kept between read transactions (1).
+    - ``lock``: False runs without a lock file (one process only; the caller
+      serialises writers).
+    - ``page_size``: 4096 to 65536, a power of two; for a new file only.
+    - ``max_size``: a cap, as ``map_size``.
+    - ``cache_size``: bytes of decoded pages kept per process (256 MiB).
+    - ``map_async``, ``readahead``, ``writemap``, ``meminit``: py-lmdb's, accepted and
+      reported by ``flags()``; they change nothing.
+
+    See docs/reference.md of the project for durability and concurrency rules.
+    """
+    return Environment(path, map_size=map_size, subdir=subdir, readonly=readonly,
+                       metasync=metasync, sync=sync, map_async=map_async, mode=mode,
+                       create=create, readahead=readahead, writemap=writemap,
+                       meminit=meminit, max_readers=max_readers, max_dbs=max_dbs,
+                       max_spare_txns=max_spare_txns, lock=lock, page_size=page_size,
+                       max_size=max_size, cache_size=cache_size)

@@ -57,6 +57,7 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterable
 from struct import Struct
 
 from .errors import CorruptedError, InvalidError, VersionMismatchError
@@ -378,6 +379,7 @@ def encode_leaf(pgno: int, txnid: int, keys: list, vals: list, flags: list | Non
     """Serialise a leaf. ``vals`` holds stored values (bytes, or packed references);
     ``flags`` is None or a list of per-entry flag words (F_OVERFLOW, F_SUBDB)."""
     n = len(keys)
+    words: Iterable[int]
     if flags is None:
         words = map(len, vals)
     else:
@@ -566,7 +568,7 @@ def _split(page, pgno: int, at: int, lens) -> tuple:
             return body.unpack_from(page, at), at + body.size, body
         except struct.error:
             _fail(pgno, "entries run past the end of the page")
-    fields = []
+    fields: list = []
     append = fields.append
     for n in lens:
         end = at + n

@@ -37,6 +37,7 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left, bisect_right, insort
 from operator import neg
+from typing import Any
 
 from .btree import descend, insert, remove_at, replace_at
 from .cursor import path_next
@@ -123,6 +124,10 @@ class FreeList:
         self.extend_only = False
 
 
+    def _owner(self) -> Any:
+        """The transaction this list allocates for (alive while the list is used)."""
+        return self._txn()
+
     def bind(self, txn) -> None:
         """Allocate for ``txn`` from now on: a nested transaction shares its parent's
         list while it is open (kvmm.nested). Weak, as in __init__: the list is the
@@ -149,7 +154,7 @@ class FreeList:
                 pgno = self._find_run(n)
                 if pgno is not None:
                     return pgno
-        txn = self._txn()
+        txn = self._owner()
         pgno = txn.next_pgno
         txn.next_pgno += n
         return pgno
@@ -178,7 +183,7 @@ class FreeList:
         """
         if self.exhausted or self.saving:
             return False
-        txn = self._txn()
+        txn = self._owner()
         load = txn.load
         db = txn.free_db
         while True:
@@ -231,7 +236,7 @@ class FreeList:
     def trim_tail(self) -> int:
         """Drop reusable pages at the end of the file from use: lowers ``next_pgno``.
         Returns how many pages were given back."""
-        txn = self._txn()
+        txn = self._owner()
         reuse = self.reuse
         n = 0
         while n < len(reuse) and reuse[n] == txn.next_pgno - 1:
@@ -253,7 +258,7 @@ class FreeList:
         database frees and allocates pages itself, so repeat until a round changes
         nothing.
         """
-        txn = self._txn()
+        txn = self._owner()
         db = txn.free_db
         self.saving = True
         for key in self.consumed:
@@ -324,14 +329,14 @@ class FreeList:
         return len(records)
 
     def _delete(self, db, key: bytes) -> None:
-        txn = self._txn()
-        path = descend(txn.load, db, key)
+        txn = self._owner()
+        path: list = descend(txn.load, db, key)  # type: ignore[assignment]  # not empty
         leaf, i = path[-1]
         db.entries -= len(leaf.vals[i]) // 8 - 1
         remove_at(txn, db, path)
 
     def _put(self, db, key: bytes, value: bytes) -> None:
-        txn = self._txn()
+        txn = self._owner()
         path = descend(txn.load, db, key)
         if path is not None:
             leaf, i = path[-1]

@@ -214,7 +214,7 @@ class _Shared:
         self.txnid_table = Struct(READER_SLOT_TXNID.format[0]
                                   + READER_SLOT_TXNID.format[1:] * max_readers)
         self.writer_lock = threading.Lock()
-        self.writer_thread = None  # the thread holding writer_lock
+        self.writer_thread: int | None = None  # the thread holding writer_lock
         self.table_lock = threading.Lock()
         self.owned: set[int] = set()
         self.free: list[int] = []
@@ -640,7 +640,7 @@ class LockFile:
         sh = self._shared
         slots, self._slots = self._slots, set()
         self._free = []  # acquire_slot now finds no pool, and _claim reports the close
-        self._mm = None
+        self._mm = None  # type: ignore[assignment]  # closed: never used again
         if sh.forked:
             return  # the parent's: nothing of it is this process's to release
         # The handle holds a reference: the state, its descriptor and map stay open.

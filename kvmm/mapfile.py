@@ -127,10 +127,10 @@ class Map:
         and missing reads short, which the page checks report as corruption.
         """
         if nbytes <= self.size:
-            return self.mm
+            return self.mm  # type: ignore[return-value]  # size > 0: mapped
         fsize = self.datafile.size()
         if fsize <= self.size:
-            return self.mm
+            return self.mm  # type: ignore[return-value]  # size > 0: mapped
         try:
             mm = mmap.mmap(self.datafile.fd, fsize, mmap.MAP_SHARED, self.prot)
         except (OSError, ValueError) as e:

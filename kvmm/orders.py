@@ -84,7 +84,7 @@ def flag_dict(flags: int) -> dict:
     return {name: bool(flags & bit) for name, bit in FLAG_NAMES}
 
 
-def _stored(data: bytes, integer: bool, flip: bool, what: str) -> bytes:
+def _stored(data: bytes, integer: int, flip: int, what: str) -> bytes:
     if integer and len(data) not in INT_SIZES:
         raise BadValsizeError(f"{what} of {len(data)} bytes: integers are 4 or 8 bytes")
     return data[::-1] if flip else data

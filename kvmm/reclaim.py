@@ -45,7 +45,7 @@ def relocate_tail(txn) -> int:
     targets = tail_targets(txn)
     if not targets:
         return 0
-    moves = []  # (db state, key leading to the page, depth of the page)
+    moves: list = []  # (db state, key leading to the page, depth of the page)
     for state in list(txn._dbs.values()) + [txn.free_db]:
         if state.root:
             _find(txn, state, txn.load(state.root, state.root_txnid), b"", 0, targets,
@@ -53,7 +53,7 @@ def relocate_tail(txn) -> int:
     if moves:
         txn._changing()
     for state, key, depth in moves:
-        path = descend(txn.load, state, key)
+        path: list = descend(txn.load, state, key)  # type: ignore[assignment]  # not empty
         touch_path(txn, state, path[: depth + 1])
         state.changed = True
     return len(moves)

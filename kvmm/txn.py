@@ -14,9 +14,11 @@ import contextlib
 import os
 import weakref
 from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, cast, overload
 
 from . import dupsort, nested, orders
 from . import format as fmt
+from ._typing import BytesLike, T, V_co
 from .btree import (
     DbState,
     Node,
@@ -46,6 +48,11 @@ from .format import DB_DUPSORT, F_OVERFLOW, F_SUBDB, OVERFLOW_REF, u64_array
 from .freelist import FreeList
 from .reclaim import relocate_tail
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .env import Environment, _Database
+
 _MAX_KEY = fmt.MAX_KEY_SIZE
 _ENTRY_COST = fmt.LEAF_ENTRY_COST
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
@@ -53,7 +60,7 @@ _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
 _ALONE = contextlib.nullcontext()
 
 
-class Transaction:
+class Transaction(Generic[V_co]):
     """A read snapshot, or the write transaction, as py-lmdb's Transaction.
 
     Use as a context manager: a write transaction commits on normal exit and aborts
@@ -61,6 +68,22 @@ class Transaction:
     transaction), a nested write transaction: see :mod:`kvmm.nested`.
     """
 
+    @overload
+    def __init__(self: Transaction[bytes], env: Environment, db: _Database | None = None,
+                 parent: Transaction[Any] | None = None, write: bool = False,
+                 buffers: Literal[False] = False) -> None: ...
+    @overload
+    def __init__(self: Transaction[memoryview], env: Environment, db: _Database | None,
+                 parent: Transaction[Any] | None, write: bool,
+                 buffers: Literal[True]) -> None: ...
+    @overload
+    def __init__(self: Transaction[memoryview], env: Environment,
+                 db: _Database | None = None, parent: Transaction[Any] | None = None,
+                 write: bool = False, *, buffers: Literal[True]) -> None: ...
+    @overload
+    def __init__(self, env: Environment, db: _Database | None = None,
+                 parent: Transaction[Any] | None = None, write: bool = False,
+                 buffers: bool = False) -> None: ...
     def __init__(self, env, db=None, parent=None, write=False, buffers=False):
         # Ended until begun: the finalizer of a transaction whose begin failed (say, a
         # second write transaction of one thread) must not end another's.
@@ -185,7 +208,7 @@ class Transaction:
 
         return load
 
-    def touch(self, node: Node, db: DbState) -> Node:
+    def _touch(self, node: Node, db: DbState) -> Node:
         """A dirty copy of committed ``node``; its old page is freed."""
         freelist = self.freelist
         pgno = freelist.alloc()
@@ -194,7 +217,7 @@ class Transaction:
         self._dirty[pgno] = new
         return new
 
-    def new_node(self, db: DbState, leaf: bool) -> Node:
+    def _new_node(self, db: DbState, leaf: bool) -> Node:
         pgno = self.freelist.alloc()
         if leaf:
             node = Node(pgno, self.txnid, [], [], None)
@@ -206,7 +229,7 @@ class Transaction:
         self._dirty[pgno] = node
         return node
 
-    def free_node(self, node: Node, db: DbState) -> None:
+    def _free_node(self, node: Node, db: DbState) -> None:
         if node.kids is None:
             db.leaf_pages -= 1
         else:
@@ -233,7 +256,7 @@ class Transaction:
         self._live()
         if db is None:
             return self._state(self._default_db)
-        env = self.env
+        env: Environment = self.env
         if getattr(db, "env", None) is not env:
             raise BadDbiError("the database handle belongs to another environment")
         if db._dropped:
@@ -335,6 +358,11 @@ class Transaction:
             self._live()
         return self.txnid
 
+    @overload
+    def get(self, key: BytesLike, default: None = None,
+            db: _Database | None = None) -> V_co | None: ...
+    @overload
+    def get(self, key: BytesLike, default: T, db: _Database | None = None) -> V_co | T: ...
     def get(self, key, default=None, db=None):
         """The value of ``key``, or ``default``. O(log n); O(1) per level on cache hits."""
         root = self._root
@@ -419,7 +447,7 @@ class Transaction:
         return self._pages.read_overflow(self._mm, self.meta.next_pgno, pgno, txnid, length,
                                          self._buffers)
 
-    def cursor(self, db=None) -> Cursor:
+    def cursor(self, db: _Database | None = None) -> Cursor[V_co]:
         """A cursor on ``db`` (default: the transaction's database)."""
         self._live()
         db = db if db is not None else self._default_db
@@ -432,7 +460,7 @@ class Transaction:
             return dupsort.DupCursor(db, self)
         return orders.OrderedCursor(db, self)
 
-    def stat(self, db=None) -> dict:
+    def stat(self, db: _Database | None = None) -> dict[str, int]:
         """py-lmdb's statistics of ``db`` in this transaction's view."""
         self._live()
         s = self._state(db)
@@ -475,7 +503,8 @@ class Transaction:
             self._ovf_dirty.pop(pgno, None)
         self.freelist.free(pgno, n, txnid)
 
-    def put(self, key, value, dupdata=True, overwrite=True, append=False, db=None) -> bool:
+    def put(self, key: BytesLike, value: BytesLike, dupdata: bool = True,
+            overwrite: bool = True, append: bool = False, db: _Database | None = None) -> bool:
         """Store ``value`` under ``key``. False when the key exists and ``overwrite`` is
         False, or when ``append`` is set and ``key`` is not past the last key.
         O(log n); O(1) for keys past the last one (``append``, or a sequential fill).
@@ -564,7 +593,7 @@ class Transaction:
         leaf = path[-1][0]
         if leaf.keys[-1] is not key or path[0][0].pgno != state.root:
             # A split moved the key to a new rightmost leaf (or a new root came).
-            path = last_path(self.load, state)
+            path = last_path(self.load, state)  # type: ignore[assignment]  # not empty
             leaf = path[-1][0]
         if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
                 and not state.flags):
@@ -574,24 +603,25 @@ class Transaction:
             self._tail = None
         return True
 
-    def replace(self, key, value, db=None):
+    def replace(self, key: BytesLike, value: BytesLike,
+                db: _Database | None = None) -> bytes | None:
         """Store ``value`` under ``key``; return the previous value or None. In a
         dupsort database every value of ``key`` is replaced; the first is returned."""
         if self._writable(db).flags & DB_DUPSORT:
             return dupsort.replace(self, db if db is not None else self._default_db, key,
                                    value)
-        old = self.get(key, db=db)
+        old: Any = self.get(key, db=db)
         if old is not None and self._buffers:
             old = bytes(old)
         self.put(key, value, db=db)
         return old
 
-    def pop(self, key, db=None):
+    def pop(self, key: BytesLike, db: _Database | None = None) -> bytes | None:
         """Delete ``key``; return its value, or None when absent. In a dupsort
         database only the first value is deleted and returned."""
         if self._writable(db).flags & DB_DUPSORT:
             return dupsort.pop(self, db if db is not None else self._default_db, key)
-        old = self.get(key, db=db)
+        old: Any = self.get(key, db=db)
         if old is None:
             return None
         if self._buffers:
@@ -599,7 +629,8 @@ class Transaction:
         self.delete(key, db=db)
         return old
 
-    def delete(self, key, value=b"", db=None) -> bool:
+    def delete(self, key: BytesLike, value: BytesLike = b"",
+               db: _Database | None = None) -> bool:
         """Delete ``key`` (in a dupsort database: the pair (key, value), or every
         value of ``key`` when ``value`` is empty); False when absent. O(log n)."""
         state = self._dbs.get(db if db is not None else self._default_db)
@@ -608,14 +639,16 @@ class Transaction:
         if state.flags:
             if state.flags & DB_DUPSORT:
                 return dupsort.delete(self, state, key, value)
-            key = _lookup_key(key)
-            if key is None:
+            looked = _lookup_key(key)
+            if looked is None:
                 return False  # too long to be stored: absent, as in py-lmdb
-            key = orders.key_in(state.flags, key)
+            key = orders.key_in(state.flags, looked)
         if key.__class__ is not bytes or not key or len(key) > _MAX_KEY:
-            key = _lookup_key(key)
-            if key is None:
+            looked = _lookup_key(key)
+            if looked is None:
                 return False
+            key = looked
+        key = cast(bytes, key)
         if not value and not self._cursors:
             done = delete_in_place(self, state, key)
             if done is not None:
@@ -637,7 +670,7 @@ class Transaction:
         remove_at(self, state, path)
         return True
 
-    def drop(self, db, delete=True) -> None:
+    def drop(self, db: _Database, delete: bool = True) -> None:
         """Empty ``db``; with ``delete`` also remove it (not the main database)."""
         state = self._writable(db)
         self._changing()
@@ -648,7 +681,7 @@ class Transaction:
         env = self.env
         if delete and db is not env._main_db:
             main = self._main_state()
-            path = descend(self.load, main, db.name)
+            path: list = descend(self.load, main, db.name)  # type: ignore[arg-type, assignment]
             remove_at(self, main, path)
             del self._dbs[db]
             env._forget_db(db)
@@ -727,7 +760,7 @@ class Transaction:
         main = self.main_db
         for db, state in self._dbs.items():
             if db is not env._main_db and state.changed:
-                path = descend(self.load, main, db.name)
+                path: list = descend(self.load, main, db.name)  # type: ignore[assignment]
                 leaf, i = path[-1]
                 if i >= len(leaf.keys) or leaf.keys[i] != db.name:
                     raise NotFoundError(f"named database {db.name!r} vanished")
@@ -809,10 +842,11 @@ class Transaction:
             env._end_read(self._slot)
         self._mm = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None and (not self._done or self._child is not None):
             self.commit()
         else:

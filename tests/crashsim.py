@@ -72,7 +72,7 @@ class Disk:
             return cls(**kwargs)
 
     def datafile_class(self):
-        """What to pass as ``kvmm.open(..., datafile_class=...)``."""
+        """What to pass as ``kvmm.Environment(..., datafile_class=...)``."""
         return functools.partial(SimFile, disk=self)
 
     def clone(self) -> Disk:

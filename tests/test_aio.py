@@ -1,4 +1,4 @@
-"""kvmm.aio: py-lmdb's asyncio interface (``lmdb.aio``) over kvmm (SPEC section 3)."""
+"""kvmm.aio: py-lmdb's asyncio interface (``lmdb.aio``) over kvmm (docs/reference.md section 3)."""
 
 from __future__ import annotations
 

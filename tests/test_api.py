@@ -1,4 +1,4 @@
-"""kvmm's public API, one promise of SPEC.md per test.
+"""kvmm's public API, one promise of docs/reference.md per test.
 
 Each test's name says what it proves. The `env` fixture (conftest.py) is a fresh
 environment with ``max_dbs=8``; tests that need other options open their own.
@@ -17,8 +17,8 @@ import pytest
 
 import kvmm
 
-#: The error classes SPEC section 11 names.
-SPEC_ERRORS = [
+#: The error classes docs/reference.md section 11 names.
+REFERENCE_ERRORS = [
     "InvalidError",
     "VersionMismatchError",
     "CorruptedError",
@@ -920,7 +920,7 @@ def test_copy_makes_an_environment_with_equal_contents(env, tmp_path, compact):
 # -- errors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SPEC_ERRORS)
+@pytest.mark.parametrize("name", REFERENCE_ERRORS)
 def test_spec_error_class_exists_subclasses_error_and_has_a_docstring(name):
     cls = getattr(kvmm, name)
     assert issubclass(cls, kvmm.Error)
@@ -929,7 +929,7 @@ def test_spec_error_class_exists_subclasses_error_and_has_a_docstring(name):
 
 
 def test_every_py_lmdb_error_name_exists_in_kvmm():
-    """SPEC section 11: py-lmdb's names, so `except lmdb.X` code ports unchanged."""
+    """docs/reference.md section 11: py-lmdb's names, so `except lmdb.X` code ports unchanged."""
     names = {
         name
         for name in dir(lmdb)
@@ -1075,7 +1075,7 @@ def test_commit_past_max_size_raises_map_full_error_and_keeps_previous_contents(
 
 
 def test_dupsort_database_keeps_a_sorted_set_of_values_per_key_as_py_lmdb(env, lmdb_env):
-    """SPEC section 5: with dupsort=True a key holds a sorted set of values."""
+    """docs/reference.md section 5: with dupsort=True a key holds a sorted set of values."""
 
     def exercise(e):
         db = e.open_db(b"dups", dupsort=True)

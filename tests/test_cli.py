@@ -1,4 +1,4 @@
-"""The ``kvmm`` command line (SPEC section 12): dump/restore in LMDB's format both ways
+"""The ``kvmm`` command line (docs/reference.md section 12): dump/restore in LMDB's format both ways
 with LMDB's own tools, check on clean and damaged files, copy under concurrent writes,
 readers, the small edit commands, and the error paths.
 

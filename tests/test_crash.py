@@ -1,4 +1,4 @@
-"""Power loss and process kills at every I/O of every commit (SPEC section 8).
+"""Power loss and process kills at every I/O of every commit (docs/reference.md section 8).
 
 Workloads of commits (puts, deletes, overflow values, named databases, file growth and
 shrinking, ``sync=True`` and ``sync=False``, ``env.sync()``) run on the simulated disk of
@@ -218,7 +218,7 @@ def run_workload(tmp_path, seed: int, steps: int, options: dict, **kwargs) -> La
     path, disk = start(tmp_path, options)
     lab = Lab(tmp_path, seed, disk, path, options, states[0])
     disk.before_io = lab.crash_point
-    with kvmm.open(path, subdir=False, max_dbs=8, datafile_class=disk.datafile_class(),
+    with kvmm.Environment(path, subdir=False, max_dbs=8, datafile_class=disk.datafile_class(),
                    **options) as env:
         for i, step in enumerate(workload):
             lab.inflight = states[i + 1] if step[0] == "commit" else None
@@ -288,7 +288,7 @@ def test_power_loss_stops_commits_dead(tmp_path, small_steps, monkeypatch):
             path, disk = start(run, options)
             disk.fail_at = n
             lab = Lab(run, seed, disk, path, options, states[0])
-            env = kvmm.open(path, subdir=False, max_dbs=8,
+            env = kvmm.Environment(path, subdir=False, max_dbs=8,
                             datafile_class=disk.datafile_class(), **options)
             try:
                 for i, step in enumerate(workload):
@@ -313,7 +313,7 @@ def test_crash_during_creation_leaves_a_file_that_opens(tmp_path):
     lab = Lab(tmp_path, 7, disk, path, {}, {None: {}})
     disk.before_io = lab.crash_point
     for _ in range(round(50 * SCALE)):
-        kvmm.open(path, subdir=False, datafile_class=disk.datafile_class()).close()
+        kvmm.Environment(path, subdir=False, datafile_class=disk.datafile_class()).close()
         os.remove(path)
         disk.durable, disk.pending = bytearray(), []
     lab.assert_clean()
@@ -344,7 +344,7 @@ def test_torn_meta_write_falls_back_and_passes_check(tmp_path):
             images.append(disk.outcome(
                 lambda off, data: data[:512] if off < disk.meta_bytes else data, False))
 
-    with kvmm.open(path, subdir=False, datafile_class=disk.datafile_class()) as env:
+    with kvmm.Environment(path, subdir=False, datafile_class=disk.datafile_class()) as env:
         for value in (bytes(1000), bytes(999)):  # the second frees ~40 pages, so the
             with env.begin(write=True) as txn:  # next meta lists them: > 1 sector long
                 for i in range(150):
@@ -367,7 +367,7 @@ def test_weak_commit_never_cuts_the_file_below_the_steady_meta(tmp_path, small_s
     journal a size change on their own). After the power loss the file falls back to
     the steady commit, whose meta names pages past the new end: it must still open."""
     path, disk = start(tmp_path, {"sync": False})
-    with kvmm.open(path, subdir=False, sync=False,
+    with kvmm.Environment(path, subdir=False, sync=False,
                    datafile_class=disk.datafile_class()) as env:
         with env.begin(write=True) as txn:
             for i in range(40):
@@ -404,7 +404,7 @@ def test_metasync_off_never_overwrites_pages_of_the_last_synced_meta(tmp_path):
             images.append(disk.outcome(
                 lambda off, data: None if off < disk.meta_bytes else data, True))
 
-    with kvmm.open(path, subdir=False, metasync=False,
+    with kvmm.Environment(path, subdir=False, metasync=False,
                    datafile_class=disk.datafile_class()) as env:
         for value in (b"1", b"2", b"3"):
             disk.before_io = at_the_data_sync if value == b"3" else None

@@ -1,4 +1,4 @@
-"""Damaged and foreign data files (SPEC sections 2 and 8).
+"""Damaged and foreign data files (docs/reference.md sections 2 and 8).
 
 A small database (a few hundred keys, some on overflow pages, and a named database) is
 built once; each test writes damaged copies of it and has a spawned child open each copy

@@ -1,6 +1,6 @@
 """The environment (kvmm/env.py): the page size kept in the file, the choice between
 the two metas, where a commit writes its meta, the file's growth and shrinking, the
-``max_size`` cap, and ``sync()`` (SPEC sections 2, 3, 8 and 9).
+``max_size`` cap, and ``sync()`` (docs/reference.md sections 2, 3, 8 and 9).
 
 Metas are read straight from the data file with ``kvmm.format.decode_meta`` and
 damaged or rewritten in place to stand for a torn write or a power loss.
@@ -265,7 +265,7 @@ def file_reader(path):
 
 def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote(tmp_path):
     path = tmp_path / "db"
-    with kvmm.open(str(path), datafile_class=CountingFile) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile) as env:
         put(env, {b"%06d" % i: b"v" * 100 for i in range(2000)})  # a few levels
         assert syncs_of(env, {b"000500": b"new", b"x" * 20: b"y" * 9000}) == 1
         meta = read_metas(path)[newest_slot(path)]
@@ -283,10 +283,10 @@ def test_a_small_durable_commit_syncs_once_and_its_meta_lists_the_pages_it_wrote
         meta = read_metas(path)[newest_slot(path)]
         assert meta.steady and not meta.flags & fmt.META_WRITTEN and meta.written == ()
     # metasync=False: the pages are synced, the meta is not (the next commit's sync).
-    with kvmm.open(str(path), datafile_class=CountingFile, metasync=False) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile, metasync=False) as env:
         assert syncs_of(env, {b"000501": b"new"}) == 1
         assert not read_metas(path)[newest_slot(path)].flags & fmt.META_WRITTEN
-    with kvmm.open(str(path), datafile_class=CountingFile, sync=False) as env:
+    with kvmm.Environment(str(path), datafile_class=CountingFile, sync=False) as env:
         assert syncs_of(env, {b"000502": b"new"}) == 0
 
 
@@ -355,7 +355,7 @@ def test_a_one_flush_commit_whose_file_was_cut_short_gives_way_to_the_one_before
 
 def test_a_tree_page_whose_count_overruns_the_page_is_a_corrupted_error_on_read(tmp_path):
     """Damage that passes the checksum (a collision or a bad writer) must still be a
-    CorruptedError (SPEC 8), never struct.error."""
+    CorruptedError (docs/reference.md section 8), never struct.error."""
     path = tmp_path / "db"
     with kvmm.open(str(path)) as env:
         put(env, {b"a": b"1", b"b": b"2"})

@@ -1,6 +1,6 @@
 """The Environment's py-lmdb surface: options as given, dbs(), the reader table,
 max_spare_txns, a closed environment, and the files and directory it makes
-(SPEC sections 2, 3 and 10)."""
+(docs/reference.md sections 2, 3 and 10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Disk full and I/O errors at every write, sync and truncate (SPEC section 8).
+"""Disk full and I/O errors at every write, sync and truncate (docs/reference.md section 8).
 
 :class:`FaultFile` is a :class:`kvmm.mapfile.DataFile` that fails its n-th write, sync
 or truncate with ``ENOSPC`` or ``EIO``, as the real one reports a failure (a
@@ -196,7 +196,7 @@ class Run:
         failed attempt to give space back, say) must leave the workload's results."""
         kvmm.open(self.path, max_dbs=8).close()
         faults = Faults(self.code, self.persistent, seed=self.n)
-        env = kvmm.open(self.path, max_dbs=8, sync=self.sync,
+        env = kvmm.Environment(self.path, max_dbs=8, sync=self.sync,
                         datafile_class=faults.datafile_class())
         try:
             faults.fail_at = self.n
@@ -320,7 +320,7 @@ def test_persistent_fault_from_every_io_aborts_and_recovers(tmp_path, code, sync
 def open_faulty(tmp_path, faults: Faults, **options):
     path = str(tmp_path / "db")
     kvmm.open(path, max_dbs=8).close()
-    return path, kvmm.open(path, max_dbs=8, datafile_class=faults.datafile_class(),
+    return path, kvmm.Environment(path, max_dbs=8, datafile_class=faults.datafile_class(),
                            **options)
 
 

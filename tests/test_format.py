@@ -1,6 +1,6 @@
 """The on-disk format (kvmm/format.py): metas and pages encode and decode back to what
 was encoded, and every kind of damage is refused with kvmm's own errors — never
-``struct.error`` or ``IndexError`` (SPEC sections 2 and 8)."""
+``struct.error`` or ``IndexError`` (docs/reference.md sections 2 and 8)."""
 
 from __future__ import annotations
 

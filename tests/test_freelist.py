@@ -1,6 +1,6 @@
 """Free pages (kvmm/freelist.py): freed pages are reused, but never while a snapshot
 that may still be read — by a live reader, or after a power loss with ``sync=False``
-the last steady commit — reaches them (SPEC sections 8 and 9).
+the last steady commit — reaches them (docs/reference.md sections 8 and 9).
 
 Which pages a snapshot reaches is read with ``kvmm.check.Checker``'s ``seen`` map;
 that a page was not reused is shown by its bytes in the data file being unchanged.
@@ -168,7 +168,8 @@ def test_a_live_reader_pins_its_snapshot_and_once_it_ends_its_pages_are_reused(t
 
 
 def test_pages_freed_while_a_reader_lived_are_reused_or_given_back_after_it_ends(tmp_path):
-    """SPEC 9: pages freed by commits are reused once no reader can still see them —
+    """docs/reference.md section 9: pages freed by commits are reused once no reader
+    can still see them —
     also the many copies a long reader kept out of reach: once it ends, the file
     comes back to the size it has without readers (two copies of the tree), whether
     the free pages are reused or given back to the file system."""

@@ -1,5 +1,5 @@
-"""A cursor never positioned, on a dupsort database: dup moves as LMDB's (SPEC section
-5), with py-lmdb as the oracle. next_dup/prev_dup move to the first/last pair, as
+"""A cursor never positioned, on a dupsort database: dup moves as LMDB's
+(docs/reference.md section 5), with py-lmdb as the oracle. next_dup/prev_dup move to the first/last pair, as
 next/prev do; first_dup/last_dup/count need a current key: InvalidParameterError."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 dropped handles, handles of another environment or of a transaction that has not
 committed, a second write transaction in one thread, count() of a cursor never
 positioned, nodup moves after the cursor's key changed, compacted copies of a given
-snapshot (SPEC sections 3 to 6)."""
+snapshot (docs/reference.md sections 3 to 6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``map_size``: when passed, the cap on the file's pages, as in LMDB; ``set_mapsize``
-moves it with py-lmdb's rules; not passed, no cap (SPEC section 3)."""
+moves it with py-lmdb's rules; not passed, no cap (docs/reference.md section 3)."""
 
 from __future__ import annotations
 

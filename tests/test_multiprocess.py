@@ -1,4 +1,4 @@
-"""Several processes on one environment (SPEC sections 4, 8 and 10).
+"""Several processes on one environment (docs/reference.md sections 4, 8 and 10).
 
 Children are started with the "spawn" context and run functions of ``_workers``; each
 test bounds every wait, so a deadlock fails the test instead of hanging it.

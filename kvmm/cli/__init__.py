@@ -1,4 +1,4 @@
-"""The ``kvmm`` command line (also ``python -m kvmm``); SPEC section 12.
+"""The ``kvmm`` command line (also ``python -m kvmm``); docs/reference.md section 12.
 
 One module per command; each has ``add_parser(subparsers)`` and a ``run(args) -> int``
 that it sets as the parser's default. :func:`main` parses, runs, and turns every

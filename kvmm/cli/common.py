@@ -129,7 +129,7 @@ def named_dbs(txn) -> list[bytes]:
     """The names of the named databases, in byte order: the main database's entries
     flagged ``F_SUBDB``. O(pages of the main tree)."""
     main = txn._state(txn.env._main_db)
-    names = []
+    names: list[bytes] = []
     for leaf in tree_leaves(txn, main.record()):
         if leaf.flags is not None:
             names.extend(k for k, f in zip(leaf.keys, leaf.flags) if f & fmt.F_SUBDB)

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from . import dumpfmt
 from .common import CliError, binary_stdout, named_dbs, open_env, open_named, plain_entries
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from ..env import _Database
 
 LMDB_DEFAULT_MAPSIZE = 10 << 20
 #: Records, or bytes of keys and values, gathered before one write to the output.
@@ -96,7 +100,7 @@ def _databases(env, txn, args) -> list:
     if not args.all:
         return [(None, main)]
     names = named_dbs(txn)
-    blocks = []
+    blocks: list[tuple[bytes | None, _Database]] = []
     if txn.stat(main)["entries"] > len(names) or not names:
         blocks.append((None, main))
     for name in names:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Iterator
 
 from .. import orders
 from . import dumpfmt
@@ -142,6 +143,7 @@ def run_scan(args) -> int:
             db = open_named(env, txn, _name(args))
             bytewise = not db._flags & orders.KEY_ORDERS
             entries = _entries_from(txn, db, max(start, prefix) if bytewise else start)
+            found: Iterator
             if bytewise:  # the keys with the prefix are a run from the first one
                 found = itertools.takewhile(lambda kv: kv[0].startswith(prefix), entries)
             else:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from .. import orders
 from ..lmdbfiles import lmdb_layout
@@ -67,6 +68,7 @@ def run(args) -> int:
     if os.path.exists(dst) and not (os.path.isdir(dst) and not os.listdir(dst)):
         raise CliError(f"{dst}: exists; the new database needs a new path (or an empty "
                        "directory)")
+    lmdb: Any
     try:
         import lmdb
     except ImportError:
@@ -83,7 +85,8 @@ def run(args) -> int:
                 if lmdb is not None:
                     records, names = _with_py_lmdb(lmdb, src, subdir, env, progress)
                 else:
-                    records, names = _with_mdb_dump(mdb_dump, src, subdir, env, progress)
+                    records, names = _with_mdb_dump(mdb_dump or "mdb_dump", src, subdir, env,
+                                                    progress)
             env.sync()
         finally:
             env.close()
@@ -185,7 +188,7 @@ def _with_mdb_dump(tool: str, src: str, subdir: bool, env, progress) -> tuple[in
                 while head is not None:
                     records = reader.records(head.printable)
                     if which:
-                        names.append(head.name)
+                        names.append(head.name or b"")
                         load(head.name, records, head.flags)
                     else:
                         if head.flags:
@@ -205,8 +208,8 @@ def _with_mdb_dump(tool: str, src: str, subdir: bool, env, progress) -> tuple[in
                 raise
             if proc.wait():
                 errors.seek(0)
-                said = errors.read().decode(errors="replace").strip().splitlines()
+                lines = errors.read().decode(errors="replace").strip().splitlines()
                 raise CliError(f"{src}: {os.path.basename(tool)} failed"
-                               + (f": {said[-1]}" if said else ""))
+                               + (f": {lines[-1]}" if lines else ""))
     return counted.n if counted is not None else 0, names
 

@@ -122,8 +122,7 @@ class DumpReader:
                                  "the header")
             if not eq:
                 raise InputError(self.lineno, "unexpected format: a header line is KEYWORD=VALUE")
-            keyword = keyword.decode("ascii", "backslashreplace")
-            self._keyword(head, keyword, value)
+            self._keyword(head, keyword.decode("ascii", "backslashreplace"), value)
         if started:
             raise InputError(self.lineno, "unexpected end of input: HEADER=END is missing")
         return None
@@ -238,7 +237,8 @@ def run(args) -> int:
         stack.enter_context(removed_on_failure(args.path))
         # sync=False: a batch's commit is safe against a crash of this process; the
         # sync at the end (also after a bad line) makes all of them durable at once.
-        env = open_env(args.path, write=True, create=True, sync=False, **options)
+        env = open_env(args.path, write=True, create=True, sync=False,
+                       **options)  # type: ignore[arg-type]
         stack.callback(env.close)
         stack.callback(env.sync)
         progress = stack.enter_context(Progress("restore", _size(stream), "B", unit_scale=True))
