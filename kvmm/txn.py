@@ -88,7 +88,7 @@ class Transaction(Generic[V_co]):
         # Ended until begun: the finalizer of a transaction whose begin failed (say, a
         # second write transaction of one thread) must not end another's.
         self._done = True
-        self._child = None  # the open child transaction, which blocks this one
+        self._child_ref = None  # see _child
         self._parent = None
         self._family = None  # the lock of a transaction with children (kvmm.nested)
         env._usable()
@@ -142,6 +142,19 @@ class Transaction(Generic[V_co]):
         self._done = False
         env._txns[id(self)] = weakref.ref(self)
         self._done = False
+
+    @property
+    def _child(self):
+        """The open child transaction, which blocks this one, or None. Held weakly: a
+        child keeps its parent alive, not the other way round, so a child dropped
+        without commit() or abort() aborts at once (and its parent goes on), and a
+        family dropped together ends at once, as in py-lmdb."""
+        ref = self._child_ref
+        return None if ref is None else ref()
+
+    @_child.setter
+    def _child(self, child) -> None:
+        self._child_ref = None if child is None else weakref.ref(child)
 
     def _start_write(self):
         env = self.env

@@ -684,6 +684,25 @@ def test_migrate_carries_each_databases_flags(tmp_path, capsys, py_lmdb, migrate
         assert [v for _, v in txn.cursor(db=db)] == numbers
 
 
+def test_migrate_refuses_reversedup_and_leaves_nothing(tmp_path, capsys, lmdb_tools,
+                                                      migrate_reader):
+    """LMDB's reversedup, which kvmm lacks and py-lmdb's flags() leave out (py-lmdb
+    cannot make one: mdb_load does), named with its database by either reader."""
+    src = tmp_path / "lmdb"
+    src.mkdir()
+    dump = b"".join(
+        b"VERSION=3\nformat=print\ndatabase=%s\ntype=btree\n%sHEADER=END\n k\n v1\n k\n v2\n"
+        b"DATA=END\n" % (name, head)
+        for name, head in ((b"a plain one", b""), (b"backwards", b"dupsort=1\nreversedup=1\n")))
+    tool("mdb_load", str(src), stdin=dump)
+    migrate_reader()
+    code, _, err = run(capsys, "migrate", src, tmp_path / "kvmm")
+    assert code == 1
+    assert one_line_error(err).startswith(f"kvmm: {src}: database backwards: ")
+    assert "reversedup databases are not supported by kvmm" in err
+    assert not (tmp_path / "kvmm").exists()
+
+
 @pytest.mark.parametrize("target", ["kvmm", "file", "nonempty"])
 def test_migrate_needs_an_lmdb_source_and_a_new_target(tmp_path, capsys, py_lmdb, target):
     src = make_lmdb(py_lmdb, tmp_path / "lmdb", {b"a": b"1"})

@@ -363,3 +363,39 @@ def test_dropping_a_parent_with_an_open_child_frees_the_writer(env):
         assert txn.get(b"k") is None
         txn.put(b"k", b"w")
     assert _contents(env) == [(b"k", b"w")]
+
+
+def test_a_dropped_child_aborts_at_once_and_a_dropped_family_frees_the_writer(tmp_path):
+    """As py-lmdb, by reference counting alone (the cyclic collector is off): a child
+    dropped without commit or abort is aborted and its parent goes on; a parent and
+    child dropped together free the writer lock at once."""
+    def drop_a_child(env, parent):
+        child = env.begin(write=True, parent=parent)
+        child.put(b"child", b"v")
+
+    def drop_a_family(env):
+        parent = env.begin(write=True)
+        parent.put(b"parent", b"v")
+        drop_a_child(env, parent)
+        env.begin(write=True, parent=parent).put(b"child", b"v")
+
+    def scenario(mod, env, log):
+        parent = env.begin(write=True)
+        parent.put(b"a", b"1")
+        drop_a_child(env, parent)
+        log("parent's own", lambda: parent.get(b"a"))
+        log("dropped child's", lambda: parent.get(b"child"))
+        log("parent put", lambda: parent.put(b"b", b"2"))
+        log("parent commit", parent.commit)
+        drop_a_family(env)
+        with env.begin(write=True) as txn:
+            log("after the family", lambda: [txn.get(k) for k in (b"parent", b"child")])
+        log("contents", lambda: _contents(env))
+
+    gc.collect()
+    gc.disable()
+    try:
+        log = _same(tmp_path, scenario)
+    finally:
+        gc.enable()
+    assert log[-1] == ("contents", ("ok", [(b"a", b"1"), (b"b", b"2")]))

@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from typing import Any
 
@@ -33,6 +34,8 @@ from .restore import DumpReader, InputError, Loader, warn
 
 #: LMDB flags of a database that kvmm has no equivalent for (py-lmdb's names).
 UNSUPPORTED_FLAGS = ("reversedup",)
+#: LMDB's MDB_REVERSEDUP bit of a database's flags.
+MDB_REVERSEDUP = 0x40
 #: The size of a named database's record in LMDB's main database (its MDB_db struct)
 #: on 32-bit and 64-bit builds: main records of another size are not databases.
 _DB_RECORD_SIZES = (28, 48)
@@ -130,6 +133,10 @@ def _copy_snapshot(lmdb, src: str, source, txn, candidates: list, env,
         except lmdb.Error:
             continue  # a record of the main database, not a database
         flags = db.flags(txn)
+        # py-lmdb's flags() leaves reversedup out; LMDB's record of the database in
+        # the main one holds it (its flags are the 16 bits after 4 of padding).
+        record_flags = int.from_bytes(txn.get(name)[4:6], sys.byteorder)
+        flags["reversedup"] = bool(record_flags & MDB_REVERSEDUP)
         _unsupported(src, name, flags)
         dbs[name] = (db, orders.db_flags(**{k: v for k, v in flags.items()
                                               if k not in UNSUPPORTED_FLAGS}))
@@ -191,8 +198,11 @@ def _with_mdb_dump(tool: str, src: str, subdir: bool, env, progress) -> tuple[in
                     head = reader.header()
             except InputError as e:
                 proc.kill()
+                name = reader.head.name if reader.head is not None else None
+                what = "the main database" if name is None else f"database {show(name)}"
                 said = " ".join([os.path.basename(tool), *args[1:-1]])
-                raise CliError(f"{src}: the output of {said}, {e}") from None
+                raise CliError(f"{src}: {what}: {e.what} (line {e.lineno} of what {said} "
+                               "wrote)") from None
             except BaseException:
                 proc.kill()
                 raise

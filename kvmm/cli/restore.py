@@ -76,6 +76,8 @@ class InputError(CliError):
 
     def __init__(self, lineno: int, what: str):
         super().__init__(f"line {lineno}: {what}")
+        self.lineno = lineno
+        self.what = what
 
 
 class Header:
@@ -101,10 +103,11 @@ class DumpReader:
         self._lines = iter(stream)
         self._warn = warn
         self.lineno = 0
+        self.head: Header | None = None  # the header being read, or last read
 
     def header(self) -> Header | None:
         """The next block's header, or None at the end of the input."""
-        head = Header()
+        head = self.head = Header()
         started = False
         for line in self._lines:
             self.lineno += 1
