@@ -190,7 +190,7 @@ def _tree_state(root) -> dict:
                                                       (False, False), (False, True)])
 def test_an_lmdb_environment_is_refused_naming_kvmm_migrate_and_left_untouched(
         tmp_path, lmdb_subdir, kvmm_subdir, readonly):
-    """SPEC 2: no data.kvmm appears beside LMDB's data.mdb (the data would look gone),
+    """docs/reference.md section 2: no data.kvmm appears beside LMDB's data.mdb (the data would look gone),
     no lock file is made, no byte changes."""
     path = str(tmp_path / ("lmdbdir" if lmdb_subdir else "lmdb.file"))
     source = lmdb.open(path, subdir=lmdb_subdir, map_size=1 << 20)
@@ -298,7 +298,7 @@ def _abandon(env, write, cursors, db=None) -> weakref.ref:
 @pytest.mark.parametrize("cursors", [False, True])
 def test_a_dropped_write_transaction_aborts_and_frees_the_writer_lock_at_once(
         env, no_gc, cursors, dupsort):
-    """SPEC 10, as py-lmdb: the next write transaction of the same thread begins at
+    """docs/reference.md section 10, as py-lmdb: the next write transaction of the same thread begins at
     once, sees nothing of the dropped one, and the environment closes cleanly."""
     db = env.open_db(b"dups", dupsort=True) if dupsort else None
     ref = _abandon(env, True, cursors, db)

@@ -175,7 +175,7 @@ def test_begin_write_waits_until_another_process_commits(tmp_path, start_child):
 
 def test_a_write_transaction_dropped_without_commit_lets_a_waiting_process_write(
         tmp_path, start_child):
-    """SPEC 10: dropping the last reference aborts at once, by reference counting (the
+    """docs/reference.md section 10: dropping the last reference aborts at once, by reference counting (the
     cyclic collector is off), and the writer waiting in another process goes on."""
     path = str(tmp_path / "db")
     ready = SPAWN.Event()
