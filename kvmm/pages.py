@@ -132,7 +132,9 @@ class Pages:
         except struct.error:
             raise CorruptedError(f"page {pgno}: truncated page") from None
         if kind != fmt.LEAF or hpgno != pgno or htxnid != txnid:
-            fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF)
+            # Raises, naming the field that disagrees (the checksum is checked below).
+            fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF,
+                             crc=False)
         chunks = self.checked.chunks  # Checked.seen, inline
         c = pgno >> CHECKED_CHUNK_BITS
         if not txnid or c >= len(chunks) or chunks[c][pgno & _CHECKED_MASK] != txnid:

@@ -50,8 +50,8 @@ def add_parser(sub) -> None:
         "migrate",
         help="copy an LMDB environment (all its databases) into a new database",
         description="Copy the LMDB environment at LMDB_PATH (a directory holding data.mdb, "
-        "or an LMDB data file), every named database included, dupsort ones as dupsort "
-        "ones, into a new kvmm database at NEW_PATH. Reads LMDB with py-lmdb when it is "
+        "or an LMDB data file), every named database included with its flags (dupsort, "
+        "reverse_key, integerkey, integerdup, dupfixed), into a new kvmm database at NEW_PATH. Reads LMDB with py-lmdb when it is "
         "installed, else with LMDB's mdb_dump.",
     )
     p.add_argument("src", metavar="LMDB_PATH", help="the LMDB environment")
