@@ -30,7 +30,7 @@ from typing import Any
 
 from . import format as fmt
 from .dupsort import check_pair, split
-from .errors import Error
+from .errors import CorruptedError, Error
 from .orders import entry_problem, flags_problem
 
 
@@ -42,6 +42,7 @@ class Checker:
         self.txn = txn
         self.meta = txn.meta
         self.ps = env._page_size
+        self.pages = env._store.pages
         self.problems: list[str] = []
         self.notes: list[str] = []  # findings that lose nothing (a torn spare meta)
         self.seen: dict[int, str] = {}  # pgno -> what uses it
@@ -70,8 +71,8 @@ class Checker:
 
     def read(self, pgno: int, txnid: int):
         try:
-            return self.env._pages.read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid,
-                                             verify=True)
+            return self.pages.read_node(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                        verify=True)
         except Error as e:
             self.problem(str(e))
             return None
@@ -192,8 +193,8 @@ class Checker:
         if not self.use(pgno, n, f"{name} overflow run of page {leaf_pgno}"):
             return
         try:
-            self.env._pages.read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid,
-                                          length, False, verify=True)
+            self.pages.read_overflow(self.txn._mm, self.meta.next_pgno, pgno, txnid,
+                                     length, False, verify=True)
         except Error as e:
             self.problem(str(e))
 
@@ -202,7 +203,7 @@ class Checker:
     def run(self) -> list[str]:
         env, meta = self.env, self.meta
         mm = self.txn._mm
-        metas = env._metas(mm)
+        metas = env._metas.read(mm)
         for slot, m in enumerate(metas):
             if m is None:
                 what = f"meta {slot}: unreadable (bad checksum, magic or version)"
@@ -259,7 +260,7 @@ class Checker:
         reader publishes a snapshot that was committed before it set its slot, so
         every sound slot read here is at most the newest commit read afterwards."""
         slots = self.env._lock.readers()
-        newest = self.env._current(mm)[1]
+        newest = self.env._metas.current(mm)[1]
         for slot, pid, txnid, _alive in slots:
             if txnid > newest:
                 self.problem(f"reader slot {slot} (pid {pid}): snapshot {txnid} "
@@ -296,3 +297,11 @@ def check(path: str | os.PathLike[str], progress: Any = None, notes: list[str] |
         return check_env(env, progress, notes)
     finally:
         env.close()
+
+
+def strict_check(env) -> None:
+    """What strict mode (KVMM_STRICT=1) runs after every commit: CorruptedError
+    naming the first problems ``check_env`` finds."""
+    problems = check_env(env)
+    if problems:
+        raise CorruptedError("strict mode: " + "; ".join(problems[:5]))

@@ -91,14 +91,16 @@ class Transaction(Generic[V_co]):
         self._child_ref = None  # see _child
         self._parent = None
         self._family = None  # the lock of a transaction with children (kvmm.nested)
-        env._usable()
-        if write and env._readonly:
+        store = env._store
+        store.usable()
+        if write and store.readonly:
             raise ReadonlyError("the environment is read-only")
         if db is not None and getattr(db, "env", None) is not env:
             raise BadDbiError("the database handle belongs to another environment")
         self.env = env
-        self._cache = env._cache
-        self._pages = env._pages
+        self._storage = store  # the environment's Store (kvmm.store)
+        self._cache = store.cache
+        self._pages = store.pages
         self.write = write
         self._buffers = buffers
         self._gen = 0
@@ -106,7 +108,8 @@ class Transaction(Generic[V_co]):
         # cursor keeps its transaction alive, never the other way round, so nothing
         # holds a transaction in a reference cycle and dropping it aborts it at once.
         self._cursors: set[weakref.ref] = set()
-        self._default_db = db if db is not None else env._main_db
+        self._main_handle = env._main_db  # the handle of the main database
+        self._default_db = db if db is not None else self._main_handle
         self._slot = None
         self._dbs: dict = {}
         # A read transaction's default database: its state and root node, once a
@@ -120,27 +123,27 @@ class Transaction(Generic[V_co]):
         # Handles of named databases open_db opened in this transaction: its commit
         # shares them with every transaction, its abort closes them (as LMDB).
         self._opened: list = []
-        self._giving_back = False  # an empty commit to cut the file (Environment._give_back)
-        self.page_size = env._page_size
-        self.capacity = env._capacity
-        self._max_entry = env._max_entry
+        self._giving_back = False  # an empty commit to cut the file (ReclaimPolicy.give_back)
+        self.page_size = store.page_size
+        self.capacity = store.capacity
+        self._max_entry = store.max_entry
         if parent is not None:
             nested.begin(self, parent, write)
         elif write:
-            env._begin_write(self)
+            store.begin_write()
             try:
                 self._start_write()
             except BaseException:
-                env._end_write(self)
+                store.end_write()
                 raise
             self._done = False
         else:
-            self.meta, self._slot, self._mm = env._begin_read()
+            self.meta, self._slot, self._mm = store.begin_read()
             self._done = False
             self.txnid = self.meta.txnid
-            self.load = env._pages.loader(self._mm, self.meta.next_pgno)
+            self.load = store.pages.loader(self._mm, self.meta.next_pgno)
         self._done = False
-        env._txns[id(self)] = weakref.ref(self)
+        store.txns[id(self)] = weakref.ref(self)
         self._done = False
 
     @property
@@ -157,29 +160,29 @@ class Transaction(Generic[V_co]):
         self._child_ref = None if child is None else weakref.ref(child)
 
     def _start_write(self):
-        env = self.env
-        meta, newest_txnid, steady_txnid, self._meta_target = env._write_snapshot()
+        store = self._storage
+        meta, newest_txnid, steady_txnid, self._meta_target = store.write_snapshot()
         self.meta = meta
         self.txnid = newest_txnid + 1
         self.next_pgno = meta.next_pgno
-        self._mm = env._map.cover(meta.next_pgno * self.page_size)
+        self._mm = store.map.cover(meta.next_pgno * self.page_size)
         self._dirty: dict[int, Node] = {}
-        self.load = self._write_loader(env._pages.loader(self._mm, meta.next_pgno,
+        self.load = self._write_loader(store.pages.loader(self._mm, meta.next_pgno,
                                                           private=True))
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
-        self._dbs[env._main_db] = self.main_db
-        oldest = env._oldest_reader()
+        self._dbs[self._main_handle] = self.main_db
+        oldest = store.oldest_reader()
         # Without metasync the last meta is durable only at the next sync: until
         # then the commit before it is what a power loss falls back to, so the
         # pages the last commit freed wait one more commit (as in LMDB).
-        durable = meta.txnid if env._metasync else meta.txnid - 1
+        durable = meta.txnid if store.metasync else meta.txnid - 1
         reader_bound = durable if oldest is None else min(durable, oldest)
         self.freelist = FreeList(self, reader_bound, steady_txnid, meta.inline_free)
         # When much of the file is free, take every reusable page up front, so that
         # pages are allocated lowest first and the file's tail empties.
-        self._reclaim = env._want_reclaim(self)
+        self._reclaim = store.policy.want_reclaim(self)
         if self._reclaim:
             self.freelist.load_all()
 
@@ -244,7 +247,7 @@ class Transaction(Generic[V_co]):
         if self._done:
             if self._child is not None:
                 raise BadTxnError("transaction has an open child transaction")
-            if self.env._forked:
+            if self._storage.forked:
                 raise Error("transaction was begun before fork(); begin one in the child")
             raise Error("transaction has already ended")
 
@@ -268,7 +271,7 @@ class Transaction(Generic[V_co]):
             raise InvalidParameterError(
                 f"database {db.name!r} was opened in a transaction that has not ended: "
                 "its handle is usable by other transactions once that one commits")
-        if db is env._main_db:
+        if db is self._main_handle:
             state = DbState(self.meta.main)
         else:
             record = self._find_db_record(db.name)
@@ -288,7 +291,7 @@ class Transaction(Generic[V_co]):
         return False
 
     def _main_state(self) -> DbState:
-        return self._state(self.env._main_db)
+        return self._state(self._main_handle)
 
     def _find_db_record(self, name: bytes):
         self._live()
@@ -679,7 +682,7 @@ class Transaction(Generic[V_co]):
         state.entries = state.branch_pages = state.leaf_pages = state.overflow_pages = 0
         state.changed = True
         env = self.env
-        if delete and db is not env._main_db:
+        if delete and db is not self._main_handle:
             main = self._main_state()
             path: list = descend(self.load, main, db.name)  # type: ignore[arg-type, assignment]
             remove_at(self, main, path)
@@ -728,14 +731,14 @@ class Transaction(Generic[V_co]):
             if (self._dirty or self._ovf_dirty or fl.freed or fl.freed_weak
                     or self._giving_back and self._reclaim):
                 self._commit()
-                give_back = self.env._worth_giving_back(self)
+                give_back = self._storage.policy.worth_giving_back(self)
         except BaseException:
             self.abort()
             raise
         self._share_opened()
         self._end()
         if give_back:
-            self.env._give_back()
+            self._storage.policy.give_back(self)
 
     def _share_opened(self) -> None:
         """The commit's part for the handles it opened: every transaction may use them."""
@@ -748,18 +751,20 @@ class Transaction(Generic[V_co]):
         pages no snapshot can reach, so a crash before the meta is written leaves the
         previous commit whole."""
         env = self.env
+        store = self._storage
+        policy = store.policy
         freelist = self.freelist
         # 1. When much of the file is free (all reusable pages were gathered at the
         #    start), move the few tree pages that pin the file's tail.
         reclaim = self._reclaim
         if reclaim:
             reusable = len(freelist.reuse)
-            if env._worth_moving(self, reusable):
+            if policy.worth_moving(self, reusable):
                 relocate_tail(self)
         # 2. Save changed named-database records (moved ones too) into the main tree.
         main = self.main_db
         for db, state in self._dbs.items():
-            if db is not env._main_db and state.changed:
+            if db is not self._main_handle and state.changed:
                 path: list = descend(self.load, main, db.name)  # type: ignore[assignment]
                 leaf, i = path[-1]
                 if i >= len(leaf.keys) or leaf.keys[i] != db.name:
@@ -769,11 +774,11 @@ class Transaction(Generic[V_co]):
         trimmed = freelist.trim_tail()
         freelist.save()
         if reclaim:
-            env._reclaimed(self, trimmed, reusable)
+            policy.reclaimed(self, trimmed, reusable)
         # 4. Make room: grow the file if the new pages pass its end (MapFullError here
         #    changes nothing).
         end = self.next_pgno * self.page_size
-        env._grow(end, self)
+        store.grow(end, self.txnid)
         # 5. Write every dirty page and overflow run.
         if _STRICT:
             for node in self._dirty.values():  # sizes are kept by difference
@@ -781,20 +786,22 @@ class Transaction(Generic[V_co]):
                 if node.measure() != size:
                     raise CorruptedError(f"strict mode: page {node.pgno} size {size}, "
                                          f"measured {node.size}")
-        written = env._write_pages(self)
+        written = store.write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
-        #      steady meta, sync the meta (see Environment._write_meta).
-        meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, env._boot_id,
+        #      steady meta, sync the meta (see Store.write_meta).
+        meta = fmt.Meta(self.page_size, self.txnid, self.next_pgno, 0, store.boot_id,
                         main.record(), self.free_db.record(), freelist.inline)
-        env._write_meta(meta, self, written)
+        store.write_meta(meta, self, written)
         # 9. Share the new pages with later readers of this process, in place of
         # the committed pages this commit freed.
         self._pages.published(self._dirty.values(), freelist.freed + freelist.freed_weak)
         if _STRICT:
-            for node in env._cache.nodes():  # other threads go on caching
+            for node in self._cache.nodes():  # other threads go on caching
                 if type(node.keys) is not tuple:  # a dirty branch copy may share them
                     raise CorruptedError(f"strict mode: page {node.pgno}: keys not a tuple")
-            env._strict_check()
+            from .check import strict_check
+
+            strict_check(env)
 
     def abort(self) -> None:
         """Discard every change; end the transaction. Handles of named databases it
@@ -819,10 +826,10 @@ class Transaction(Generic[V_co]):
     def _end(self) -> None:
         if self._done:
             return
-        env = self.env
-        # Whoever takes the transaction out of env._txns ends it, once: another
+        store = self._storage
+        # Whoever takes the transaction out of store.txns ends it, once: another
         # thread's close() or set_mapsize() may end it while its own thread does.
-        if env._txns.pop(id(self), None) is None:
+        if store.txns.pop(id(self), None) is None:
             return
         self._mark_done()
         for ref in list(self._cursors):
@@ -837,9 +844,9 @@ class Transaction(Generic[V_co]):
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
             if self._parent is None:
-                env._end_write(self)
+                store.end_write()
         else:
-            env._end_read(self._slot)
+            store.end_read(self._slot)
         self._mm = None
 
     def __enter__(self) -> Self:

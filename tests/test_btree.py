@@ -483,7 +483,7 @@ def test_a_commit_leaves_its_cached_leaves_as_tuples_the_gc_does_not_track(tmp_p
             for i in range(5000):
                 txn.put(b"%06d" % i, b"v" * 50)
         gc.collect()
-        nodes = list(env._cache.nodes())
+        nodes = list(env._store.cache.nodes())
         assert len(nodes) > 40
         leaves = [node for node in nodes if node.kids is None]
         assert len(leaves) > 40
@@ -540,7 +540,7 @@ def test_a_committed_branch_holds_copies_of_its_separators_not_the_keys_it_was_g
         with env.begin(write=True) as txn:
             for key in keys:
                 txn.put(key, b"v" * 40)
-        branches = [node for node in env._cache.nodes() if node.kids is not None]
+        branches = [node for node in env._store.cache.nodes() if node.kids is not None]
         assert branches
         for node in branches:
             assert type(node.keys) is tuple

@@ -20,11 +20,15 @@ import pytest
 
 import kvmm
 import kvmm.env
+import kvmm.metas
+import kvmm.reclaim
+import kvmm.store
 import kvmm.txn
 from kvmm import format as fmt
 from kvmm.check import check_env
 from kvmm.mapfile import DataFile
 from kvmm.pagecache import node_bytes
+from kvmm.reclaim import ReclaimPolicy
 
 MIB = 1 << 20
 
@@ -415,8 +419,8 @@ class Growth:
                 with env.begin() as txn:
                     assert txn.get(b"%05d" % (commit * 20)) == b"v" * 2500
                 self.sizes.append(os.path.getsize(data_path(path)))
-                if not self.maps or env._map.mm is not self.maps[-1]:
-                    self.maps.append(env._map.mm)
+                if not self.maps or env._store.map.mm is not self.maps[-1]:
+                    self.maps.append(env._store.map.mm)
             assert check_env(env) == []
         assert self.sizes[-1] >= self.COMMITS * 20 * 2500
 
@@ -428,7 +432,7 @@ def test_the_file_grows_geometrically_so_many_commits_remap_few_times(tmp_path, 
     # Each growth adds half the file (GROW_MIN at least): O(log size) steps, here
     # 1, 2, 3, 4.5, 6.75, 10, 15 MiB and one more at most.
     for a, b in pairwise(sizes):
-        step = min(max(a // 2, kvmm.env.GROW_MIN), kvmm.env.GROW_MAX)
+        step = min(max(a // 2, kvmm.store.GROW_MIN), kvmm.store.GROW_MAX)
         assert b >= a + step, (a, b, sizes)
     assert len(sizes) <= 9, sizes
     assert len(growth.maps) <= 10, len(growth.maps)
@@ -483,7 +487,7 @@ def test_a_commit_that_frees_most_of_the_file_gives_it_back_before_commit_return
             for k in records:
                 txn.delete(k)
         size = os.path.getsize(data_path(path))
-        assert size <= max(kvmm.env.SHRINK_MIN, peak // 8), (peak, size)
+        assert size <= max(kvmm.reclaim.SHRINK_MIN, peak // 8), (peak, size)
         assert env.info()["last_txnid"] == before + 2  # the deletes, then an empty commit
         assert contents(env) == {}
         assert check_env(env) == []
@@ -521,13 +525,13 @@ def test_short_runs_are_written_through_the_map_into_a_file_without_holes(tmp_pa
     with kvmm.open(str(path), sync=False) as env:
         assert env._datafile.map_writes  # the plain DataFile, on Linux
         copies = []
-        real = kvmm.env.Environment._write_run
+        real = kvmm.store.Store._write_run
 
         def write_run(wmap, write, start, end, chunks):  # True: copied into the map
-            copies.append(wmap is not None and end - start <= kvmm.env.MAP_WRITE_PAGES)
-            real(env, wmap, write, start, end, chunks)
+            copies.append(wmap is not None and end - start <= kvmm.store.MAP_WRITE_PAGES)
+            real(env._store, wmap, write, start, end, chunks)
 
-        env._write_run = write_run
+        env._store._write_run = write_run
         reserved = []
         allocate = env._datafile.allocate
         env._datafile.allocate = lambda offset, n: reserved.append((offset, n)) or allocate(
@@ -551,7 +555,7 @@ def test_where_space_cannot_be_reserved_pages_are_written_with_write(tmp_path, m
     path = tmp_path / "db"
     with kvmm.open(str(path)) as env:
         put(env, {b"a": b"1"})
-        assert not env._map_writes
+        assert not env._store._map_writes
         put(env, {b"%06d" % i: b"v" * 300 for i in range(3000)})
         assert check_env(env) == []
     with kvmm.open(str(path)) as env:
@@ -599,16 +603,16 @@ def test_the_page_cache_stays_within_cache_size_and_keeps_the_branches(tmp_path)
             with env.begin() as txn:
                 for key, value in records.items():
                     assert txn.get(key) == value
-                    assert env._cache.bytes <= budget
+                    assert env._store.cache.bytes <= budget
                 for key, value in txn.cursor():  # a scan decodes and caches leaves
                     assert records[key] == value
-                    assert env._cache.bytes <= budget
-        leaves = sum(node.kids is None for node in env._cache.nodes())
-        branches = sum(node.kids is not None for node in env._cache.nodes())
+                    assert env._store.cache.bytes <= budget
+        leaves = sum(node.kids is None for node in env._store.cache.nodes())
+        branches = sum(node.kids is not None for node in env._store.cache.nodes())
         assert leaves > 0
         assert env.stat()["leaf_pages"] > 2 * leaves  # most of the leaves went
         assert branches == env.stat()["branch_pages"]  # no branch went
-        assert env._cache.bytes == sum(node_bytes(n) for n in env._cache.nodes())
+        assert env._store.cache.bytes == sum(node_bytes(n) for n in env._store.cache.nodes())
 
 
 def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_read(tmp_path):
@@ -618,16 +622,16 @@ def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_rea
     with kvmm.open(str(tmp_path / "db")) as env:
         put(env, records)
         assert contents(env) == records  # every page cached
-        before = {(n.pgno, n.txnid): weakref.ref(n) for n in env._cache.nodes()}
+        before = {(n.pgno, n.txnid): weakref.ref(n) for n in env._store.cache.nodes()}
         changed = dict(records)
         with env.begin(write=True) as txn:
             for key in list(records)[::500]:
                 changed[key] = b"new"
                 txn.put(key, b"new")
-        after = {(n.pgno, n.txnid) for n in env._cache.nodes()}
+        after = {(n.pgno, n.txnid) for n in env._store.cache.nodes()}
         replaced = set(before) - after
         assert len(replaced) >= 10 + 1  # ten leaves and the branches above them
-        assert env._cache.bytes == sum(node_bytes(n) for n in env._cache.nodes())
+        assert env._store.cache.bytes == sum(node_bytes(n) for n in env._store.cache.nodes())
         # Nothing holds the old versions any more.
         assert all(before[old]() is None for old in replaced)
         old_reader, seen = env.begin(), dict(changed)
@@ -640,52 +644,51 @@ def test_a_commit_drops_the_cached_nodes_it_replaced_and_older_readers_still_rea
         assert contents(env) == changed
 
 
-def test_reclaim_attempts_that_cut_only_a_few_pages_back_off(tmp_path):
+def test_reclaim_attempts_that_cut_only_a_few_pages_back_off():
     """An attempt to give the tail back gathers every reusable page. When attempts
     keep cutting just a few pages (lowest-first allocation frees the tail slowly),
     they must back off as fruitless ones do, not run on every commit."""
     from types import SimpleNamespace
 
-    with kvmm.open(str(tmp_path / "db")) as env:
-        txn = SimpleNamespace(txnid=100, next_pgno=100_000,
-                              free_db=SimpleNamespace(entries=50_000),
-                              freelist=SimpleNamespace(inline=()),
-                              meta=SimpleNamespace(inline_free=()))
-        assert env._want_reclaim(txn)  # half the file is free
-        for txnid in (100, 101):  # two attempts in a row, 3 pages cut each
-            txn.txnid = txnid
-            env._reclaimed(txn, 3, 50_000)
-        txn.txnid = 102
-        assert not env._want_reclaim(txn)
-        txn.txnid = 102 + kvmm.env.RECLAIM_RETRY
-        assert env._want_reclaim(txn)  # later, it tries again
-        env._reclaimed(txn, 20_000, 50_000)  # a fifth of the file cut: no waiting
-        assert env._reclaim_tries == 0 and env._reclaim_wait == kvmm.env.RECLAIM_RETRY
+    policy = ReclaimPolicy()
+    txn = SimpleNamespace(txnid=100, next_pgno=100_000,
+                          free_db=SimpleNamespace(entries=50_000),
+                          freelist=SimpleNamespace(inline=()),
+                          meta=SimpleNamespace(inline_free=()))
+    assert policy.want_reclaim(txn)  # half the file is free
+    for txnid in (100, 101):  # two attempts in a row, 3 pages cut each
+        txn.txnid = txnid
+        policy.reclaimed(txn, 3, 50_000)
+    txn.txnid = 102
+    assert not policy.want_reclaim(txn)
+    txn.txnid = 102 + kvmm.reclaim.RECLAIM_RETRY
+    assert policy.want_reclaim(txn)  # later, it tries again
+    policy.reclaimed(txn, 20_000, 50_000)  # a fifth of the file cut: no waiting
+    assert policy.tries == 0 and policy.wait == kvmm.reclaim.RECLAIM_RETRY
 
 
-def test_reclaim_attempts_while_free_pages_are_pinned_wait_in_proportion_to_their_cost(
-        tmp_path):
+def test_reclaim_attempts_while_free_pages_are_pinned_wait_in_proportion_to_their_cost():
     """While most free pages wait for a reader or a sync, an attempt is retried soon,
     but not before one commit per RECLAIM_PAGES_PER_COMMIT pages it had to gather:
     with 10^4 reusable pages, an attempt every 8 commits made each commit several
     times slower."""
     from types import SimpleNamespace
 
-    with kvmm.open(str(tmp_path / "db")) as env:
-        txn = SimpleNamespace(txnid=100, next_pgno=100_000,
-                              free_db=SimpleNamespace(entries=50_000),
-                              freelist=SimpleNamespace(inline=()),
-                              meta=SimpleNamespace(inline_free=()))
-        assert env._want_reclaim(txn)
-        env._reclaimed(txn, 0, 10_000)  # a fifth of the free pages reusable: pinned
-        wait = 10_000 // kvmm.env.RECLAIM_PAGES_PER_COMMIT
-        assert wait > kvmm.env.RECLAIM_RETRY
-        for txnid, want in ((101, False), (100 + wait - 1, False), (100 + wait, True)):
-            txn.txnid = txnid
-            assert env._want_reclaim(txn) is want, txnid
-        env._reclaimed(txn, 0, 100)  # few reusable pages: retried after a few commits
-        txn.txnid += kvmm.env.RECLAIM_RETRY // 8
-        assert env._want_reclaim(txn)
+    policy = ReclaimPolicy()
+    txn = SimpleNamespace(txnid=100, next_pgno=100_000,
+                          free_db=SimpleNamespace(entries=50_000),
+                          freelist=SimpleNamespace(inline=()),
+                          meta=SimpleNamespace(inline_free=()))
+    assert policy.want_reclaim(txn)
+    policy.reclaimed(txn, 0, 10_000)  # a fifth of the free pages reusable: pinned
+    wait = 10_000 // kvmm.reclaim.RECLAIM_PAGES_PER_COMMIT
+    assert wait > kvmm.reclaim.RECLAIM_RETRY
+    for txnid, want in ((101, False), (100 + wait - 1, False), (100 + wait, True)):
+        txn.txnid = txnid
+        assert policy.want_reclaim(txn) is want, txnid
+    policy.reclaimed(txn, 0, 100)  # few reusable pages: retried after a few commits
+    txn.txnid += kvmm.reclaim.RECLAIM_RETRY // 8
+    assert policy.want_reclaim(txn)
 
 
 def test_threads_reading_while_a_thread_writes_and_caches_churn_raise_nothing(tmp_path):
@@ -805,11 +808,11 @@ def test_a_meta_a_crash_tore_is_waited_for_once_then_the_steady_one_is_read(
         slots = _meta_slots(path)
     newest = max(range(2), key=lambda s: slots[s][1])
     _write_slot(path, newest, _torn(slots[newest][0]))  # and nobody mends it
-    monkeypatch.setattr(kvmm.env, "META_WAIT", 0.02)
+    monkeypatch.setattr(kvmm.metas, "META_WAIT", 0.02)
     with kvmm.open(str(path), readonly=True) as reader:
         sleeps = []
-        real_sleep = kvmm.env.time.sleep
-        monkeypatch.setattr(kvmm.env.time, "sleep", lambda s: sleeps.append(s) or real_sleep(s))
+        real_sleep = kvmm.metas.time.sleep
+        monkeypatch.setattr(kvmm.metas.time, "sleep", lambda s: sleeps.append(s) or real_sleep(s))
         with reader.begin() as txn:
             assert txn.get(b"a") is None  # the steady meta: the empty database
         waited = len(sleeps)

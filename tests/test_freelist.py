@@ -15,6 +15,7 @@ import pytest
 
 import kvmm
 import kvmm.env
+import kvmm.store
 from kvmm import format as fmt
 from kvmm.check import Checker, check_env
 
@@ -101,7 +102,7 @@ def test_with_sync_false_pages_of_the_last_steady_commit_are_not_reused_before_t
         before = read_pages(env, pinned)
         peak = last_pgno(env)
         # Few enough bytes that no commit becomes steady by itself (AUTOSYNC_MIN).
-        assert 24 * (len(pinned) + 2) * env._page_size < kvmm.env.AUTOSYNC_MIN
+        assert 24 * (len(pinned) + 2) * env._page_size < kvmm.store.AUTOSYNC_MIN
         for round_ in range(1, 25):
             rewrite_all(env, round_, FEW_KEYS)
             meta = newest_meta(env)

@@ -87,14 +87,14 @@ def test_reading_a_database_larger_than_the_cache_frees_what_it_forgets(tmp_path
         with env.begin() as txn:
             for key, value in records.items():
                 assert txn.get(key) == value
-            refs = [weakref.ref(n) for n in env._cache.nodes()]
+            refs = [weakref.ref(n) for n in env._store.cache.nodes()]
         gc.disable()
         try:
             with env.begin() as txn:
                 for key in reversed(records):
                     txn.get(key)
             alive = sum(ref() is not None for ref in refs)
-            assert alive <= len(env._cache)
+            assert alive <= len(env._store.cache)
         finally:
             gc.enable()
 
@@ -186,7 +186,7 @@ def test_gets_of_leaves_searched_in_the_map_match_what_was_put(tmp_path, buffers
         for _ in range(2000):
             key = rng.randbytes(rng.randrange(1, 40))
             assert txn.get(key, b"none") == records.get(key, b"none")
-        leaves = [n for n in env._cache.nodes() if n.kids is None]
+        leaves = [n for n in env._store.cache.nodes() if n.kids is None]
         assert leaves == []  # no get decoded a leaf
 
 
@@ -240,12 +240,12 @@ def test_a_write_transaction_takes_over_the_leaves_it_decodes_and_copies_cached_
             cur = txn.cursor()
             assert cur.set_key(b"%08d" % 10)  # a cursor caches the leaves it reads
             cached_leaf = cur._path[-1][0]
-        assert env._cache.get(cached_leaf.pgno) is cached_leaf
+        assert env._store.cache.get(cached_leaf.pgno) is cached_leaf
         with env.begin(write=True) as txn:
             cur = txn.cursor()
             assert cur.set_key(b"%08d" % 2990)
             own = cur._path[-1][0]
-            assert own.own and env._cache.get(own.pgno) is None
+            assert own.own and env._store.cache.get(own.pgno) is None
             txn.put(b"%08d" % 2990, b"y")
             assert not [n for n in copied if n.kids is None]  # taken over
             txn.put(b"%08d" % 10, b"y")
