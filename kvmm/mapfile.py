@@ -34,7 +34,7 @@ class DataFile:
         self.path = path
         self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
         # Whether pages may be written through a writable map instead of write() (see
-        # Environment._write_pages): only when this class's write() is the real one,
+        # Store.write_pages): only when this class's write() is the real one,
         # so a subclass that watches or fails writes (the tests' simulated disks)
         # sees every page; and only where disk space can be reserved (allocate).
         self.map_writes = (type(self).write is DataFile.write and not readonly

@@ -37,10 +37,11 @@ import weakref
 from typing import Any
 
 from . import format as fmt
+from . import reclaim
 from .errors import BadTxnError, DiskError, Error, MapFullError
 from .mapfile import Map
 from .pages import Pages
-from .reclaim import SHRINK_MIN, ReclaimPolicy
+from .reclaim import ReclaimPolicy
 
 # The file grows by half its size per step, at least GROW_MIN and at most GROW_MAX, so
 # a growing database remaps O(log size) times.
@@ -375,7 +376,7 @@ class Store:
         """
         ps = self.page_size
         end = meta.next_pgno * ps
-        if size - end > max(SHRINK_MIN, size // 2):
+        if size - end > max(reclaim.SHRINK_MIN, size // 2):
             new = end + min(end // 8 // ps * ps, GROW_MAX)
             self.datafile.truncate(new)
             self.file_size = new

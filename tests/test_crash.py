@@ -41,6 +41,8 @@ from crashsim import Disk, PowerLoss, make_workload, read_all, report_figures, r
 
 import kvmm
 import kvmm.env
+import kvmm.reclaim
+import kvmm.store
 from kvmm import format as fmt
 from kvmm.check import check_env
 
@@ -74,9 +76,9 @@ def boot(boot_id: bytes):
 def small_steps(monkeypatch):
     """Grow, shrink and autosync in steps of a few pages, so small workloads do all three
     many times (the defaults are MiBs)."""
-    monkeypatch.setattr(kvmm.env, "GROW_MIN", 16 * 4096)
-    monkeypatch.setattr(kvmm.env, "SHRINK_MIN", 16 * 4096)
-    monkeypatch.setattr(kvmm.env, "AUTOSYNC_MIN", 32 * 4096)
+    monkeypatch.setattr(kvmm.store, "GROW_MIN", 16 * 4096)
+    monkeypatch.setattr(kvmm.reclaim, "SHRINK_MIN", 16 * 4096)
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_MIN", 32 * 4096)
 
 
 class Lab:

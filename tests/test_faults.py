@@ -33,7 +33,8 @@ import pytest
 from crashsim import apply_ops, make_workload, read_all, report_figures
 
 import kvmm
-import kvmm.env
+import kvmm.reclaim
+import kvmm.store
 from kvmm.check import check_env
 from kvmm.mapfile import DataFile
 
@@ -53,9 +54,9 @@ def _report(request):
 def _small_steps(monkeypatch):
     """Grow and shrink in steps of a few pages, so a short workload does both often;
     the replays are many, so the strict per-commit check is left to the explicit ones."""
-    monkeypatch.setattr(kvmm.env, "GROW_MIN", 8 * 4096)
-    monkeypatch.setattr(kvmm.env, "SHRINK_MIN", 8 * 4096)
-    monkeypatch.setattr(kvmm.env, "AUTOSYNC_MIN", 16 * 4096)
+    monkeypatch.setattr(kvmm.store, "GROW_MIN", 8 * 4096)
+    monkeypatch.setattr(kvmm.reclaim, "SHRINK_MIN", 8 * 4096)
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_MIN", 16 * 4096)
     monkeypatch.setattr("kvmm.txn._STRICT", False)
 
 
