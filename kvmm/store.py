@@ -24,6 +24,9 @@ Interface (what :class:`~kvmm.txn.Transaction` and :mod:`kvmm.nested` call):
 - what a transaction binds at begin: ``map``, ``pages``, ``cache``, ``page_size``,
   ``capacity``, ``max_entry``, ``metasync``, ``boot_id``, ``readonly``, ``forked``.
 
+What the environment calls besides: ``cap()``, the cap on the file's size (it sets
+``map_size``); ``close()``, closing the files.
+
 Invariants:
 - Only the holder of the writer lock writes to the data file, and it writes a meta
   only after the pages that meta reaches (see ``Transaction._commit``).

@@ -1,0 +1,75 @@
+"""The store (kvmm.store) and the seam it makes: transactions use an environment's
+files through the store's public interface, not the environment's private names."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+import kvmm
+import kvmm.reclaim
+import kvmm.store
+from kvmm.errors import BadTxnError, MapFullError
+
+KVMM_DIR = pathlib.Path(kvmm.__file__).parent
+#: What Transaction and kvmm.nested may still read of the environment: how to find
+#: its store, and its database handles (the environment's own job).
+ENV_NAMES_ALLOWED = {"_store", "_main_db", "_forget_db"}
+
+
+def _public(cls) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("module", ["txn.py", "nested.py"])
+def test_transactions_reach_into_the_environment_only_for_its_store_and_handles(module):
+    text = (KVMM_DIR / module).read_text()
+    used = set(re.findall(r"\benv\._(\w+)", text))
+    assert {"_" + name for name in used} <= ENV_NAMES_ALLOWED
+
+
+@pytest.mark.parametrize(("module", "cls"), [(kvmm.store, kvmm.store.Store),
+                                             (kvmm.reclaim, kvmm.reclaim.ReclaimPolicy)])
+def test_the_module_docstring_lists_every_public_call(module, cls):
+    methods = {name for name in _public(cls) if callable(getattr(cls, name))}
+    assert methods
+    missing = {name for name in methods if f"``{name}(" not in module.__doc__}
+    assert not missing
+
+
+def test_a_reader_slot_of_begin_read_shows_its_snapshot_until_end_read(tmp_path):
+    with kvmm.open(str(tmp_path / "db")) as env:
+        with env.begin(write=True) as txn:
+            txn.put(b"k", b"v")
+        store = env._store
+        meta, slot, mm = store.begin_read()
+        assert meta.txnid == env.info()["last_txnid"] == 1
+        assert store.oldest_reader() == 1
+        assert len(mm) >= meta.next_pgno * store.page_size
+        store.end_read(slot)
+        assert store.oldest_reader() is None
+
+
+def test_begin_write_refuses_a_second_write_of_one_thread_and_end_write_lets_go(tmp_path):
+    with kvmm.open(str(tmp_path / "db")) as env:
+        store = env._store
+        store.begin_write()
+        with pytest.raises(BadTxnError):
+            store.begin_write()
+        store.end_write()
+        with env.begin(write=True) as txn:  # the lock is free again
+            txn.put(b"k", b"v")
+        assert store.writer_owner is None
+
+
+def test_grow_past_the_cap_raises_map_full_error_and_leaves_the_file(tmp_path):
+    with kvmm.open(str(tmp_path / "db"), map_size=1 << 20) as env:
+        store = env._store
+        size = store.datafile.size()
+        with pytest.raises(MapFullError):
+            store.grow((1 << 20) + store.page_size, txnid=5)
+        assert store.datafile.size() == size
+        store.grow(1 << 20, txnid=5)  # up to the cap it grows
+        assert store.datafile.size() == 1 << 20
