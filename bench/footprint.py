@@ -89,7 +89,7 @@ def child_reads(path: str, records: int, reads: int, cache_mib: int) -> None:
                 raise SystemExit(f"missing {key!r}")
     seconds = time.perf_counter() - started
     after = status_kib("RssAnon")
-    print(before, after, status_kib("RssFile"), env._cache_bytes >> 10,
+    print(before, after, status_kib("RssFile"), env._store.cache.bytes >> 10,
           f"{seconds / reads * 1e6:.2f}")
 
 
