@@ -80,6 +80,14 @@ class PageCache:
             if old is not None:
                 self._forget(old)
 
+    def drop_many(self, pgnos) -> None:
+        """Forget the nodes of ``pgnos`` held. O(len(pgnos)), in C but for the nodes
+        held (a large commit frees many pages, few of them cached)."""
+        with self._lock:
+            nodes = self._nodes
+            for pgno in nodes.keys() & pgnos:
+                self._forget(nodes.pop(pgno))
+
     def clear(self) -> None:
         with self._lock:
             self._nodes.clear()

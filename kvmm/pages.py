@@ -170,8 +170,7 @@ class Pages:
         than a quarter of the cache: a large commit's leaves would only push each
         other out. This process encoded them, so their checksums need no check."""
         cache = self.cache
-        for pgno in freed:
-            cache.drop(pgno)
+        cache.drop_many(freed)
         leaves = len(nodes) * self.page_size * 2 <= cache.budget // 4
         mark = self.checked.mark
         for node in nodes:

@@ -475,6 +475,46 @@ def test_edits_in_leaves_a_transaction_already_copied_match_a_dict_with_and_with
     assert taken["put"] > 1000 and taken["delete"] > 1000, taken
 
 
+def test_puts_into_clean_leaves_stop_trying_in_place_edits_until_leaves_are_dirty_again(
+        tmp_path, monkeypatch):
+    """put tries put_in_place while at least about a quarter of puts find their leaf
+    already copied: random puts into a large committed tree first find clean leaves
+    (the attempts stop), then, once most leaves are copied, dirty ones (they resume).
+    The tree matches a dict either way."""
+    import kvmm.txn
+
+    tried = []  # the index of each put that tried put_in_place
+    puts = 0
+    real = kvmm.txn.put_in_place
+
+    def counted(*args):
+        tried.append(puts)
+        return real(*args)
+
+    monkeypatch.setattr(kvmm.txn, "put_in_place", counted)
+    rng = random.Random(7)
+    model = {b"%08d" % i: b"v" * 60 for i in range(0, 40000, 2)}
+    with kvmm.open(str(tmp_path)) as env:
+        with env.begin(write=True) as txn:
+            for key in sorted(model):
+                txn.put(key, model[key], append=True)
+        leaves = env.stat()["leaf_pages"]
+        assert leaves > 300
+        tried.clear()
+        with env.begin(write=True) as txn:
+            for puts in range(12000):
+                key = b"%08d" % rng.randrange(40000)
+                value = bytes([puts % 251]) * 60
+                assert txn.put(key, value)
+                model[key] = value
+        assert_tree_matches(env, model)
+    # The first puts (at most 1 in 7 of them finds a dirty leaf) soon stop trying;
+    # the last ones (nearly every leaf is dirty by then) all try.
+    first = leaves // 7
+    assert sum(1 for i in tried if i < first) < first // 2
+    assert sum(1 for i in tried if i >= 11000) == 1000
+
+
 def test_a_commit_leaves_its_cached_leaves_as_tuples_the_gc_does_not_track(tmp_path):
     import gc
 

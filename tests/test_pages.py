@@ -60,6 +60,19 @@ def test_one_put_into_a_full_cache_forgets_about_one_node():
         assert len(cache) >= before - 1
 
 
+def test_dropping_many_pages_forgets_those_held_and_keeps_the_weights():
+    cache = PageCache(1 << 20)
+    cache.put(_branch(2, 20))
+    for pgno in range(3, 40):
+        cache.put(_leaf(pgno))
+    cache.drop_many([2, 5, 6, 7, 1000, 5000, 5])  # some not held, one twice
+    held = {node.pgno for node in cache.nodes()}
+    assert held == set(range(3, 40)) - {5, 6, 7}
+    assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
+    cache.put(_branch(2, 20))  # the branches' share was taken off too: the budget holds
+    assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
+
+
 def test_a_node_the_cache_forgets_is_freed_at_once():
     """Nodes name their children by number, never hold them: nothing keeps a
     forgotten node alive, without the cyclic GC's help."""
