@@ -73,3 +73,35 @@ def test_grow_past_the_cap_raises_map_full_error_and_leaves_the_file(tmp_path):
         assert store.datafile.size() == size
         store.grow(1 << 20, txnid=5)  # up to the cap it grows
         assert store.datafile.size() == 1 << 20
+
+
+def test_a_large_commit_writes_its_pages_with_write_calls_a_small_one_through_the_map(
+        tmp_path, monkeypatch):
+    """Commits of more than MAP_WRITE_COMMIT pages go through DataFile.write (the pages
+    are mostly clean, and a copy into a clean mapped page costs a write fault); the
+    pages read back the same either way."""
+    import kvmm.mapfile
+
+    real = kvmm.mapfile.DataFile.write
+    model = {b"%06d" % (i * 7919 % 5000): b"%d" % i * 20 for i in range(5000)}
+    written = {}
+    for limit in (0, 1 << 20):
+        monkeypatch.setattr(kvmm.store, "MAP_WRITE_COMMIT", limit)
+        calls: list[int] = []
+        monkeypatch.setattr(kvmm.mapfile.DataFile, "write",
+                            lambda self, at, chunks, calls=calls:
+                            calls.append(len(chunks)) or real(self, at, chunks))
+        with kvmm.open(str(tmp_path / str(limit))) as env:
+            with env.begin(write=True) as txn:
+                for key, value in model.items():
+                    txn.put(key, value)
+            for key in list(model)[::250]:  # small commits: a leaf and the root
+                with env.begin(write=True) as txn:
+                    txn.put(key, b"changed")
+                    model[key] = b"changed"
+            with env.begin() as txn:
+                assert dict(txn.cursor()) == model
+            pages = env.stat()["leaf_pages"] + env.stat()["branch_pages"]
+        written[limit] = sum(calls)
+    assert written[0] > pages + 20  # every page of every commit
+    assert written[1 << 20] < written[0] - 20  # the small commits' went through the map
