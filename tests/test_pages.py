@@ -267,3 +267,17 @@ def test_a_write_transaction_takes_over_the_leaves_it_decodes_and_copies_cached_
         with env.begin() as txn:
             assert txn.get(b"%08d" % 2990) == b"y" and txn.get(b"%08d" % 10) == b"y"
             assert txn.get(b"%08d" % 11) == b"x" * 100
+
+
+@pytest.mark.parametrize("cache_size, cached", [(64 << 20, True), (6 << 20, True), (1 << 20, False)])
+def test_a_commit_caches_the_leaves_it_wrote_when_they_all_fit_in_the_cache(
+        tmp_path, cache_size, cached):
+    with kvmm.open(str(tmp_path), cache_size=cache_size) as env:
+        with env.begin(write=True) as txn:
+            for i in range(20000):
+                txn.put(b"%08d" % (i * 7919 % 20000), b"v" * 100)
+        leaves = [n for n in env._store.cache.nodes() if n.kids is None]
+        if cached:
+            assert len(leaves) == env.stat()["leaf_pages"]
+        else:
+            assert leaves == []
