@@ -167,9 +167,10 @@ class Pages:
         ``freed``. Forget the freed ones (only readers of older snapshots could use
         them, and they read them again; left in, they would push live pages out of a
         full cache). Cache the new branches, and the new leaves when they all fit in the
-        cache (a process that fills a store reads it back as decoded nodes: at 10^6
-        records, gets 7.1 -> 3.9 µs and a cursor 1.7 -> 0.24 µs per item); a larger
-        commit's leaves would only push each other out. This process encoded them,
+        cache: a process that fills a store then reads decoded nodes (at 10^6
+        records a get takes 3.9 µs so, 7.1 searching pages in the map; a cursor 0.24
+        against 1.7 µs per item). A larger commit's leaves would only push each
+        other out. This process encoded them,
         so their checksums need no check."""
         cache = self.cache
         cache.drop_many(freed)

@@ -62,7 +62,7 @@ GROW_MAX = 1 << 30
 AUTOSYNC_MIN = 256 << 20
 AUTOSYNC_SHARE = 8
 # Runs of at most this many pages are written through the map, in commits of at most
-# MAP_WRITE_COMMIT pages (see write_pages).
+# MAP_WRITE_COMMIT dirty pages and overflow runs (see write_pages).
 MAP_WRITE_PAGES = 8
 MAP_WRITE_COMMIT = 4096
 _STRICT = os.environ.get("KVMM_STRICT", "") not in ("", "0")
