@@ -498,7 +498,7 @@ class Environment:
                                        meta.flags | fmt.META_STEADY, meta.boot_id,
                                        meta.main, meta.free, meta.inline_free)
                 metas.put(mm, target, steady_meta, True)
-                store.unsynced = 0
+                store.unsynced = store.pinned = 0
                 metas.forget()
         finally:
             self._writer.unlock_writer()

@@ -50,17 +50,26 @@ from .reclaim import ReclaimPolicy
 # a growing database remaps O(log size) times.
 GROW_MIN = 1 << 20
 GROW_MAX = 1 << 30
-# With sync=False, a commit becomes steady (synced) once the bytes written since the
-# last steady commit pass AUTOSYNC_MIN and an AUTOSYNC_SHARE of the file's size. Until
-# then the pages the steady commit reaches are not reused, but every page written
-# after it is (see freelist): so the file holds at most about that many bytes of the
-# steady snapshot on top of the live data (a random fill of 10^7 records: an eighth,
-# where a wait of the whole file's size let the file reach twice the live data). The
-# flush is what costs: it writes back every dirty page at once, ~10 µs per one-put
-# commit at a 64 MiB threshold (bench/smalltxn.py), less per byte the larger the
-# threshold, as pages rewritten between two flushes are written back once.
+# With sync=False, a commit becomes steady (synced) when either of two amounts since the
+# last steady commit passes its threshold:
+# - The pages that commit reaches and later commits freed (``pinned``) pass AUTOSYNC_MIN
+#   and an AUTOSYNC_SHARE of the file's size. Until the next steady commit they are not
+#   reused, but every page written after it is (see freelist): so the file holds at most
+#   about that many bytes of the steady snapshot on top of the live data (a random fill
+#   of 10^7 records: an eighth, where a wait of the whole file's size let the file reach
+#   twice the live data).
+# - The bytes written (``unsynced``) pass AUTOSYNC_WRITTEN and the file's size: that
+#   bounds how far back an OS crash or power loss may send the database.
+# The flush is what costs: it writes back every dirty page at once (~10 µs per one-put
+# commit at a 64 MiB threshold, bench/smalltxn.py; less per byte the larger the
+# threshold, as pages rewritten between two flushes are written back once), and once a
+# steady commit reaches the tree's pages every page a later commit frees waits in the
+# free list. Counting pinned pages, not bytes written, spares a store whose pages no
+# steady commit reaches both: bench.py at 10^6 records used to flush in `overwrite`, and
+# then its `mixed` wrote 668,090 waiting page numbers to the free database, 25,618 now.
 AUTOSYNC_MIN = 256 << 20
 AUTOSYNC_SHARE = 8
+AUTOSYNC_WRITTEN = 1 << 30
 # Runs of at most this many pages are written through the map, in commits of at most
 # MAP_WRITE_COMMIT dirty pages and overflow runs (see write_pages).
 MAP_WRITE_PAGES = 8
@@ -120,6 +129,7 @@ class Store:
         self.cache = self.pages.cache
         self.policy = ReclaimPolicy()
         self.unsynced = 0  # bytes written since the last steady commit
+        self.pinned = 0  # bytes of its pages freed since (see AUTOSYNC_MIN)
         self.file_size = 0  # the data file's size as this commit's grow found it
         # (txnid, size): the size this process left the file at with commit txnid. While
         # txnid is still the newest commit, nobody else resized the file (a writer
@@ -352,7 +362,10 @@ class Store:
         """
         mm = self.map.cover(fmt.NUM_METAS * self.page_size)
         target = txn._meta_target
-        steady = (self.sync or self.unsynced >= max(AUTOSYNC_MIN, self.map.size // AUTOSYNC_SHARE)
+        size = self.map.size
+        self.pinned += len(txn.freelist.freed) * self.page_size
+        steady = (self.sync or self.pinned >= max(AUTOSYNC_MIN, size // AUTOSYNC_SHARE)
+                  or self.unsynced >= max(AUTOSYNC_WRITTEN, size)
                   or self.policy.steady_to_give_back(txn))
         sync_meta = steady and (self.metasync or not self.sync)
         if steady:
@@ -365,7 +378,7 @@ class Store:
             else:
                 self.datafile.sync()  # 6. the pages are durable before a meta names them
                 meta.flags |= fmt.META_STEADY
-            self.unsynced = 0
+            self.unsynced = self.pinned = 0
         # 7. The commit point; 8. durable (and a steady meta safe before weak ones
         #    are written into the other slot).
         self.metas.put(mm, target, meta, sync_meta)

@@ -79,6 +79,7 @@ def small_steps(monkeypatch):
     monkeypatch.setattr(kvmm.store, "GROW_MIN", 16 * 4096)
     monkeypatch.setattr(kvmm.reclaim, "SHRINK_MIN", 16 * 4096)
     monkeypatch.setattr(kvmm.store, "AUTOSYNC_MIN", 32 * 4096)
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_WRITTEN", 64 * 4096)
 
 
 class Lab:

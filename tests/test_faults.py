@@ -57,6 +57,7 @@ def _small_steps(monkeypatch):
     monkeypatch.setattr(kvmm.store, "GROW_MIN", 8 * 4096)
     monkeypatch.setattr(kvmm.reclaim, "SHRINK_MIN", 8 * 4096)
     monkeypatch.setattr(kvmm.store, "AUTOSYNC_MIN", 16 * 4096)
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_WRITTEN", 32 * 4096)
     monkeypatch.setattr("kvmm.txn._STRICT", False)
 
 

@@ -101,7 +101,8 @@ def test_with_sync_false_pages_of_the_last_steady_commit_are_not_reused_before_t
             steady_contents = dict(txn.cursor())
         before = read_pages(env, pinned)
         peak = last_pgno(env)
-        # Few enough bytes that no commit becomes steady by itself (AUTOSYNC_MIN).
+        # Few enough bytes that no commit becomes steady by itself (AUTOSYNC_MIN,
+        # AUTOSYNC_WRITTEN).
         assert 24 * (len(pinned) + 2) * env._page_size < kvmm.store.AUTOSYNC_MIN
         for round_ in range(1, 25):
             rewrite_all(env, round_, FEW_KEYS)

@@ -105,3 +105,48 @@ def test_a_large_commit_writes_its_pages_with_write_calls_a_small_one_through_th
         written[limit] = sum(calls)
     assert written[0] > pages + 20  # every page of every commit
     assert written[1 << 20] < written[0] - 20  # the small commits' went through the map
+
+
+def test_with_sync_off_a_commit_becomes_steady_once_its_pinned_pages_or_written_bytes_pass_a_threshold(
+        tmp_path, monkeypatch):
+    """sync=False: pages freed that no steady commit reaches are reused at once, so
+    freeing them never forces a flush; pages a steady commit reaches do, once they pass
+    AUTOSYNC_MIN; bytes written do too, once they pass AUTOSYNC_WRITTEN."""
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_MIN", 16 * 4096)
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_WRITTEN", 1 << 30)
+    keys = [b"%05d" % i for i in range(3000)]  # ~100 leaves
+
+    def rewrite(env, round_: int) -> list[bool]:
+        """40 commits, each rewriting 150 neighbouring keys (~5 leaves) of the next
+        slice; whether each commit was steady."""
+        steady = []
+        for r in range(40):
+            with env.begin(write=True) as txn:
+                at = r % 20 * 150
+                for key in keys[at : at + 150]:
+                    txn.put(key, b"%d" % (round_ * 100 + r) * 30)
+            with env.begin() as txn:
+                steady.append(txn.meta.steady)
+        return steady
+
+    with kvmm.open(str(tmp_path / "a"), sync=False) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"-" * 90)
+        # The steady commit is the empty database's: every freed page is reused at once.
+        assert rewrite(env, 0) == [False] * 40
+        env.sync()
+        # Now each commit frees a few pages the steady commit reaches (here ~4, against
+        # a threshold of an eighth of the file, 32 pages): every ninth is steady.
+        steps = [i for i, s in enumerate(rewrite(env, 1)) if s]
+        assert 3 <= len(steps) <= 20, steps
+    monkeypatch.setattr(kvmm.store, "AUTOSYNC_WRITTEN", 64 * 4096)
+    with kvmm.open(str(tmp_path / "b"), sync=False) as env:
+        steady = []
+        for r in range(20):  # ~100 pages a commit, against a threshold of the file's size
+            with env.begin(write=True) as txn:
+                for key in keys:
+                    txn.put(key, b"%d" % r * 30)
+            with env.begin() as txn:
+                steady.append(txn.meta.steady)
+        assert 3 <= sum(steady) <= 15, steady  # written bytes alone make commits steady
