@@ -198,6 +198,7 @@ def descend(load, db: DbState, key: bytes) -> list | None:
     node = load(db.root, db.root_txnid)
     path: list = []
     append = path.append
+    cached = load.cached  # a hit in the page cache spares the call to load
     left = db.depth  # levels from ``node`` down, the leaf's included
     while node.kids is not None:
         left -= 1
@@ -205,7 +206,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
-        node = load(node.kids[i], node.ktxn[i])
+        pgno = node.kids[i]
+        txnid = node.ktxn[i]
+        kid = cached(pgno)
+        node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
     if left != 1:
         _bad_depth(db)
     append([node, bisect_left(node.keys, key)])
@@ -214,7 +218,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
 
 def child(load, node: Node, i: int) -> Node:
     """Child ``i`` of branch ``node``."""
-    return load(node.kids[i], node.ktxn[i])
+    pgno = node.kids[i]
+    txnid = node.ktxn[i]
+    kid = load.cached(pgno)
+    return kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
 
 
 def _bad_depth(db: DbState):

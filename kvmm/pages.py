@@ -74,7 +74,8 @@ class Pages:
     def loader(self, mm, limit: int, private: bool = False):
         """A function (pgno, txnid) -> Node reading a snapshot of ``limit`` pages
         from map ``mm``: the cached node when it is that version, else the page
-        (``private``: see ``read_node``)."""
+        (``private``: see ``read_node``). Its ``cached`` is the cache's lookup, pgno ->
+        node or None, which a hot loop may try first (checking the txnid itself)."""
         get = self.cache.get
         read = self.read_node
 
@@ -84,6 +85,7 @@ class Pages:
                 return node
             return read(mm, limit, pgno, txnid, private=private)
 
+        load.cached = get  # type: ignore[attr-defined]  # see btree.descend
         return load
 
     def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,

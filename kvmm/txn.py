@@ -217,6 +217,9 @@ class Transaction(Generic[V_co]):
                 return node
             return clean_load(pgno, txnid)
 
+        # The cache never holds a node of this transaction's txnid (it is committed by
+        # nothing yet), so trying it first never hides a dirty page.
+        load.cached = cache.get  # see Pages.loader
         return load
 
     def _touch(self, node: Node, db: DbState) -> Node:
