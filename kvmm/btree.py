@@ -208,7 +208,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
         append([node, i])
         pgno = node.kids[i]
         txnid = node.ktxn[i]
-        kid = cached(pgno)
+        try:
+            kid = cached(pgno)
+        except IndexError:  # past the cache's slots: not held
+            kid = None
         node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
     if left != 1:
         _bad_depth(db)
@@ -220,7 +223,10 @@ def child(load, node: Node, i: int) -> Node:
     """Child ``i`` of branch ``node``."""
     pgno = node.kids[i]
     txnid = node.ktxn[i]
-    kid = load.cached(pgno)
+    try:
+        kid = load.cached(pgno)
+    except IndexError:  # past the cache's slots: not held
+        return load(pgno, txnid)
     return kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
 
 

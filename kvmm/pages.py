@@ -74,18 +74,21 @@ class Pages:
     def loader(self, mm, limit: int, private: bool = False):
         """A function (pgno, txnid) -> Node reading a snapshot of ``limit`` pages
         from map ``mm``: the cached node when it is that version, else the page
-        (``private``: see ``read_node``). Its ``cached`` is the cache's lookup, pgno ->
-        node or None, which a hot loop may try first (checking the txnid itself)."""
-        get = self.cache.get
+        (``private``: see ``read_node``). Its ``cached`` is the cache's ``lookup``,
+        which a hot loop may try first (checking the txnid itself)."""
+        lookup = self.cache.lookup
         read = self.read_node
 
         def load(pgno: int, txnid: int) -> Node:
-            node = get(pgno)
+            try:
+                node = lookup(pgno)
+            except IndexError:  # past the slots: not held
+                node = None
             if node is not None and node.txnid == txnid:
                 return node
             return read(mm, limit, pgno, txnid, private=private)
 
-        load.cached = get  # type: ignore[attr-defined]  # see btree.descend
+        load.cached = lookup  # type: ignore[attr-defined]  # see btree.descend
         return load
 
     def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,

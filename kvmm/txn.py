@@ -202,7 +202,7 @@ class Transaction(Generic[V_co]):
         transaction's ``load``, which is the environment's loader itself)."""
         dirty = self._dirty
         tid = self.txnid
-        cache = self._cache
+        lookup = self._cache.lookup
 
         def load(pgno: int, txnid: int) -> Node:
             if txnid == tid:
@@ -212,14 +212,17 @@ class Transaction(Generic[V_co]):
                         f"page {pgno}: referenced as written by txn {txnid}, the "
                         "transaction in progress (a damaged meta's txnid?)")
                 return node
-            node = cache.get(pgno)
+            try:
+                node = lookup(pgno)
+            except IndexError:  # past the cache's slots: not held
+                node = None
             if node is not None and node.txnid == txnid:
                 return node
             return clean_load(pgno, txnid)
 
         # The cache never holds a node of this transaction's txnid (it is committed by
         # nothing yet), so trying it first never hides a dirty page.
-        load.cached = cache.get  # see Pages.loader
+        load.cached = lookup  # see Pages.loader
         return load
 
     def _touch(self, node: Node, db: DbState) -> Node:
@@ -405,7 +408,10 @@ class Transaction(Generic[V_co]):
             # The root is looked up in the page cache inline (load on a miss, a
             # stale entry, or a dirty root of this write transaction).
             txnid = state.root_txnid
-            node = self._cache.get(pgno)
+            try:
+                node = self._cache.lookup(pgno)
+            except IndexError:  # past the cache's slots: not held
+                node = None
             if node is None or node.txnid != txnid:
                 node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers and not state.flags:
@@ -413,7 +419,7 @@ class Transaction(Generic[V_co]):
         # Each child is looked up in the page cache inline, as the root is; a
         # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
-        cached = self._cache.get
+        cached = self._cache.lookup
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
@@ -421,7 +427,10 @@ class Transaction(Generic[V_co]):
             i = bisect_right(node.keys, key) - 1
             pgno = node.kids[i]
             txnid = node.ktxn[i]
-            kid = cached(pgno)
+            try:
+                kid = cached(pgno)
+            except IndexError:  # past the cache's slots: not held
+                kid = None
             if kid is None or kid.txnid != txnid:
                 if depth == 1 and (txnid != self.txnid or not self.write):
                     return self._find(pgno, txnid, key, default)

@@ -73,6 +73,35 @@ def test_dropping_many_pages_forgets_those_held_and_keeps_the_weights():
     assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
 
 
+def test_the_lookup_by_slot_finds_exactly_the_nodes_held():
+    """``lookup`` indexes slots by pgno: the node held, None where none is, IndexError
+    past the highest pgno ever held (callers take it as a miss); ``get`` is None there."""
+    cache = PageCache(64 << 10)
+    with pytest.raises(IndexError):
+        cache.lookup(2)
+    assert cache.get(2) is None
+    nodes = {pgno: _leaf(pgno) for pgno in (2, 9, 40)}
+    for node in nodes.values():
+        cache.put(node)
+    for pgno in range(41):
+        assert cache.lookup(pgno) is nodes.get(pgno)
+    with pytest.raises(IndexError):
+        cache.lookup(10**6)
+    assert cache.get(10**6) is None
+    newer = _leaf(9)
+    cache.put(newer)  # replaces the entry of its pgno
+    cache.drop(40)
+    cache.drop_many([2])
+    for pgno in range(200):  # then the budget pushes the oldest out, slots and all
+        cache.put(_leaf(50 + pgno))
+    held = {node.pgno: node for node in cache.nodes()}
+    assert 0 < len(held) < 200
+    for pgno in range(300):
+        assert cache.get(pgno) is held.get(pgno)
+    cache.clear()
+    assert cache.get(9) is None and len(cache) == 0
+
+
 def test_a_node_the_cache_forgets_is_freed_at_once():
     """Nodes name their children by number, never hold them: nothing keeps a
     forgotten node alive, without the cyclic GC's help."""
