@@ -127,6 +127,9 @@ class Store:
         # Pages are read through the map and kept decoded in this process's cache.
         self.pages = Pages(page_size, max(64 * page_size, cache_size))
         self.cache = self.pages.cache
+        # The slots of the dirty pages of this environment's write transactions, one
+        # at a time (see btree.DirtyPages).
+        self.dirty_slots: list = []
         self.policy = ReclaimPolicy()
         self.unsynced = 0  # bytes written since the last steady commit
         self.pinned = 0  # bytes of its pages freed since (see AUTOSYNC_MIN)

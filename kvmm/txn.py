@@ -21,6 +21,7 @@ from . import format as fmt
 from ._typing import BytesLike, T, V_co
 from .btree import (
     DbState,
+    DirtyPages,
     Node,
     _bad_depth,
     append_leaf,
@@ -174,7 +175,7 @@ class Transaction(Generic[V_co]):
         self.txnid = newest_txnid + 1
         self.next_pgno = meta.next_pgno
         self._mm = store.map.cover(meta.next_pgno * self.page_size)
-        self._dirty: dict[int, Node] = {}
+        self._dirty = DirtyPages(store.dirty_slots)
         self.load = self._write_loader(store.pages.loader(self._mm, meta.next_pgno,
                                                           private=True))
         self._ovf_dirty: dict[int, bytes] = {}
@@ -200,13 +201,16 @@ class Transaction(Generic[V_co]):
         """The ``load(pgno, txnid) -> Node`` of a write transaction: its own dirty
         pages by number, committed ones through the environment's cache (as a read
         transaction's ``load``, which is the environment's loader itself)."""
-        dirty = self._dirty
+        dirty_lookup = self._dirty.lookup
         tid = self.txnid
         lookup = self._cache.lookup
 
         def load(pgno: int, txnid: int) -> Node:
             if txnid == tid:
-                node = dirty.get(pgno)
+                try:
+                    node = dirty_lookup(pgno)
+                except IndexError:  # past the slots: not dirty
+                    node = None
                 if node is None:
                     raise CorruptedError(
                         f"page {pgno}: referenced as written by txn {txnid}, the "
@@ -870,7 +874,9 @@ class Transaction(Generic[V_co]):
                 cur._fast = None
         self._cursors.clear()
         if self.write:
-            self._dirty = {}
+            if self._parent is None:  # a child shares its parent's
+                self._dirty.release()
+            self._dirty = DirtyPages([])
             self._ovf_dirty = {}
             self.freelist = None  # it refers back to this transaction
             if self._parent is None:

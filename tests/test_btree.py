@@ -586,3 +586,33 @@ def test_a_committed_branch_holds_copies_of_its_separators_not_the_keys_it_was_g
             assert type(node.keys) is tuple
             assert not given & {id(key) for key in node.keys}, node.pgno
         assert_tree_matches(env, dict.fromkeys(keys, b"v" * 40))
+
+
+def test_the_dirty_pages_slots_hold_exactly_the_open_write_transactions_nodes(tmp_path):
+    """DirtyPages: while a write transaction (and its children) runs, the store's slots
+    hold exactly its dirty nodes; after its commit or abort, and after a child's abort
+    restored the parent, they hold the parent's or nothing."""
+    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
+        slots = env._store.dirty_slots
+
+        def held() -> dict:
+            return {pgno: node for pgno, node in enumerate(slots) if node is not None}
+
+        rng = random.Random(5)
+        keys = [b"%06d" % rng.randrange(10**6) for _ in range(3000)]
+        for how in ("commit", "abort"):
+            txn = env.begin(write=True)
+            for key in keys:
+                txn.put(key, key * 4)
+            assert held() == dict(txn._dirty) and len(held()) > 20
+            child = env.begin(write=True, parent=txn)
+            for key in keys[::3]:
+                child.delete(key)
+            child.put(b"new", b"x" * 3000)
+            assert held() == dict(txn._dirty)
+            child.abort()
+            assert held() == dict(txn._dirty)
+            getattr(txn, how)()
+            assert held() == {}
+        with env.begin() as txn:
+            assert all(txn.get(key) == key * 4 for key in keys)
