@@ -420,6 +420,7 @@ class Transaction(Generic[V_co]):
                 node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
+                self._pages.began(node, state.depth, self.load)
         # Each child is looked up in the page cache inline, as the root is; a
         # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth

@@ -310,3 +310,29 @@ def test_a_commit_caches_the_leaves_it_wrote_when_they_all_fit_in_the_cache(
             assert len(leaves) == env.stat()["leaf_pages"]
         else:
             assert leaves == []
+
+
+def test_a_reader_beside_a_writer_forgets_the_versions_newer_snapshots_no_longer_reach(
+        tmp_path):
+    """Each commit writes a new root and branches at new pgnos; a reader (here another
+    environment on the file, so the writer's own cache work does not help) keeps the
+    live ones and forgets the versions it met that a newer root no longer names."""
+    path = str(tmp_path / "db")
+    keys = [b"%08d" % i for i in range(0, 60000, 3)]
+    with kvmm.open(path, sync=False) as writer, kvmm.open(path, sync=False) as reader:
+        with writer.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 100)
+        stat = writer.stat()
+        assert stat["depth"] >= 3
+        rng = __import__("random").Random(4)
+        for n in range(300):
+            with writer.begin(write=True) as txn:
+                txn.put(rng.choice(keys), b"w%d" % n * 20)
+            with reader.begin() as txn:
+                for key in rng.sample(keys, 20):
+                    assert txn.get(key) is not None
+        cache = reader._store.cache
+        branches = sum(1 for node in cache.nodes() if node.kids is not None)
+        # Live branches only (give or take the last commit's), not one per commit.
+        assert branches <= stat["branch_pages"] + 4, (branches, stat["branch_pages"])
