@@ -162,6 +162,14 @@ class Node:
         return f"<Node {kind} pgno={self.pgno} txnid={self.txnid} n={len(self.keys)}>"
 
 
+def set_slot(slots: list, pgno: int, node) -> None:
+    """``slots[pgno] = node``, growing ``slots`` in place (by half its length at least,
+    so a growing file costs O(1) amortised per page)."""
+    if pgno >= len(slots):
+        slots.extend([None] * max(pgno + 1 - len(slots), len(slots)))
+    slots[pgno] = node
+
+
 class DirtyPages(dict):
     """A write transaction's dirty nodes by pgno (a dict), each also in ``slots``, a
     list indexed by pgno that the environment's write transactions take turns using:
@@ -183,10 +191,7 @@ class DirtyPages(dict):
 
     def __setitem__(self, pgno: int, node: Node) -> None:
         dict.__setitem__(self, pgno, node)
-        slots = self.slots
-        if pgno >= len(slots):
-            slots.extend([None] * max(pgno + 1 - len(slots), len(slots)))
-        slots[pgno] = node
+        set_slot(self.slots, pgno, node)
 
     def __delitem__(self, pgno: int) -> None:
         dict.__delitem__(self, pgno)
@@ -262,13 +267,7 @@ def descend(load, db: DbState, key: bytes) -> list | None:
 
 def child(load, node: Node, i: int) -> Node:
     """Child ``i`` of branch ``node``."""
-    pgno = node.kids[i]
-    txnid = node.ktxn[i]
-    try:
-        kid = load.cached(pgno)
-    except IndexError:  # past the cache's slots: not held
-        return load(pgno, txnid)
-    return kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
+    return load(node.kids[i], node.ktxn[i])
 
 
 def _bad_depth(db: DbState):

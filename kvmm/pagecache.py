@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .btree import Node
+from .btree import Node, set_slot
 
 
 def node_bytes(node: Node) -> int:
@@ -54,7 +54,7 @@ class PageCache:
         # (no node of such a pgno is held), which its callers take as a miss.
         self.lookup = self._slots.__getitem__
         # Serialises changes, so the weights stay exact under threads; lookups take
-        # no lock (a dict lookup is atomic).
+        # no lock (a list index is atomic).
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -80,10 +80,7 @@ class PageCache:
             if old is not None:
                 self._forget(old)
             nodes[node.pgno] = node
-            slots = self._slots
-            if node.pgno >= len(slots):
-                slots.extend([None] * max(node.pgno + 1 - len(slots), len(slots)))
-            slots[node.pgno] = node
+            set_slot(self._slots, node.pgno, node)
             self.bytes += weight
             if node.kids is not None:
                 self._branch_bytes += weight

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import weakref
 
 import pytest
@@ -325,7 +326,7 @@ def test_a_reader_beside_a_writer_forgets_the_versions_newer_snapshots_no_longer
                 txn.put(key, b"v" * 100)
         stat = writer.stat()
         assert stat["depth"] >= 3
-        rng = __import__("random").Random(4)
+        rng = random.Random(4)
         for n in range(300):
             with writer.begin(write=True) as txn:
                 txn.put(rng.choice(keys), b"w%d" % n * 20)
