@@ -96,17 +96,16 @@ class Pages:
         """Forget the cached children of branch ``old`` that ``new``, its successor for
         the same keys, does not name; then theirs, against the children of ``new``
         that took their place (decoded if they were not: a reader soon needs them)."""
-        if depth <= 0 or (old.kids == new.kids and old.ktxn == new.ktxn):
+        if depth <= 0:
             return
-        named = set(zip(new.kids, new.ktxn))
+        gone = _replaced(old, new)
         cache = self.cache
-        for i, kid in enumerate(zip(old.kids, old.ktxn)):
-            if kid in named:
+        for i in gone:
+            pgno = old.kids[i]
+            node = cache.get(pgno)
+            if node is None or node.txnid != old.ktxn[i]:
                 continue
-            node = cache.get(kid[0])
-            if node is None or node.txnid != kid[1]:
-                continue
-            cache.drop(kid[0])
+            cache.drop(pgno)
             if node.kids is not None:
                 j = bisect_right(new.keys, old.keys[i]) - 1 if i else 0
                 self._supersede(node, load(new.kids[j], new.ktxn[j]), depth - 1, load)
@@ -229,3 +228,25 @@ class Pages:
     def clear(self) -> None:
         self.cache.clear()
         self.checked.clear()
+
+
+def _replaced(old: Node, new: Node) -> list[int]:
+    """The positions of the children of branch ``old`` that its successor ``new`` does
+    not name. Between two snapshots a writer mostly rewrites a few children in place:
+    when both have as many children, the positions where pgno or txnid differ, found
+    by comparing the arrays as integers in C (a reader beside a writer compared every
+    child in Python at every snapshot: 22% of its time at 10^6 records). A child moved
+    rather than rewritten (both a split and a merge in one branch between the two
+    snapshots) counts as replaced too, which costs a reader a decode, nothing more."""
+    n = len(old.kids)
+    if n != len(new.kids):
+        named = set(zip(new.kids, new.ktxn))
+        return [i for i, kid in enumerate(zip(old.kids, old.ktxn)) if kid not in named]
+    diff = ((int.from_bytes(old.kids, "little") ^ int.from_bytes(new.kids, "little"))
+            | (int.from_bytes(old.ktxn, "little") ^ int.from_bytes(new.ktxn, "little")))
+    gone = []
+    while diff:  # child i is bits 64i..64i+63 (in some order within them)
+        i = (diff.bit_length() - 1) >> 6
+        gone.append(i)
+        diff &= (1 << (i << 6)) - 1
+    return gone

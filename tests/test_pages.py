@@ -14,7 +14,9 @@ import pytest
 import kvmm
 from kvmm import format as fmt
 from kvmm.btree import Node
+from kvmm.format import u64_array
 from kvmm.pagecache import PageCache, node_bytes
+from kvmm.pages import _replaced
 
 
 def _leaf(pgno: int, n: int = 10) -> Node:
@@ -311,6 +313,39 @@ def test_a_commit_caches_the_leaves_it_wrote_when_they_all_fit_in_the_cache(
             assert len(leaves) == env.stat()["leaf_pages"]
         else:
             assert leaves == []
+
+
+def test_the_children_a_branch_replaced_are_those_its_successor_does_not_name():
+    """Pages._supersede forgets the children of an older branch version that the newer
+    one does not name: rewritten in place (found by comparing the arrays whole), or
+    any when a child was added or removed."""
+    rng = random.Random(9)
+
+    def branch(kids, ktxn):
+        keys = (b"",) + tuple(b"%04d" % i for i in range(1, len(kids)))
+        return Node(5, 7, keys, kids=u64_array(kids), ktxn=u64_array(ktxn))
+
+    for _ in range(300):
+        n = rng.randrange(1, 140)
+        kids = [rng.randrange(2, 1 << 64) for _ in range(n)]
+        ktxn = [rng.randrange(1, 1 << 64) for _ in range(n)]
+        new_kids, new_ktxn = kids[:], ktxn[:]
+        for i in rng.sample(range(n), rng.randrange(0, min(n, 6) + 1)):
+            if rng.random() < 0.5:
+                new_kids[i] = rng.randrange(2, 1 << 64)
+            new_ktxn[i] = rng.randrange(1, 1 << 64)
+        if rng.random() < 0.3:  # a split or a merge: a child more or fewer
+            if rng.random() < 0.5 or n == 1:
+                at = rng.randrange(n + 1)
+                new_kids.insert(at, rng.randrange(2, 1 << 64))
+                new_ktxn.insert(at, 1)
+            else:
+                at = rng.randrange(n)
+                del new_kids[at], new_ktxn[at]
+        named = set(zip(new_kids, new_ktxn))
+        expected = [i for i in range(n) if (kids[i], ktxn[i]) not in named]
+        got = _replaced(branch(kids, ktxn), branch(new_kids, new_ktxn))
+        assert sorted(got) == expected
 
 
 def test_a_reader_beside_a_writer_forgets_the_versions_newer_snapshots_no_longer_reach(
