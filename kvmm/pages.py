@@ -59,7 +59,7 @@ class Checked:
         chunk[pgno & _CHECKED_MASK] = txnid
 
     def clear(self) -> None:
-        self.chunks = []
+        self.chunks.clear()  # in place: finders hold the list
 
 
 class Pages:
@@ -164,27 +164,38 @@ class Pages:
             self.cache.put(node)
         return node
 
-    def find(self, mm, limit: int, pgno: int, txnid: int, key: bytes):
-        """Search leaf ``pgno`` written by ``txnid`` for ``key`` where it lies in map
-        ``mm``, without decoding or caching it: (stored value, flags) or None."""
-        if not fmt.NUM_METAS <= pgno < limit:
-            raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+    def finder(self, mm, limit: int):
+        """A function (pgno, txnid, key) -> (stored value, flags) or None that searches
+        leaf ``pgno`` written by ``txnid`` for ``key`` where it lies in map ``mm`` (a
+        snapshot of ``limit`` pages), without decoding or caching it. Bound once per
+        transaction, so a get makes one call here and one to ``fmt.leaf_find``."""
         ps = self.page_size
-        off = pgno * ps
-        try:
-            _, kind, count, hpgno, htxnid, _ = fmt.PAGE_HEADER.unpack_from(mm, off)
-        except struct.error:
-            raise CorruptedError(f"page {pgno}: truncated page") from None
-        if kind != fmt.LEAF or hpgno != pgno or htxnid != txnid:
-            # Raises, naming the field that disagrees (the checksum is checked below).
-            fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, fmt.LEAF,
-                             crc=False)
-        chunks = self.checked.chunks  # Checked.seen, inline
-        c = pgno >> CHECKED_CHUNK_BITS
-        if not txnid or c >= len(chunks) or chunks[c][pgno & _CHECKED_MASK] != txnid:
-            fmt.check_crc(mm[off : off + ps], pgno)
-            self.checked.mark(pgno, txnid)
-        return fmt.leaf_find(mm, off, pgno, count, key, ps)
+        checked = self.checked
+        chunks = checked.chunks  # Checked.seen, inline below (``clear`` makes a new list)
+        header = fmt.PAGE_HEADER.unpack_from
+        leaf_find = fmt.leaf_find
+        leaf = fmt.LEAF
+        first = fmt.NUM_METAS
+
+        def find(pgno: int, txnid: int, key: bytes):
+            if not first <= pgno < limit:
+                raise CorruptedError(f"reference to page {pgno}, outside the file's pages")
+            off = pgno * ps
+            try:
+                _, kind, count, hpgno, htxnid, _ = header(mm, off)
+            except struct.error:
+                raise CorruptedError(f"page {pgno}: truncated page") from None
+            if kind != leaf or hpgno != pgno or htxnid != txnid:
+                # Raises, naming the field that disagrees (the checksum is checked below).
+                fmt.check_header(mm[off : off + fmt.HEADER_SIZE], pgno, txnid, leaf,
+                                 crc=False)
+            c = pgno >> CHECKED_CHUNK_BITS
+            if not txnid or c >= len(chunks) or chunks[c][pgno & _CHECKED_MASK] != txnid:
+                fmt.check_crc(mm[off : off + ps], pgno)
+                checked.mark(pgno, txnid)
+            return leaf_find(mm, off, pgno, count, key, ps)
+
+        return find
 
     def read_overflow(self, mm, limit: int, pgno: int, txnid: int, length: int,
                       buffers: bool, verify: bool = False):

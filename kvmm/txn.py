@@ -151,6 +151,7 @@ class Transaction(Generic[V_co]):
             self._done = False
             self.txnid = self.meta.txnid
             self.load = store.pages.loader(self._mm, self.meta.next_pgno)
+            self._find_leaf = store.pages.finder(self._mm, self.meta.next_pgno)
         self._done = False
         store.txns[id(self)] = weakref.ref(self)
         self._done = False
@@ -178,6 +179,7 @@ class Transaction(Generic[V_co]):
         self._dirty = DirtyPages(store.dirty_slots)
         self.load = self._write_loader(store.pages.loader(self._mm, meta.next_pgno,
                                                           private=True))
+        self._find_leaf = store.pages.finder(self._mm, meta.next_pgno)
         self._ovf_dirty: dict[int, bytes] = {}
         self.main_db = DbState(meta.main)
         self.free_db = DbState(meta.free)
@@ -438,7 +440,13 @@ class Transaction(Generic[V_co]):
                 kid = None
             if kid is None or kid.txnid != txnid:
                 if depth == 1 and (txnid != self.txnid or not self.write):
-                    return self._find(pgno, txnid, key, default)
+                    found = self._find_leaf(pgno, txnid, key)
+                    if found is None:
+                        return default
+                    value, flags = found
+                    if flags or self._buffers:
+                        return self._stored(value, flags)
+                    return value
                 kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
@@ -449,21 +457,14 @@ class Transaction(Generic[V_co]):
             return self._value(node, i)
         return default
 
-    def _find(self, pgno: int, txnid: int, key: bytes, default):
-        """get's search of committed leaf ``pgno``, where it lies in the map."""
-        found = self._pages.find(self._mm, self.meta.next_pgno, pgno, txnid, key)
-        if found is None:
-            return default
-        value, flags = found
+    def _stored(self, value: bytes, flags: int):
+        """What get returns for a stored ``value`` with ``flags`` found in the map."""
         if flags & F_OVERFLOW:
             return self._read_overflow(value)
         return memoryview(value) if self._buffers else value
 
     def _value(self, leaf: Node, i: int):
-        v = leaf.vals[i]
-        if leaf.flags is not None and leaf.flags[i] & F_OVERFLOW:
-            return self._read_overflow(v)
-        return memoryview(v) if self._buffers else v
+        return self._stored(leaf.vals[i], 0 if leaf.flags is None else leaf.flags[i])
 
     def _read_overflow(self, stored: bytes):
         pgno, txnid, length = fmt.decode_overflow_ref(stored)
@@ -885,6 +886,7 @@ class Transaction(Generic[V_co]):
         else:
             store.end_read(self._slot)
         self._mm = None
+        self._find_leaf = None
 
     def __enter__(self) -> Self:
         return self
