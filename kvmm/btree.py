@@ -45,7 +45,6 @@ __all__ = [
     "fresh_copies",
     "insert",
     "last_path",
-    "own_lists",
     "put_in_place",
     "remove_at",
     "remove_range",
@@ -64,12 +63,9 @@ class Node:
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A branch holds ``kids`` and ``ktxn`` as u64 arrays. A
     committed node holds its keys, values and flags as tuples (never changed; tuples
-    of bytes are left alone by the cyclic GC). A dirty node holds tuples too until an
-    edit needs lists (``own_lists``): a leaf's first insert replaces its tuples with
-    new ones, so a leaf edited once in a transaction, as most leaves of a large one
-    are, never holds a list that the GC walks (at 10^7 records its collections took a
-    quarter of a put). A dirty branch's keys stay its source's tuple until a child is
-    added or removed.
+    of bytes are left alone by the cyclic GC); a dirty copy holds lists, but for a
+    dirty branch's keys: they stay its source's tuple until a child is added or
+    removed (see ``_own_keys``).
     """
 
     __slots__ = ("__weakref__", "flags", "keys", "kids", "ktxn", "own", "patched", "pgno",
@@ -110,11 +106,10 @@ class Node:
         return self.size
 
     def copy(self, pgno: int, txnid: int) -> Node:
-        """A dirty copy of this committed node under a new pgno. O(1) for a leaf (its
-        tuples are shared until an edit replaces them, see ``own_lists``); O(n) for a
-        branch (its arrays are copied whole)."""
+        """A dirty copy of this node under a new pgno. O(n)."""
         if self.kids is None:
-            n = Node(pgno, txnid, self.keys, self.vals, self.flags)
+            flags = None if self.flags is None else list(self.flags)
+            n = Node(pgno, txnid, list(self.keys), list(self.vals), flags)
         else:
             # The keys are shared and the arrays copied whole: no key or child number
             # is touched (such objects are the least likely to be in the CPU's
@@ -129,13 +124,17 @@ class Node:
     def dirtied(self, pgno: int, txnid: int) -> Node:
         """This node made dirty under a new pgno: itself when it is its transaction's
         own (no copy: its entries were just decoded, and are in the CPU's caches),
-        else a copy. O(1) for a leaf."""
+        else a copy. O(n)."""
         if not self.own:
             return self.copy(pgno, txnid)
         self.own = False
         self.src = self.pgno
         self.pgno = pgno
         self.txnid = txnid
+        self.keys = list(self.keys)
+        self.vals = list(self.vals)
+        if self.flags is not None:
+            self.flags = list(self.flags)
         self.patched = set()
         return self
 
@@ -376,11 +375,10 @@ def put_in_place(txn, db: DbState, key: bytes, value: bytes, overwrite: bool) ->
     leaf = dirty_leaf(txn, db, key)
     if leaf is None:
         return None
-    i = bisect_left(leaf.keys, key)
-    if i == len(leaf.keys):
-        return None
-    own_lists(leaf)
     keys = leaf.keys
+    i = bisect_left(keys, key)
+    if i == len(keys):
+        return None
     cap = txn.capacity
     if keys[i] == key:
         if not overwrite:
@@ -441,11 +439,10 @@ def delete_in_place(txn, db: DbState, key: bytes) -> bool | None:
     leaf = dirty_leaf(txn, db, key)
     if leaf is None:
         return None
-    i = bisect_left(leaf.keys, key)
-    if i == len(leaf.keys) or leaf.keys[i] != key:
-        return False
-    own_lists(leaf)
     keys = leaf.keys
+    i = bisect_left(keys, key)
+    if i == len(keys) or keys[i] != key:
+        return False
     size = leaf.size - (LEAF_ENTRY_COST + len(key) + len(leaf.vals[i]))
     if size < txn.capacity // 4 or len(keys) == 1:
         return None
@@ -470,22 +467,13 @@ def insert(txn, db: DbState, path: list | None, key: bytes, stored: bytes, flag:
     else:
         touch_path(txn, db, path)
     leaf, i = path[-1]
-    keys = leaf.keys
-    if type(keys) is tuple and leaf.patched is not None and not flag and leaf.flags is None:
-        # The leaf's first insert in this transaction: new tuples, not lists (see
-        # Node). A second one makes lists, which take repeated edits in place.
-        vals = leaf.vals
-        leaf.keys = (*keys[:i], key, *keys[i:])
-        leaf.vals = (*vals[:i], stored, *vals[i:])
-    else:
-        own_lists(leaf)
-        leaf.keys.insert(i, key)
-        leaf.vals.insert(i, stored)
-        if flag or leaf.flags is not None:
-            if leaf.flags is None:
-                leaf.flags = [0] * (len(leaf.keys) - 1)
-            leaf.flags.insert(i, flag)
     leaf.patched = None
+    leaf.keys.insert(i, key)
+    leaf.vals.insert(i, stored)
+    if flag or leaf.flags is not None:
+        if leaf.flags is None:
+            leaf.flags = [0] * (len(leaf.keys) - 1)
+        leaf.flags.insert(i, flag)
     leaf.size += LEAF_ENTRY_COST + len(key) + len(stored)
     if leaf.size > txn.capacity:
         _rebalance_up(txn, db, path, append, False)
@@ -496,7 +484,6 @@ def replace_at(txn, db: DbState, path: list, stored: bytes, flag: int) -> None:
     db.changed = True
     touch_path(txn, db, path)
     leaf, i = path[-1]
-    own_lists(leaf)
     old = leaf.vals[i]
     if leaf.patched is not None:
         if len(stored) == len(old) and flag == (0 if leaf.flags is None else leaf.flags[i]):
@@ -526,7 +513,6 @@ def remove_range(txn, db: DbState, path: list, end: int) -> None:
     touch_path(txn, db, path)
     leaf, i = path[-1]
     leaf.patched = None
-    own_lists(leaf)
     n = end - i
     db.entries -= n
     leaf.size -= (LEAF_ENTRY_COST * n + sum(map(len, leaf.keys[i:end]))
@@ -633,20 +619,18 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     separator and the sibling."""
     m = _split_point(node, tail)
     node.patched = None
+    _own_keys(node)
     right = txn._new_node(db, leaf=node.kids is None)
+    right.keys = node.keys[m:]
+    del node.keys[m:]
     if node.kids is None:
-        # Slices, of tuples or lists as the leaf holds (see Node): a leaf split by
-        # its first insert stays tuples, and so does its new sibling.
-        keys, vals, flags = node.keys, node.vals, node.flags
-        right.keys, node.keys = keys[m:], keys[:m]
-        right.vals, node.vals = vals[m:], vals[:m]
-        if flags is not None:
-            right.flags, node.flags = flags[m:], flags[:m]
+        right.vals = node.vals[m:]
+        del node.vals[m:]
+        if node.flags is not None:
+            right.flags = node.flags[m:]
+            del node.flags[m:]
         sep = right.keys[0]
     else:
-        own_lists(node)
-        right.keys = node.keys[m:]
-        del node.keys[m:]
         right.kids = node.kids[m:]
         right.ktxn = node.ktxn[m:]
         del node.kids[m:]
@@ -660,21 +644,16 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
     return sep, right
 
 
-def own_lists(node: Node) -> None:
-    """Give dirty ``node`` lists of its own before they change in place: a dirty
-    node holds tuples (its committed source's, or those of a leaf's first insert)
-    until then (see ``Node``). A branch's kids and ktxn are arrays, its own already."""
+def _own_keys(node: Node) -> None:
+    """Give dirty ``node`` a list of keys of its own before they change: a dirty
+    branch shares its committed source's tuple until then (see ``Node.copy``)."""
     if type(node.keys) is tuple:
         node.keys = list(node.keys)
-        if node.kids is None:
-            node.vals = list(node.vals)
-            if node.flags is not None:
-                node.flags = list(node.flags)
 
 
 def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
     parent.patched = None
-    own_lists(parent)
+    _own_keys(parent)
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
@@ -683,7 +662,7 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
 
 def _branch_remove(parent: Node, i: int) -> None:
     parent.patched = None
-    own_lists(parent)
+    _own_keys(parent)
     parent.size -= BRANCH_ENTRY_COST + len(parent.keys[i])
     del parent.keys[i]
     del parent.kids[i]
@@ -722,9 +701,9 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
     sep = parent.keys[ri]
     leaf = node.kids is None
     left.patched = right.patched = parent.patched = None  # entries move between them
-    own_lists(left)
-    own_lists(right)
-    own_lists(parent)
+    _own_keys(left)
+    _own_keys(right)
+    _own_keys(parent)
     merged = left.size + right.size + (0 if leaf else len(sep))
     if merged <= txn.capacity:
         if leaf:

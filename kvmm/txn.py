@@ -30,7 +30,6 @@ from .btree import (
     first_path,
     insert,
     last_path,
-    own_lists,
     put_in_place,
     remove_at,
     replace_at,
@@ -638,7 +637,6 @@ class Transaction(Generic[V_co]):
         if (leaf.keys[-1] is key and leaf.flags is None and not self._cursors
                 and not state.flags):
             # The fast path of put() relies on these; a cursor clears it when opened.
-            own_lists(leaf)  # it appends to them
             self._tail = (db, self._gen, leaf, leaf.keys, leaf.vals, path, state)
         else:
             self._tail = None

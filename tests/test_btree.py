@@ -10,7 +10,6 @@ walk found. ``kvmm.check.check_env`` must agree (no problem found).
 
 from __future__ import annotations
 
-import gc
 import random
 import tempfile
 from itertools import pairwise
@@ -617,35 +616,3 @@ def test_the_dirty_pages_slots_hold_exactly_the_open_write_transactions_nodes(tm
             assert held() == {}
         with env.begin() as txn:
             assert all(txn.get(key) == key * 4 for key in keys)
-
-
-def test_a_leaf_edited_once_in_a_transaction_holds_tuples_the_gc_leaves_alone(tmp_path):
-    """A write transaction's first insert into a committed leaf gives it new tuples,
-    not lists: after a collection the cyclic GC tracks none of them, so a large
-    transaction that touches each leaf once leaves the GC nothing to walk but its
-    nodes. A second edit of the leaf makes lists; every value reads back."""
-    keys = [b"%08d" % i for i in range(0, 40000, 4)]
-    with kvmm.open(str(tmp_path / "db"), sync=False) as env:
-        with env.begin(write=True) as txn:
-            for key in keys:
-                txn.put(key, b"v" * 50)
-        txn = env.begin(write=True)
-        once = [b"%08d" % (i + 1) for i in range(0, 40000, 400)]  # one per leaf or so
-        for key in once:
-            txn.put(key, b"once")
-        leaves = [node for node in txn._dirty.values() if node.kids is None]
-        assert len(leaves) > 50
-        gc.collect()
-        tuples = [node for node in leaves if type(node.keys) is tuple]
-        assert len(tuples) > len(leaves) // 2
-        assert not any(gc.is_tracked(node.keys) or gc.is_tracked(node.vals) for node in tuples)
-        twice = tuples[0].keys[0] + b"+"
-        txn.put(twice, b"twice")  # the same leaf again: lists, edited in place
-        edited = [node for node in leaves if twice in node.keys]
-        assert len(edited) == 1 and type(edited[0].keys) is list
-        txn.commit()
-        expected = dict.fromkeys(keys, b"v" * 50) | dict.fromkeys(once, b"once")
-        expected[twice] = b"twice"
-        with env.begin() as txn:
-            assert dict(txn.cursor()) == expected
-        assert check_env(env) == []
