@@ -171,7 +171,7 @@ class Pages:
         transaction, so a get makes one call here and one to ``fmt.leaf_find``."""
         ps = self.page_size
         checked = self.checked
-        chunks = checked.chunks  # Checked.seen, inline below (``clear`` makes a new list)
+        chunks = checked.chunks  # Checked.seen, inline below (``clear`` empties this list)
         header = fmt.PAGE_HEADER.unpack_from
         leaf_find = fmt.leaf_find
         leaf = fmt.LEAF
