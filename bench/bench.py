@@ -377,6 +377,10 @@ class DbmTxn:
 STORES: dict[str, type[Store]] = {
     cls.name: cls for cls in (KvmmStore, LmdbStore, SqliteStore, SemidbmStore, DumbDbmStore)
 }
+# kvmm as committed at --kvmm-base's revision: the same class, run by children whose
+# KVMM_BENCH_SRC names that revision's copy.
+BASE = "kvmm-base"
+STORES[BASE] = KvmmStore
 
 
 # --------------------------------------------------------------------------- workloads
@@ -886,7 +890,7 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
     if filled is not None:
         discard(filled)
     report["rss_peak_kib"] = max_rss_kib()
-    if store_name == "kvmm":
+    if store_name in ("kvmm", BASE):
         report["kvmm_sha256"] = kvmm_hash(KVMM_SRC)
     return report
 
@@ -894,8 +898,14 @@ def run_child(store_name: str, names: list[str], config: dict[str, Any], root: s
 # --------------------------------------------------------------------------- parent
 
 
-def run_store(store: str, args: argparse.Namespace, names: list[str], root: str) -> dict:
-    """One child process running every workload on one store; its report, or an error."""
+def run_store(
+    store: str, args: argparse.Namespace, names: list[str], root: str, base_src: Path | None
+) -> dict:
+    """One child process running every workload on one store; its report, or an error.
+    The child of BASE imports kvmm from ``base_src``."""
+    env = dict(os.environ)
+    if store == BASE and base_src is not None:
+        env[KVMM_SRC_VAR] = str(base_src)
     workdir = tempfile.mkdtemp(prefix=f"{store}-", dir=root)
     command = [
         sys.executable,
@@ -919,7 +929,8 @@ def run_store(store: str, args: argparse.Namespace, names: list[str], root: str)
     ]
     try:
         proc = subprocess.run(
-            command, stdout=subprocess.PIPE, text=True, timeout=args.timeout, check=False
+            command, stdout=subprocess.PIPE, text=True, timeout=args.timeout, check=False,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {"store": store, "error": f"timed out after {args.timeout} s"}
@@ -1017,6 +1028,14 @@ def kvmm_hash(src: Path) -> str:
     return digest.hexdigest()
 
 
+def extract_kvmm(rev: str, src: Path) -> str:
+    """kvmm/ as committed at `rev`, written under `src`; returns the full commit id."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+    with tarfile.open(fileobj=io.BytesIO(git("archive", commit, "kvmm"))) as archive:
+        archive.extractall(src, filter="data")
+    return commit
+
+
 def kvmm_source(rev: str | None, root: str) -> dict[str, Any]:
     """Which kvmm the children will measure, for the report.
 
@@ -1031,10 +1050,8 @@ def kvmm_source(rev: str | None, root: str) -> dict[str, Any]:
             commit, changes = "?", True
         src = ROOT
     else:
-        commit = git("rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
         src = Path(root, "kvmm-src")
-        with tarfile.open(fileobj=io.BytesIO(git("archive", commit, "kvmm"))) as archive:
-            archive.extractall(src, filter="data")
+        commit = extract_kvmm(rev, src)
         os.environ[KVMM_SRC_VAR] = str(src)
         changes = False
     return {"commit": commit, "uncommitted_changes": changes, "sha256_of_py_files": kvmm_hash(src)}
@@ -1086,16 +1103,14 @@ def busy_line(share: float | None) -> str:
 
 def format_table(summary: dict[str, dict], names: list[str], meta: dict[str, Any]) -> str:
     stores = list(summary)
-    ratio = "kvmm" in summary and "lmdb" in summary
-    head = ["workload (µs/op)", *stores] + (["kvmm/lmdb"] if ratio else [])
+    ratios = [(a, b) for a, b in (("kvmm", "lmdb"), ("kvmm", BASE)) if a in summary and b in summary]
+    head = ["workload (µs/op)", *stores] + [f"{a}/{b.removeprefix('kvmm-')}" for a, b in ratios]
     rows = []
     for name in names:
         cells = [summary[s]["us_per_op"][name] for s in stores]
         row = [name, *map(fmt_us, cells)]
-        if ratio:
-            row.append(
-                fmt_ratio(summary["kvmm"]["us_per_op"][name], summary["lmdb"]["us_per_op"][name])
-            )
+        for a, b in ratios:
+            row.append(fmt_ratio(summary[a]["us_per_op"][name], summary[b]["us_per_op"][name]))
         rows.append(row)
     for name in SIZE_ROWS:
         if name in names:
@@ -1126,6 +1141,11 @@ def format_table(summary: dict[str, dict], names: list[str], meta: dict[str, Any
                 if meta["kvmm_source"]["changed_during_run"]
                 else ""
             )
+        ),
+        *(
+            [f"kvmm-base source: commit {meta['kvmm_base']['commit'][:12]}"]
+            if "kvmm_base" in meta
+            else []
         ),
         "",
     ]
@@ -1224,6 +1244,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kvmm-rev",
         help="measure kvmm as committed at this git revision (e.g. HEAD), not the work tree",
     )
+    parser.add_argument(
+        "--kvmm-base",
+        help="also measure kvmm as committed at this revision, as the store kvmm-base"
+        " (alternating with the others), and show kvmm/base",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.n < 1 or args.reps < 1 or args.value_size < 0:
@@ -1262,10 +1287,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {store: [] for store in stores}
     with tempfile.TemporaryDirectory(prefix="kvmm-bench-", dir=args.dir) as root:
         meta["kvmm_source"] = kvmm_source(args.kvmm_rev, root)
+        base_src = None
+        if args.kvmm_base:
+            base_src = Path(root, "kvmm-base-src")
+            meta["kvmm_base"] = {
+                "commit": extract_kvmm(args.kvmm_base, base_src),
+                "sha256_of_py_files": kvmm_hash(base_src),
+            }
+            where = stores.index("kvmm") + 1 if "kvmm" in stores else 0
+            stores.insert(where, BASE)
+            runs = {store: [] for store in stores}
         for rep in range(args.reps):
             for store in stores:  # stores alternate within a repetition: drift hits all
                 print(f"rep {rep + 1}/{args.reps}: {store}", file=sys.stderr, flush=True)
-                runs[store].append(run_store(store, args, names, root))
+                runs[store].append(run_store(store, args, names, root, base_src))
     hashes = [r["kvmm_sha256"] for r in runs.get("kvmm", []) if "kvmm_sha256" in r]
     meta["kvmm_source"]["changed_during_run"] = len(set(hashes)) > 1
     meta["other_cpu_share"] = other_cpu_share(started)
