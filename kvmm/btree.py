@@ -244,7 +244,9 @@ def descend(load, db: DbState, key: bytes) -> list | None:
     node = load(db.root, db.root_txnid)
     path: list = []
     append = path.append
-    cached = load.cached  # a hit in the page cache spares the call to load
+    # A hit in the page cache, or in a write transaction's dirty pages (txnid ``mine``),
+    # spares the call to load.
+    cached, dirty, mine = load.cached, load.dirty, load.mine
     left = db.depth  # levels from ``node`` down, the leaf's included
     while node.kids is not None:
         left -= 1
@@ -255,8 +257,8 @@ def descend(load, db: DbState, key: bytes) -> list | None:
         pgno = node.kids[i]
         txnid = node.ktxn[i]
         try:
-            kid = cached(pgno)
-        except IndexError:  # past the cache's slots: not held
+            kid = dirty(pgno) if txnid == mine else cached(pgno)
+        except IndexError:  # past the slots: not held
             kid = None
         node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
     if left != 1:

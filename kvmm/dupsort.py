@@ -91,6 +91,29 @@ def _first_at(txn, state, raw: bytes):
     return path, leaf.keys[i]
 
 
+def _sibling(path, low: bytes) -> bytes | None:
+    """A pair of the key whose pairs start with ``low``, found beside the place of one
+    of its pairs (``path``, from a descent to it); b"" when the key has no pairs;
+    None when this leaf cannot tell (the place is at either end of the leaf).
+
+    The pairs of a key are the entries from ``low`` up to any pair of it, and no
+    entry between two of them belongs to another key; so the neighbours of the
+    place inside one leaf say whether the key has pairs, and a put needs one
+    descent, not two."""
+    if path is None:
+        return b""
+    leaf, i = path[-1]
+    keys = leaf.keys
+    if i < len(keys) and keys[i].startswith(low):
+        return keys[i]
+    if i > 0:
+        if keys[i - 1].startswith(low):
+            return keys[i - 1]
+        if i < len(keys):
+            return b""
+    return None
+
+
 # --- transaction operations -----------------------------------------------------------
 
 
@@ -113,16 +136,20 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
     key = key_in(flags, _key_bytes(key))
     value = value_in(flags, _value_bytes(value))
     low = floor(key)
-    _, first = _first_at(txn, state, low)
-    if first is not None and first.startswith(low):
-        if not overwrite:
-            return False
-        if flags & DB_DUPFIXED and len(first) - len(low) != len(value):
-            raise BadValsizeError(
-                f"value of {len(value)} bytes: the values of this key in a dupfixed "
-                f"database are {len(first) - len(low)} bytes")
     raw = low + value
     path = descend(txn.load, state, raw)
+    sibling = _sibling(path, low)
+    if sibling is None and path is not None:  # the leaf cannot tell: look from ``low``
+        _, sibling = _first_at(txn, state, low)
+        if sibling is not None and not sibling.startswith(low):
+            sibling = None
+    if sibling:
+        if not overwrite:
+            return False
+        if flags & DB_DUPFIXED and len(sibling) - len(low) != len(value):
+            raise BadValsizeError(
+                f"value of {len(value)} bytes: the values of this key in a dupfixed "
+                f"database are {len(sibling) - len(low)} bytes")
     if path is not None:
         leaf, i = path[-1]
         if i < len(leaf.keys) and leaf.keys[i] == raw:

@@ -114,7 +114,8 @@ class Pages:
         """A function (pgno, txnid) -> Node reading a snapshot of ``limit`` pages
         from map ``mm``: the cached node when it is that version, else the page
         (``private``: see ``read_node``). Its ``cached`` is the cache's ``lookup``,
-        which a hot loop may try first (checking the txnid itself)."""
+        which a hot loop may try first (checking the txnid itself); ``dirty`` and
+        ``mine`` are a write transaction's (see ``Transaction._write_loader``)."""
         lookup = self.cache.lookup
         read = self.read_node
 
@@ -128,6 +129,8 @@ class Pages:
             return read(mm, limit, pgno, txnid, private=private)
 
         load.cached = lookup  # type: ignore[attr-defined]  # see btree.descend
+        load.dirty = lookup  # type: ignore[attr-defined]  # no dirty pages: never used
+        load.mine = -1  # type: ignore[attr-defined]  # no txnid is -1
         return load
 
     def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,

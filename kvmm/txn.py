@@ -229,6 +229,8 @@ class Transaction(Generic[V_co]):
         # The cache never holds a node of this transaction's txnid (it is committed by
         # nothing yet), so trying it first never hides a dirty page.
         load.cached = lookup  # see Pages.loader
+        load.dirty = dirty_lookup
+        load.mine = tid
         return load
 
     def _touch(self, node: Node, db: DbState) -> Node:
