@@ -14,7 +14,7 @@ import contextlib
 import os
 import weakref
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, overload
 
 from . import dupsort, nested, orders
 from . import format as fmt
@@ -421,7 +421,10 @@ class Transaction(Generic[V_co]):
             except IndexError:  # past the cache's slots: not held
                 node = None
             if node is None or node.txnid != txnid:
-                node = self.load(pgno, txnid)
+                if txnid == self.txnid and self.write:  # a root this transaction wrote
+                    node = self._dirty.get(pgno) or self.load(pgno, txnid)
+                else:
+                    node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
                 self._pages.began(node, state.depth, self.load)
@@ -441,7 +444,9 @@ class Transaction(Generic[V_co]):
             except IndexError:  # past the cache's slots: not held
                 kid = None
             if kid is None or kid.txnid != txnid:
-                if depth == 1 and (txnid != self.txnid or not self.write):
+                if txnid == self.txnid and self.write:  # a page this transaction wrote
+                    kid = self._dirty.get(pgno) or self.load(pgno, txnid)
+                elif depth == 1:
                     found = self._find_leaf(pgno, txnid, key)
                     if found is None:
                         return default
@@ -449,7 +454,8 @@ class Transaction(Generic[V_co]):
                     if flags or self._buffers:
                         return self._stored(value, flags)
                     return value
-                kid = self.load(pgno, txnid)
+                else:
+                    kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)
@@ -689,7 +695,8 @@ class Transaction(Generic[V_co]):
             if looked is None:
                 return False
             key = looked
-        key = cast(bytes, key)
+        if TYPE_CHECKING:  # bytes now (no cast: a call on every delete)
+            assert isinstance(key, bytes)
         if not value and not self._cursors:
             done = delete_in_place(self, state, key)
             if done is not None:
