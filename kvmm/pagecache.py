@@ -12,19 +12,25 @@ Invariants:
 - After every ``put``, the nodes held weigh at most ``budget`` bytes (``node_bytes``).
 - Leaves are forgotten oldest first; branches (about one page in a hundred, and on
   every descent) are passed over while they weigh less than half the budget.
+- Every node held has its pgno in ``_order`` (after any earlier entry of that pgno).
 
 Cost: ``lookup`` is one list index (``_slots``, by pgno: a descent follows a pgno to its
 node with one memory access, where a dict's lookup took three, each a likely miss of the
-CPU's caches at 10^6 records); ``put`` and ``drop`` are O(1) amortised: forgetting a
-node is one ``popitem``, and a branch passed over moves to the young end at most once
-per full turn of the cache. Memory: the nodes held, plus 8 bytes per page up to the
-highest pgno cached (the slots).
+CPU's caches at 10^6 records); ``put``, ``drop`` and each page of ``drop_many`` are
+O(1) amortised and touch the slot and the node only: the age order is a queue of pgnos
+(``_order``), where an entry whose node was dropped is skipped when it comes up (and
+the queue is rebuilt without such entries when they outnumber the nodes held). A
+one-put commit at 10^6 records drops and puts four nodes, each slot a likely miss: an
+OrderedDict's hash table and links were three more (12-25 us per commit). A branch
+passed over moves to the young end at most once per full turn of the cache. Memory:
+the nodes held, plus 8 bytes per page up to the highest pgno cached (the slots) and
+8-16 per entry of the queue.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import deque
 
 from .btree import Node, set_slot
 
@@ -40,16 +46,18 @@ def node_bytes(node: Node) -> int:
 class PageCache:
     """Decoded committed pages by pgno, at most ``budget`` bytes of them."""
 
-    __slots__ = ("_branch_bytes", "_lock", "_nodes", "_slots", "budget", "bytes", "lookup")
+    __slots__ = ("_branch_bytes", "_count", "_lock", "_order", "_slots", "budget", "bytes",
+                 "lookup")
 
     def __init__(self, budget: int):
         self.budget = budget
         self.bytes = 0  # what the nodes held weigh
         self._branch_bytes = 0  # ... of which branches
-        self._nodes: OrderedDict[int, Node] = OrderedDict()  # held, oldest first
-        # The same nodes by pgno, None elsewhere; grown, cleared and changed in place
+        self._count = 0  # nodes held
+        # The nodes held by pgno, None elsewhere; grown, cleared and changed in place
         # only, so ``lookup`` stays bound to it.
         self._slots: list[Node | None] = []
+        self._order: deque[int] = deque()  # pgnos in the order put, oldest first
         # The hot path's lookup, pgno -> node or None; raises IndexError past the slots
         # (no node of such a pgno is held), which its callers take as a miss.
         self.lookup = self._slots.__getitem__
@@ -58,7 +66,7 @@ class PageCache:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return self._count
 
     def get(self, pgno: int) -> Node | None:
         """The node of ``pgno`` held, or None."""
@@ -66,50 +74,60 @@ class PageCache:
         return slots[pgno] if 0 <= pgno < len(slots) else None
 
     def nodes(self) -> list[Node]:
-        """The nodes held, oldest first (a copy)."""
+        """The nodes held, by pgno (a copy)."""
         with self._lock:
-            return list(self._nodes.values())
+            return [node for node in self._slots if node is not None]
 
     def put(self, node: Node) -> None:
         """Hold ``node`` (replacing the entry of its pgno), then forget the oldest
         leaves until the cache weighs at most its budget. O(1) amortised."""
         weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
+        pgno = node.pgno
         with self._lock:
-            nodes = self._nodes
-            old = nodes.pop(node.pgno, None)
-            if old is not None:
-                self._forget(old)
-            nodes[node.pgno] = node
-            set_slot(self._slots, node.pgno, node)
+            slots = self._slots
+            if pgno < len(slots):
+                old = slots[pgno]
+                if old is not None:
+                    self._forget(old)
+            set_slot(slots, pgno, node)
+            self._count += 1
+            order = self._order
+            order.append(pgno)
             self.bytes += weight
             if node.kids is not None:
                 self._branch_bytes += weight
             if self.bytes > self.budget:
                 self._trim()
+            elif len(order) > 2 * self._count + 1024:
+                self._compact()
 
     def drop(self, pgno: int) -> None:
         """Forget the node of ``pgno``, if held. O(1)."""
         with self._lock:
-            old = self._nodes.pop(pgno, None)
-            if old is not None:
-                self._forget(old)
+            node = self.get(pgno)
+            if node is not None:
+                self._forget(node)
 
     def drop_many(self, pgnos) -> None:
-        """Forget the nodes of ``pgnos`` held. O(len(pgnos)), in C but for the nodes
-        held (a large commit frees many pages, few of them cached)."""
+        """Forget the nodes of ``pgnos`` held. O(len(pgnos))."""
         with self._lock:
-            nodes = self._nodes
-            for pgno in nodes.keys() & pgnos:
-                self._forget(nodes.pop(pgno))
+            slots = self._slots
+            end = len(slots)
+            for pgno in pgnos:
+                if pgno < end:
+                    node = slots[pgno]
+                    if node is not None:
+                        self._forget(node)
 
     def clear(self) -> None:
         with self._lock:
-            self._nodes.clear()
             self._slots.clear()
-            self.bytes = self._branch_bytes = 0
+            self._order.clear()
+            self.bytes = self._branch_bytes = self._count = 0
 
     def _forget(self, node: Node) -> None:
         self._slots[node.pgno] = None
+        self._count -= 1
         weight = node_bytes(node)
         self.bytes -= weight
         if node.kids is not None:
@@ -120,13 +138,24 @@ class PageCache:
         branches are moved to the young end instead while they weigh under half of
         it. Terminates: a full turn finds only branches, and then they alone weigh
         more than the budget, so they go too. The caller holds ``_lock``."""
-        nodes = self._nodes
+        order = self._order
+        slots = self._slots
         spare = self.budget // 2
         passed = 0
         while self.bytes > self.budget:
-            pgno, node = nodes.popitem(last=False)
-            if node.kids is not None and self._branch_bytes <= spare and passed < len(nodes):
-                nodes[pgno] = node
+            pgno = order.popleft()
+            node = slots[pgno]
+            if node is None:
+                continue  # dropped since it was put
+            if node.kids is not None and self._branch_bytes <= spare and passed < self._count:
+                order.append(pgno)
                 passed += 1
                 continue
             self._forget(node)
+
+    def _compact(self) -> None:
+        """Rebuild the queue without the pgnos of nodes dropped since they were put
+        (a pgno put again keeps its oldest entry). O(len(queue)), once per as many
+        puts. The caller holds ``_lock``."""
+        slots = self._slots
+        self._order = deque(dict.fromkeys(p for p in self._order if slots[p] is not None))

@@ -63,6 +63,26 @@ def test_one_put_into_a_full_cache_forgets_about_one_node():
         assert len(cache) >= before - 1
 
 
+def test_the_age_queue_stays_near_the_nodes_held_under_churn_within_budget():
+    """Commits that put and drop as many nodes as they free never trim: the queue's
+    entries of dropped nodes are cleared out, so it stays within twice the nodes
+    held (plus a constant), and the oldest node is still the first to go."""
+    cache = PageCache(1 << 20)
+    for pgno in range(2, 12):
+        cache.put(_leaf(pgno))
+    for n in range(20_000):
+        pgno = 100 + n
+        cache.put(_leaf(pgno))
+        cache.drop_many([pgno])
+        assert len(cache._order) <= 2 * (len(cache) + 1) + 1024  # checked at put
+    assert {node.pgno for node in cache.nodes()} == set(range(2, 12))
+    for pgno in range(10**5, 10**5 + 10**4):  # now fill past the budget
+        cache.put(_leaf(pgno))
+        if cache.get(2) is None:
+            break
+    assert all(cache.get(pgno) is not None for pgno in range(3, 12))  # younger: kept
+
+
 def test_dropping_many_pages_forgets_those_held_and_keeps_the_weights():
     cache = PageCache(1 << 20)
     cache.put(_branch(2, 20))
