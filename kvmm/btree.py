@@ -56,10 +56,12 @@ class Node:
     """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
-    A node holds no reference to another node: a branch names its children by pgno
-    and txnid, and a descent looks each one up (the page cache, or a write
-    transaction's dirty pages). So a node the cache forgets is freed at once unless a
-    transaction or cursor still stands on it.
+    A node holds no reference to another node but the cache's links (``ch``, ``up``):
+    a branch names its children by pgno and txnid, and a descent looks each one up
+    (the page cache, or a write transaction's dirty pages), then links the two when
+    the cache holds both. A link lasts only while the cache holds the child, so a
+    node the cache forgets is freed at once unless a transaction or cursor still
+    stands on it.
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A branch holds ``kids`` and ``ktxn`` as u64 arrays. A
     committed node holds its keys, values and flags as tuples (never changed; tuples
@@ -68,8 +70,8 @@ class Node:
     removed (see ``_own_keys``).
     """
 
-    __slots__ = ("__weakref__", "flags", "keys", "kids", "ktxn", "own", "patched", "pgno",
-                 "size", "src", "txnid", "vals")
+    __slots__ = ("__weakref__", "ch", "flags", "keys", "kids", "ktxn", "own", "patched",
+                 "pgno", "size", "src", "txnid", "up", "vals")
 
     def __init__(self, pgno, txnid, keys, vals=None, flags=None, kids=None, ktxn=None):
         self.pgno = pgno
@@ -89,6 +91,12 @@ class Node:
         # A leaf a write transaction decoded for itself, which nothing else holds (not
         # the cache): made dirty, it is taken over rather than copied (see ``dirtied``).
         self.own = False
+        # Links between nodes the page cache holds, made by descents (PageCache.link):
+        # a committed branch's ``ch[i]`` is its child ``i`` (so a descent needs no
+        # lookup), and the child's ``up`` is (that list, i), cleared when the cache
+        # forgets it. None until then.
+        self.ch: list | None = None
+        self.up: tuple | None = None
 
     @property
     def is_leaf(self) -> bool:
@@ -254,13 +262,30 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
+        ch = node.ch  # the cache's links (see Node)
+        if ch is not None:
+            kid = ch[i]
+            if kid is not None:
+                node = kid
+                continue
         pgno = node.kids[i]
         txnid = node.ktxn[i]
+        if txnid == mine:
+            try:
+                kid = dirty(pgno)
+            except IndexError:  # past the slots: not dirty
+                kid = None
+            node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
+            continue
         try:
-            kid = dirty(pgno) if txnid == mine else cached(pgno)
+            kid = cached(pgno)
         except IndexError:  # past the slots: not held
             kid = None
-        node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
+        if kid is not None and kid.txnid == txnid:
+            load.link(node, i, kid)
+            node = kid
+        else:
+            node = load(pgno, txnid)
     if left != 1:
         _bad_depth(db)
     append([node, bisect_left(node.keys, key)])

@@ -13,6 +13,9 @@ Invariants:
 - Leaves are forgotten oldest first; branches (about one page in a hundred, and on
   every descent) are passed over while they weigh less than half the budget.
 - Every node held has its pgno in ``_order`` (after any earlier entry of that pgno).
+- A node held is linked (``Node.ch``/``Node.up``) from at most one branch, with
+  the txnid that branch names for it; a node not held, from none (``_forget``
+  unlinks it): links keep nothing alive that the cache forgot.
 
 Cost: ``lookup`` is one list index (``_slots``, by pgno: a descent follows a pgno to its
 node with one memory access, where a dict's lookup took three, each a likely miss of the
@@ -101,6 +104,23 @@ class PageCache:
             elif len(order) > 2 * self._count + 1024:
                 self._compact()
 
+    def link(self, parent: Node, i: int, kid: Node) -> None:
+        """Let branch ``parent`` reach its child ``i``, ``kid``, without a lookup
+        (``parent.ch[i]``), when the cache holds both; a link ``kid`` had from another
+        branch (an older version of ``parent``) goes. O(1); made once per child and
+        version of a branch."""
+        with self._lock:
+            if self.get(parent.pgno) is not parent or self.get(kid.pgno) is not kid:
+                return
+            ch = parent.ch
+            if ch is None:
+                ch = parent.ch = [None] * len(parent.kids)
+            up = kid.up
+            if up is not None:
+                up[0][up[1]] = None
+            ch[i] = kid
+            kid.up = (ch, i)
+
     def drop(self, pgno: int) -> None:
         """Forget the node of ``pgno``, if held. O(1)."""
         with self._lock:
@@ -121,11 +141,18 @@ class PageCache:
 
     def clear(self) -> None:
         with self._lock:
+            for node in self._slots:
+                if node is not None:
+                    node.ch = node.up = None
             self._slots.clear()
             self._order.clear()
             self.bytes = self._branch_bytes = self._count = 0
 
     def _forget(self, node: Node) -> None:
+        up = node.up
+        if up is not None:  # no branch reaches it by a link any more
+            up[0][up[1]] = None
+            node.up = None
         self._slots[node.pgno] = None
         self._count -= 1
         weight = node_bytes(node)

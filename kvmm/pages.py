@@ -129,6 +129,7 @@ class Pages:
             return read(mm, limit, pgno, txnid, private=private)
 
         load.cached = lookup  # type: ignore[attr-defined]  # see btree.descend
+        load.link = self.cache.link  # type: ignore[attr-defined]
         load.dirty = lookup  # type: ignore[attr-defined]  # no dirty pages: never used
         load.mine = -1  # type: ignore[attr-defined]  # no txnid is -1
         return load

@@ -229,6 +229,7 @@ class Transaction(Generic[V_co]):
         # The cache never holds a node of this transaction's txnid (it is committed by
         # nothing yet), so trying it first never hides a dirty page.
         load.cached = lookup  # see Pages.loader
+        load.link = clean_load.link
         load.dirty = dirty_lookup
         load.mine = tid
         return load
@@ -437,13 +438,21 @@ class Transaction(Generic[V_co]):
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
+            ch = node.ch  # the cache's links (see Node)
+            if ch is not None:
+                kid = ch[i]
+                if kid is not None:
+                    node = kid
+                    continue
             pgno = node.kids[i]
             txnid = node.ktxn[i]
             try:
                 kid = cached(pgno)
             except IndexError:  # past the cache's slots: not held
                 kid = None
-            if kid is None or kid.txnid != txnid:
+            if kid is not None and kid.txnid == txnid:
+                self._cache.link(node, i, kid)
+            else:
                 if txnid == self.txnid and self.write:  # a page this transaction wrote
                     kid = self._dirty.get(pgno) or self.load(pgno, txnid)
                 elif depth == 1:

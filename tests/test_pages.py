@@ -142,6 +142,57 @@ def test_a_node_the_cache_forgets_is_freed_at_once():
         gc.enable()
 
 
+def _check_links(cache: PageCache) -> int:
+    """Assert the cache's link invariant; return how many links there are."""
+    links = 0
+    for node in cache.nodes():
+        if node.up is not None:
+            assert node.up[0][node.up[1]] is node
+        for i, kid in enumerate(node.ch or ()):
+            if kid is not None:
+                links += 1
+                assert cache.get(kid.pgno) is kid  # held
+                assert (kid.pgno, kid.txnid) == (node.kids[i], node.ktxn[i])
+                assert kid.up[0] is node.ch and kid.up[1] == i
+    return links
+
+
+def test_links_between_cached_nodes_hold_only_nodes_the_cache_holds(tmp_path):
+    """Descents link a cached branch to its cached children (``Node.ch``); a node
+    the cache forgets (here: a commit frees its page) is unlinked and freed at once,
+    without the cyclic GC."""
+    rng = random.Random(3)
+    keys = [b"%08d" % i for i in range(20_000)]
+    with kvmm.open(str(tmp_path / "db"), cache_size=8 << 20) as env:
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key, b"v" * 60)
+        cache = env._store.cache
+        gc.disable()
+        try:
+            for _ in range(3):
+                with env.begin() as txn:
+                    for key in rng.sample(keys, 3000):
+                        assert txn.get(key) in (b"v" * 60, b"w" * 60)
+                    with txn.cursor() as cursor:
+                        assert cursor.set_range(rng.choice(keys))
+                assert _check_links(cache) > 100
+                linked = [kid for node in cache.nodes() for kid in (node.ch or ()) if kid]
+                refs = [weakref.ref(kid) for kid in linked]
+                del linked
+                with env.begin(write=True) as txn:  # rewrites, so frees, most leaves
+                    for key in rng.sample(keys, 4000):
+                        txn.put(key, b"w" * 60)
+                assert _check_links(cache) >= 0
+                gone = [ref for ref in refs if ref() is not None and cache.get(ref().pgno)
+                        is not ref()]
+                assert gone == []  # every linked node the cache forgot was freed
+                assert sum(ref() is None for ref in refs) > 100
+                assert cache.bytes <= cache.budget
+        finally:
+            gc.enable()
+
+
 def test_reading_a_database_larger_than_the_cache_frees_what_it_forgets(tmp_path):
     records = {b"%08d" % i: bytes([i % 251]) * 100 for i in range(20000)}
     with kvmm.open(str(tmp_path / "db")) as env, env.begin(write=True) as txn:
