@@ -282,7 +282,8 @@ def descend(load, db: DbState, key: bytes) -> list | None:
         except IndexError:  # past the slots: not held
             kid = None
         if kid is not None and kid.txnid == txnid:
-            load.link(node, i, kid)
+            if mine < 0:  # a reader's: a writer's branches change as it commits
+                load.link(node, i, kid)
             node = kid
         else:
             node = load(pgno, txnid)

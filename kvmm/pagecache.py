@@ -109,8 +109,12 @@ class PageCache:
         (``parent.ch[i]``), when the cache holds both; a link ``kid`` had from another
         branch (an older version of ``parent``) goes. O(1); made once per child and
         version of a branch."""
+        slots = self._slots
         with self._lock:
-            if self.get(parent.pgno) is not parent or self.get(kid.pgno) is not kid:
+            try:
+                if slots[parent.pgno] is not parent or slots[kid.pgno] is not kid:
+                    return
+            except IndexError:  # past the slots: not held
                 return
             ch = parent.ch
             if ch is None:

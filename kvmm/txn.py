@@ -451,7 +451,8 @@ class Transaction(Generic[V_co]):
             except IndexError:  # past the cache's slots: not held
                 kid = None
             if kid is not None and kid.txnid == txnid:
-                self._cache.link(node, i, kid)
+                if not self.write:  # a writer's branches change as it commits
+                    self._cache.link(node, i, kid)
             else:
                 if txnid == self.txnid and self.write:  # a page this transaction wrote
                     kid = self._dirty.get(pgno) or self.load(pgno, txnid)
