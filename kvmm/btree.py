@@ -270,15 +270,8 @@ def descend(load, db: DbState, key: bytes) -> list | None:
                 continue
         pgno = node.kids[i]
         txnid = node.ktxn[i]
-        if txnid == mine:
-            try:
-                kid = dirty(pgno)
-            except IndexError:  # past the slots: not dirty
-                kid = None
-            node = kid if kid is not None and kid.txnid == txnid else load(pgno, txnid)
-            continue
         try:
-            kid = cached(pgno)
+            kid = dirty(pgno) if txnid == mine else cached(pgno)
         except IndexError:  # past the slots: not held
             kid = None
         if kid is not None and kid.txnid == txnid:

@@ -139,7 +139,7 @@ def put(txn, state, key, value, dupdata: bool, overwrite: bool, append: bool) ->
     raw = low + value
     path = descend(txn.load, state, raw)
     sibling = _sibling(path, low)
-    if sibling is None and path is not None:  # the leaf cannot tell: look from ``low``
+    if sibling is None:  # the leaf cannot tell: look from ``low``
         _, sibling = _first_at(txn, state, low)
         if sibling is not None and not sibling.startswith(low):
             sibling = None

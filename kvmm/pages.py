@@ -128,10 +128,11 @@ class Pages:
                 return node
             return read(mm, limit, pgno, txnid, private=private)
 
-        load.cached = lookup  # type: ignore[attr-defined]  # see btree.descend
-        load.link = self.cache.link  # type: ignore[attr-defined]
-        load.dirty = lookup  # type: ignore[attr-defined]  # no dirty pages: never used
-        load.mine = -1  # type: ignore[attr-defined]  # no txnid is -1
+        if not private:  # a write transaction's loader wraps this one and says its own
+            load.cached = lookup  # type: ignore[attr-defined]  # see btree.descend
+            load.link = self.cache.link  # type: ignore[attr-defined]
+            load.dirty = lookup  # type: ignore[attr-defined]  # no dirty pages: never used
+            load.mine = -1  # type: ignore[attr-defined]  # no txnid is -1
         return load
 
     def read_node(self, mm, limit: int, pgno: int, txnid: int, verify: bool = False,

@@ -229,7 +229,6 @@ class Transaction(Generic[V_co]):
         # The cache never holds a node of this transaction's txnid (it is committed by
         # nothing yet), so trying it first never hides a dirty page.
         load.cached = lookup  # see Pages.loader
-        load.link = clean_load.link
         load.dirty = dirty_lookup
         load.mine = tid
         return load
