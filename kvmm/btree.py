@@ -199,7 +199,11 @@ class DirtyPages(dict):
 
     def __setitem__(self, pgno: int, node: Node) -> None:
         dict.__setitem__(self, pgno, node)
-        set_slot(self.slots, pgno, node)
+        slots = self.slots
+        if pgno < len(slots):
+            slots[pgno] = node
+        else:
+            set_slot(slots, pgno, node)
 
     def __delitem__(self, pgno: int) -> None:
         dict.__delitem__(self, pgno)
@@ -270,8 +274,15 @@ def descend(load, db: DbState, key: bytes) -> list | None:
                 continue
         pgno = node.kids[i]
         txnid = node.ktxn[i]
+        if txnid == mine:  # the dirty pages hold only nodes of this txnid
+            try:
+                kid = dirty(pgno)
+            except IndexError:  # past the slots: not dirty (load says what is wrong)
+                kid = None
+            node = kid if kid is not None else load(pgno, txnid)
+            continue
         try:
-            kid = dirty(pgno) if txnid == mine else cached(pgno)
+            kid = cached(pgno)
         except IndexError:  # past the slots: not held
             kid = None
         if kid is not None and kid.txnid == txnid:

@@ -50,7 +50,7 @@ from .btree import DbState
 from .errors import InvalidParameterError
 
 #: The write state a child shares with its parent (the same objects).
-SHARED = ("meta", "txnid", "next_pgno", "_mm", "_dirty", "load", "_find_leaf", "_ovf_dirty",
+SHARED = ("meta", "txnid", "_mine", "next_pgno", "_mm", "_dirty", "load", "_find_leaf", "_ovf_dirty",
           "main_db", "free_db", "_dbs", "freelist", "_reclaim", "_meta_target")
 #: What of a dirty node edits change in place (its pgno and txnid never change).
 NODE_FIELDS = ("keys", "vals", "flags", "kids", "ktxn", "size", "src", "patched")

@@ -9,7 +9,7 @@ Invariants:
 - An entry is a committed node, never changed. A caller uses it only when its txnid
   equals the txnid of the reference it follows, so a reused pgno never serves the
   contents of an earlier page (``Pages.load`` checks it).
-- After every ``put``, the nodes held weigh at most ``budget`` bytes (``node_bytes``).
+- After every ``put`` and ``replace``, the nodes held weigh at most ``budget`` bytes (``node_bytes``).
 - Leaves are forgotten oldest first; branches (about one page in a hundred, and on
   every descent) are passed over while they weigh less than half the budget.
 - Every node held has its pgno in ``_order`` (after any earlier entry of that pgno).
@@ -19,7 +19,7 @@ Invariants:
 
 Cost: ``lookup`` is one list index (``_slots``, by pgno: a descent follows a pgno to its
 node with one memory access, where a dict's lookup took three, each a likely miss of the
-CPU's caches at 10^6 records); ``put``, ``drop`` and each page of ``drop_many`` are
+CPU's caches at 10^6 records); ``put``, ``drop`` and each page of ``replace`` are
 O(1) amortised and touch the slot and the node only: the age order is a queue of pgnos
 (``_order``), where an entry whose node was dropped is skipped when it comes up (and
 the queue is rebuilt without such entries when they outnumber the nodes held). A
@@ -84,21 +84,39 @@ class PageCache:
     def put(self, node: Node) -> None:
         """Hold ``node`` (replacing the entry of its pgno), then forget the oldest
         leaves until the cache weighs at most its budget. O(1) amortised."""
-        weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
-        pgno = node.pgno
+        self.replace((), (node,))
+
+    def replace(self, freed, nodes) -> None:
+        """Forget the nodes of pgnos ``freed``, hold ``nodes`` (each replacing the
+        entry of its pgno), then forget the oldest leaves until the cache weighs at
+        most its budget: a commit's change, under one taking of the lock. O(1)
+        amortised per pgno and node."""
         with self._lock:
             slots = self._slots
-            if pgno < len(slots):
-                old = slots[pgno]
-                if old is not None:
-                    self._forget(old)
-            set_slot(slots, pgno, node)
-            self._count += 1
+            forget = self._forget
+            end = len(slots)
+            for pgno in freed:
+                if pgno < end:
+                    old = slots[pgno]
+                    if old is not None:
+                        forget(old)
             order = self._order
-            order.append(pgno)
-            self.bytes += weight
-            if node.kids is not None:
-                self._branch_bytes += weight
+            append = order.append
+            for node in nodes:
+                pgno = node.pgno
+                if pgno < len(slots):
+                    old = slots[pgno]
+                    if old is not None:
+                        forget(old)
+                    slots[pgno] = node
+                else:
+                    set_slot(slots, pgno, node)
+                append(pgno)
+                weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
+                self.bytes += weight
+                if node.kids is not None:
+                    self._branch_bytes += weight
+            self._count += len(nodes)
             if self.bytes > self.budget:
                 self._trim()
             elif len(order) > 2 * self._count + 1024:
@@ -132,17 +150,6 @@ class PageCache:
             if node is not None:
                 self._forget(node)
 
-    def drop_many(self, pgnos) -> None:
-        """Forget the nodes of ``pgnos`` held. O(len(pgnos))."""
-        with self._lock:
-            slots = self._slots
-            end = len(slots)
-            for pgno in pgnos:
-                if pgno < end:
-                    node = slots[pgno]
-                    if node is not None:
-                        self._forget(node)
-
     def clear(self) -> None:
         with self._lock:
             for node in self._slots:
@@ -159,7 +166,7 @@ class PageCache:
             node.up = None
         self._slots[node.pgno] = None
         self._count -= 1
-        weight = node_bytes(node)
+        weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
         self.bytes -= weight
         if node.kids is not None:
             self._branch_bytes -= weight

@@ -65,10 +65,13 @@ class Checked:
 class Pages:
     """Reads an environment's tree pages and overflow runs, through its cache."""
 
-    __slots__ = ("cache", "checked", "page_size", "root")
+    __slots__ = ("cache", "checked", "heaviest", "page_size", "root")
 
     def __init__(self, page_size: int, cache_size: int):
         self.page_size = page_size
+        # What a node of this page size weighs at most (``node_bytes``): a page full
+        # of the smallest entries (a one-byte key, an empty value).
+        self.heaviest = 400 + 90 * (page_size // (fmt.LEAF_ENTRY_COST + 1)) + page_size
         self.cache = PageCache(cache_size)
         self.checked = Checked()
         self.root: Node | None = None  # the main database's root a reader last began on
@@ -232,14 +235,25 @@ class Pages:
         against 1.7 µs per item). A larger commit's leaves would only push each other
         out. This process encoded them, so their checksums need no check."""
         cache = self.cache
-        cache.drop_many(freed)
-        leaves = sum(map(node_bytes, nodes)) <= cache.budget
-        mark = self.checked.mark
+        budget = cache.budget
+        # Whether all of them fit: a bound on any node's weight says so for all but
+        # commits of thousands of pages, without weighing each.
+        leaves = (len(nodes) * self.heaviest <= budget
+                  or sum(map(node_bytes, nodes)) <= budget)
+        checked = self.checked
+        chunks = checked.chunks
+        held = []
         for node in nodes:
-            mark(node.pgno, node.txnid)
+            pgno = node.pgno
+            c = pgno >> CHECKED_CHUNK_BITS
+            if c < len(chunks) and chunks[c] is not _NEVER:  # Checked.mark, inline
+                chunks[c][pgno & _CHECKED_MASK] = node.txnid
+            else:
+                checked.mark(pgno, node.txnid)
             if leaves or node.kids is not None:
                 node.freeze()
-                cache.put(node)
+                held.append(node)
+        cache.replace(freed, held)
 
     def clear(self) -> None:
         self.cache.clear()

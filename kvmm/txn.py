@@ -122,6 +122,9 @@ class Transaction(Generic[V_co]):
         # get found them (see get). None until then, after the transaction ended,
         # and in write transactions (whose root changes).
         self._root = None
+        # The txnid of the pages this transaction writes (its dirty pages'); -1, which
+        # no page has, in a read transaction.
+        self._mine = -1
         # (the db argument of the put that cached it, _gen, rightmost leaf, its keys,
         # its values, its path, the db's state) while the tree is as it was when
         # cached: in-order inserts go to the leaf's end.
@@ -173,7 +176,7 @@ class Transaction(Generic[V_co]):
         store = self._storage
         meta, newest_txnid, steady_txnid, self._meta_target = store.write_snapshot()
         self.meta = meta
-        self.txnid = newest_txnid + 1
+        self.txnid = self._mine = newest_txnid + 1
         self.next_pgno = meta.next_pgno
         self._mm = store.map.cover(meta.next_pgno * self.page_size)
         self._dirty = DirtyPages(store.dirty_slots)
@@ -416,14 +419,14 @@ class Transaction(Generic[V_co]):
             # The root is looked up in the page cache inline (load on a miss, a
             # stale entry, or a dirty root of this write transaction).
             txnid = state.root_txnid
-            try:
-                node = self._cache.lookup(pgno)
-            except IndexError:  # past the cache's slots: not held
-                node = None
-            if node is None or node.txnid != txnid:
-                if txnid == self.txnid and self.write:  # a root this transaction wrote
-                    node = self._dirty.get(pgno) or self.load(pgno, txnid)
-                else:
+            if txnid == self._mine:  # a root this write transaction wrote
+                node = self._dirty.get(pgno) or self.load(pgno, txnid)
+            else:
+                try:
+                    node = self._cache.lookup(pgno)
+                except IndexError:  # past the cache's slots: not held
+                    node = None
+                if node is None or node.txnid != txnid:
                     node = self.load(pgno, txnid)
             if db is None and not self.write and not self._buffers and not state.flags:
                 self._root = (state, node)
@@ -432,6 +435,7 @@ class Transaction(Generic[V_co]):
         # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
         cached = self._cache.lookup
+        mine = self._mine
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
@@ -445,6 +449,9 @@ class Transaction(Generic[V_co]):
                     continue
             pgno = node.kids[i]
             txnid = node.ktxn[i]
+            if txnid == mine:  # a page this write transaction wrote
+                node = self._dirty.get(pgno) or self.load(pgno, txnid)
+                continue
             try:
                 kid = cached(pgno)
             except IndexError:  # past the cache's slots: not held
@@ -452,19 +459,16 @@ class Transaction(Generic[V_co]):
             if kid is not None and kid.txnid == txnid:
                 if not self.write:  # a writer's branches change as it commits
                     self._cache.link(node, i, kid)
+            elif depth == 1:
+                found = self._find_leaf(pgno, txnid, key)
+                if found is None:
+                    return default
+                value, flags = found
+                if flags or self._buffers:
+                    return self._stored(value, flags)
+                return value
             else:
-                if txnid == self.txnid and self.write:  # a page this transaction wrote
-                    kid = self._dirty.get(pgno) or self.load(pgno, txnid)
-                elif depth == 1:
-                    found = self._find_leaf(pgno, txnid, key)
-                    if found is None:
-                        return default
-                    value, flags = found
-                    if flags or self._buffers:
-                        return self._stored(value, flags)
-                    return value
-                else:
-                    kid = self.load(pgno, txnid)
+                kid = self.load(pgno, txnid)
             node = kid
         keys = node.keys
         i = bisect_left(keys, key)

@@ -73,7 +73,7 @@ def test_the_age_queue_stays_near_the_nodes_held_under_churn_within_budget():
     for n in range(20_000):
         pgno = 100 + n
         cache.put(_leaf(pgno))
-        cache.drop_many([pgno])
+        cache.replace([pgno], ())
         assert len(cache._order) <= 2 * (len(cache) + 1) + 1024  # checked at put
     assert {node.pgno for node in cache.nodes()} == set(range(2, 12))
     for pgno in range(10**5, 10**5 + 10**4):  # now fill past the budget
@@ -88,7 +88,7 @@ def test_dropping_many_pages_forgets_those_held_and_keeps_the_weights():
     cache.put(_branch(2, 20))
     for pgno in range(3, 40):
         cache.put(_leaf(pgno))
-    cache.drop_many([2, 5, 6, 7, 1000, 5000, 5])  # some not held, one twice
+    cache.replace([2, 5, 6, 7, 1000, 5000, 5], ())  # some not held, one twice
     held = {node.pgno for node in cache.nodes()}
     assert held == set(range(3, 40)) - {5, 6, 7}
     assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
@@ -114,7 +114,7 @@ def test_the_lookup_by_slot_finds_exactly_the_nodes_held():
     newer = _leaf(9)
     cache.put(newer)  # replaces the entry of its pgno
     cache.drop(40)
-    cache.drop_many([2])
+    cache.replace([2], ())
     for pgno in range(200):  # then the budget pushes the oldest out, slots and all
         cache.put(_leaf(50 + pgno))
     held = {node.pgno: node for node in cache.nodes()}
