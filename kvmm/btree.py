@@ -25,7 +25,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 from .errors import CorruptedError
-from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST, u64_array
+from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST, MAX_PAGE_SIZE, u64_array
 
 # A dirty page changed in place in at most this many entries is written by patching
 # its source page; past it, encoding it whole is cheaper (a value copy costs more than
@@ -50,6 +50,12 @@ __all__ = [
     "remove_range",
     "replace_at",
 ]
+
+
+# The links (``Node.ch``) of a node not linked to any child yet: None for every child
+# of the largest branch, so a descent indexes ``ch`` without first asking whether
+# there is one. Shared and never written (``PageCache.link`` makes a list instead).
+NO_LINKS = (None,) * (MAX_PAGE_SIZE // BRANCH_ENTRY_COST + 1)
 
 
 class Node:
@@ -94,8 +100,8 @@ class Node:
         # Links between nodes the page cache holds, made by descents (PageCache.link):
         # a committed branch's ``ch[i]`` is its child ``i`` (so a descent needs no
         # lookup), and the child's ``up`` is (that list, i), cleared when the cache
-        # forgets it. None until then.
-        self.ch: list | None = None
+        # forgets it. NO_LINKS until then.
+        self.ch: list | tuple = NO_LINKS
         self.up: tuple | None = None
 
     @property
@@ -266,12 +272,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
             _bad_depth(db)
         i = bisect_right(node.keys, key) - 1
         append([node, i])
-        ch = node.ch  # the cache's links (see Node)
-        if ch is not None:
-            kid = ch[i]
-            if kid is not None:
-                node = kid
-                continue
+        kid = node.ch[i]  # the cache's links (see Node)
+        if kid is not None:
+            node = kid
+            continue
         pgno = node.kids[i]
         txnid = node.ktxn[i]
         if txnid == mine:  # the dirty pages hold only nodes of this txnid

@@ -280,6 +280,8 @@ class Cursor(Generic[V_co]):
     def _seek_key(self, key):
         """``key`` as bytes for a seek, or None for one too long to exist. As in
         py-lmdb, a refused key leaves the cursor unpositioned."""
+        if key.__class__ is bytes and key and len(key) <= MAX_KEY_SIZE:
+            return key  # what _lookup_key returns for it, without its calls
         try:
             key = _lookup_key(key)
         except BadValsizeError:

@@ -283,6 +283,9 @@ class DupCursor(Cursor):
         compares a long value as any other). An empty key or value raises
         BadValsizeError, as in py-lmdb."""
         key = self._seek_key(key)
+        if (value.__class__ is bytes and value and len(value) <= MAX_KEY_SIZE
+                and key is not None and self._value_in is _value_bytes):
+            return pair(key, value)  # a plain value of a plain database, as below
         value = as_bytes(value, "values")
         if not value:
             self._positioned = False

@@ -142,9 +142,9 @@ class Metas:
 
     def _txnids(self, mm) -> tuple:
         """The raw txnid field of each meta slot: what ``current`` keys its cache on."""
-        ps = self.page_size
         at = fmt.META_TXNID_OFFSET
-        return tuple(mm[s * ps + at : s * ps + at + 8] for s in range(fmt.NUM_METAS))
+        bt = self.page_size + at
+        return mm[at : at + 8], mm[bt : bt + 8]  # the fmt.NUM_METAS (2) slots
 
     def _newer_torn(self, mm, metas) -> bytes | None:
         """The bytes of a meta slot that fails its checks but names a txnid above

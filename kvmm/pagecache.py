@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .btree import Node, set_slot
+from .btree import NO_LINKS, Node, set_slot
 
 
 def node_bytes(node: Node) -> int:
@@ -135,7 +135,7 @@ class PageCache:
             except IndexError:  # past the slots: not held
                 return
             ch = parent.ch
-            if ch is None:
+            if ch is NO_LINKS:
                 ch = parent.ch = [None] * len(parent.kids)
             up = kid.up
             if up is not None:
@@ -154,7 +154,8 @@ class PageCache:
         with self._lock:
             for node in self._slots:
                 if node is not None:
-                    node.ch = node.up = None
+                    node.ch = NO_LINKS
+                    node.up = None
             self._slots.clear()
             self._order.clear()
             self.bytes = self._branch_bytes = self._count = 0

@@ -434,26 +434,22 @@ class Transaction(Generic[V_co]):
         # Each child is looked up in the page cache inline, as the root is; a
         # committed leaf that is not there is searched where it lies in the map.
         depth = state.depth
-        cached = self._cache.lookup
-        mine = self._mine
         while node.kids is not None:
             depth -= 1
             if depth <= 0:
                 _bad_depth(state)  # a loop of branches in a damaged file
             i = bisect_right(node.keys, key) - 1
-            ch = node.ch  # the cache's links (see Node)
-            if ch is not None:
-                kid = ch[i]
-                if kid is not None:
-                    node = kid
-                    continue
+            kid = node.ch[i]  # the cache's links (see Node)
+            if kid is not None:
+                node = kid
+                continue
             pgno = node.kids[i]
             txnid = node.ktxn[i]
-            if txnid == mine:  # a page this write transaction wrote
+            if txnid == self._mine:  # a page this write transaction wrote
                 node = self._dirty.get(pgno) or self.load(pgno, txnid)
                 continue
             try:
-                kid = cached(pgno)
+                kid = self._cache.lookup(pgno)
             except IndexError:  # past the cache's slots: not held
                 kid = None
             if kid is not None and kid.txnid == txnid:

@@ -13,7 +13,7 @@ import pytest
 
 import kvmm
 from kvmm import format as fmt
-from kvmm.btree import Node
+from kvmm.btree import NO_LINKS, Node
 from kvmm.format import u64_array
 from kvmm.pagecache import PageCache, node_bytes
 from kvmm.pages import _replaced
@@ -96,6 +96,30 @@ def test_dropping_many_pages_forgets_those_held_and_keeps_the_weights():
     assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
 
 
+def test_a_commits_replace_forgets_the_freed_pages_and_holds_its_nodes_within_budget():
+    """What a commit does in one call: the freed pgnos go (also one a new node takes
+    again), the new nodes stay (the youngest), the weights stay exact and the budget
+    holds once the call returns."""
+    cache = PageCache(128 << 10)
+    for pgno in range(2, 60):
+        cache.put(_leaf(pgno))
+    before = len(cache)
+    new = [_leaf(pgno) for pgno in (10, 200, 201, 202)]  # 10: freed, then reused
+    cache.replace([10, 11, 12, 9999], new)
+    assert cache.bytes <= cache.budget
+    assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
+    assert len(cache) == len(cache.nodes())
+    assert all(cache.get(node.pgno) is node for node in new)
+    assert cache.get(11) is None and cache.get(12) is None
+    assert len(cache) == before - 3 + len(new)  # nothing trimmed: within budget
+    many = [_leaf(1000 + i) for i in range(400)]  # more than the budget holds
+    cache.replace((), many)
+    assert cache.bytes <= cache.budget
+    assert cache.bytes == sum(node_bytes(n) for n in cache.nodes())
+    held = sorted(node.pgno for node in cache.nodes())
+    assert held == list(range(1400 - len(held), 1400))  # the youngest of the batch
+
+
 def test_the_lookup_by_slot_finds_exactly_the_nodes_held():
     """``lookup`` indexes slots by pgno: the node held, None where none is, IndexError
     past the highest pgno ever held (callers take it as a miss); ``get`` is None there."""
@@ -148,7 +172,9 @@ def _check_links(cache: PageCache) -> int:
     for node in cache.nodes():
         if node.up is not None:
             assert node.up[0][node.up[1]] is node
-        for i, kid in enumerate(node.ch or ()):
+        # No links yet: the shared read-only NO_LINKS; else one slot per child.
+        assert node.ch is NO_LINKS or len(node.ch) == len(node.kids)
+        for i, kid in enumerate(node.ch):
             if kid is not None:
                 links += 1
                 assert cache.get(kid.pgno) is kid  # held
@@ -177,7 +203,7 @@ def test_links_between_cached_nodes_hold_only_nodes_the_cache_holds(tmp_path):
                     with txn.cursor() as cursor:
                         assert cursor.set_range(rng.choice(keys))
                 assert _check_links(cache) > 100
-                linked = [kid for node in cache.nodes() for kid in (node.ch or ()) if kid]
+                linked = [kid for node in cache.nodes() for kid in node.ch if kid]
                 refs = [weakref.ref(kid) for kid in linked]
                 del linked
                 with env.begin(write=True) as txn:  # rewrites, so frees, most leaves
