@@ -442,17 +442,26 @@ class Environment:
         """Move the cap (map_size) to ``map_size`` bytes, at least the pages in use;
         0 adopts the data file's current size (which other processes may have
         grown). As py-lmdb: refused (BadTxnError) while a write transaction of this
-        environment is open, and this environment's read transactions end (their
-        cursors with them)."""
+        environment is open in this thread, and this environment's read transactions
+        end (their cursors with them). Another thread's write transaction is waited
+        for, as a second writer waits, and none begins while the cap moves: a thread
+        that commits in a loop leaves no gap between its transactions otherwise."""
         self._usable()
         _count("map_size", map_size)
-        if self._store.writer_owner is not None:
+        store = self._store
+        if store.writer_owner == threading.get_ident():
             raise BadTxnError("cannot set_mapsize while a write transaction is open")
-        for ref in list(self._store.txns.values()):
-            txn = ref()
-            if txn is not None and not txn.write:
-                txn.abort()
-        self._set_cap(map_size or self._datafile.size())
+        if not self._readonly:  # a read-only environment has no writers
+            store.begin_write()
+        try:
+            for ref in list(store.txns.values()):
+                txn = ref()
+                if txn is not None and not txn.write:
+                    txn.abort()
+            self._set_cap(map_size or self._datafile.size())
+        finally:
+            if not self._readonly:
+                store.end_write()
 
     # --- readers ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ moves it with py-lmdb's rules; not passed, no cap (docs/reference.md section 3).
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -108,6 +109,36 @@ def test_set_mapsize_is_refused_during_a_write_transaction(tmp_path):
         assert env.info()["map_size"] == 16 * PS
         txn.put(b"k", b"v")  # the transaction goes on
         txn.commit()
+
+
+def test_set_mapsize_waits_for_another_threads_write_transaction(tmp_path):
+    """Refused only in the thread that has the write transaction open: from another
+    thread it waits for that transaction to end, as a second writer would (a thread
+    committing in a loop otherwise left it no gap to move the cap in)."""
+    with kvmm.open(str(tmp_path / "db"), map_size=16 * PS) as env:
+        opened, release = threading.Event(), threading.Event()
+
+        def write():
+            with env.begin(write=True) as txn:
+                txn.put(b"k", b"v")
+                opened.set()
+                release.wait(10)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert opened.wait(10)
+        moved: list = []
+        resizer = threading.Thread(target=lambda: moved.append(env.set_mapsize(32 * PS)))
+        resizer.start()
+        resizer.join(0.3)
+        assert resizer.is_alive() and not moved  # waiting for the write transaction
+        release.set()
+        writer.join(10)
+        resizer.join(10)
+        assert moved == [None]
+        assert env.info()["map_size"] == 32 * PS
+        with env.begin() as txn:
+            assert txn.get(b"k") == b"v"  # the transaction it waited for committed
 
 
 def test_set_mapsize_ends_read_transactions_and_their_cursors(tmp_path):
