@@ -23,6 +23,7 @@ Invariants (``kvmm.check`` verifies each of them on disk):
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import Any
 
 from .errors import CorruptedError
 from .format import BRANCH_ENTRY_COST, LEAF_ENTRY_COST, MAX_PAGE_SIZE, u64_array
@@ -97,11 +98,13 @@ class Node:
         # A leaf a write transaction decoded for itself, which nothing else holds (not
         # the cache): made dirty, it is taken over rather than copied (see ``dirtied``).
         self.own = False
-        # Links between nodes the page cache holds, made by descents (PageCache.link):
-        # a committed branch's ``ch[i]`` is its child ``i`` (so a descent needs no
-        # lookup), and the child's ``up`` is (that list, i), cleared when the cache
-        # forgets it. NO_LINKS until then.
-        self.ch: list | tuple = NO_LINKS
+        # Links, made by descents, so a descent needs no lookup: a committed branch's
+        # ``ch[i]`` is its child ``i`` while the page cache holds both (PageCache.link),
+        # and the child's ``up`` is (that list, i), cleared when the cache forgets it.
+        # A dirty branch's ``ch[i]`` is its dirty child ``i`` (``link_dirty``): every
+        # edit that moves or replaces its children clears or fixes them, and ``freeze``
+        # drops them. NO_LINKS until then.
+        self.ch: Any = NO_LINKS  # a list, or the tuple NO_LINKS
         self.up: tuple | None = None
 
     @property
@@ -162,8 +165,10 @@ class Node:
             self.vals = tuple(self.vals)
             if self.flags is not None:
                 self.flags = tuple(self.flags)
-        elif type(self.keys) is list:  # else still its source's keys (see copy)
-            self.keys = fresh_copies(self.keys)
+        else:
+            self.ch = NO_LINKS  # its links to dirty children are the writer's
+            if type(self.keys) is list:  # else still its source's keys (see copy)
+                self.keys = fresh_copies(self.keys)
         self.patched = None
 
     def entry_size(self, i: int) -> int:
@@ -182,6 +187,14 @@ def set_slot(slots: list, pgno: int, node) -> None:
     if pgno >= len(slots):
         slots.extend([None] * max(pgno + 1 - len(slots), len(slots)))
     slots[pgno] = node
+
+
+def link_dirty(parent: Node, i: int, kid: Node) -> None:
+    """Let dirty branch ``parent`` reach its dirty child ``i``, ``kid``, by link."""
+    ch = parent.ch
+    if ch is NO_LINKS:
+        ch = parent.ch = [None] * len(parent.kids)
+    ch[i] = kid
 
 
 class DirtyPages(dict):
@@ -283,7 +296,10 @@ def descend(load, db: DbState, key: bytes) -> list | None:
                 kid = dirty(pgno)
             except IndexError:  # past the slots: not dirty (load says what is wrong)
                 kid = None
-            node = kid if kid is not None else load(pgno, txnid)
+            if kid is None:
+                kid = load(pgno, txnid)
+            link_dirty(node, i, kid)  # ``node`` names a dirty child: it is dirty too
+            node = kid
             continue
         try:
             kid = cached(pgno)
@@ -368,6 +384,7 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode, pidx = parent
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
+                link_dirty(pnode, pidx, node)
                 _patched(pnode, pidx, PATCH_BRANCH_MAX)
         parent = step
 
@@ -389,14 +406,18 @@ def dirty_leaf(txn, db: DbState, key: bytes) -> Node | None:
     lookup = dirty.lookup
     for _ in range(db.depth - 1):
         i = bisect_right(node.keys, key) - 1
-        if node.ktxn[i] != txnid:
-            return None
-        try:
-            node = lookup(node.kids[i])
-        except IndexError:  # not dirty after all: a damaged file (the general path says so)
-            return None
-        if node is None:
-            return None
+        kid = node.ch[i]  # a dirty branch's links name dirty children only
+        if kid is None:
+            if node.ktxn[i] != txnid:
+                return None
+            try:
+                kid = lookup(node.kids[i])
+            except IndexError:  # not dirty after all: a damaged file (the general path)
+                return None
+            if kid is None:
+                return None
+            link_dirty(node, i, kid)
+        node = kid
     return node if node.flags is None else None
 
 
@@ -671,6 +692,7 @@ def _split(txn, db: DbState, node: Node, tail: bool) -> tuple[bytes, Node]:
         right.ktxn = node.ktxn[m:]
         del node.kids[m:]
         del node.ktxn[m:]
+        node.ch = NO_LINKS  # its children moved
         sep = right.keys[0]
         right.keys[0] = b""
     # Sizes by difference: a dirty node's size is exact, and a branch stores the
@@ -693,6 +715,8 @@ def _branch_insert(parent: Node, i: int, key: bytes, child: Node) -> None:
     parent.keys.insert(i, key)
     parent.kids.insert(i, child.pgno)
     parent.ktxn.insert(i, child.txnid)
+    if parent.ch is not NO_LINKS:
+        parent.ch.insert(i, None)
     parent.size += BRANCH_ENTRY_COST + len(key)
 
 
@@ -703,6 +727,8 @@ def _branch_remove(parent: Node, i: int) -> None:
     del parent.keys[i]
     del parent.kids[i]
     del parent.ktxn[i]
+    if parent.ch is not NO_LINKS:
+        del parent.ch[i]
 
 
 def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
@@ -711,6 +737,7 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
         child = txn._touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
+        link_dirty(parent, i, child)
         _patched(parent, i, PATCH_BRANCH_MAX)
     return child
 
@@ -753,6 +780,7 @@ def _refill(txn, db: DbState, parent: Node, pidx: int, node: Node) -> None:
             left.keys += right.keys[1:]
             left.kids += right.kids
             left.ktxn += right.ktxn
+            left.ch = NO_LINKS  # its children moved
         left.size = merged
         _branch_remove(parent, ri)
         txn._free_node(right, db)
@@ -790,6 +818,7 @@ def _shift_right(left: Node, right: Node, sep: bytes) -> bytes:
     right.keys.insert(0, b"")
     right.kids.insert(0, left.kids.pop())
     right.ktxn.insert(0, left.ktxn.pop())
+    left.ch = right.ch = NO_LINKS  # their children moved
     left.size -= BRANCH_ENTRY_COST + len(k)
     right.size += BRANCH_ENTRY_COST + len(sep)
     return k
@@ -817,6 +846,7 @@ def _shift_left(left: Node, right: Node, sep: bytes) -> bytes:
     left.keys.append(sep)
     left.kids.append(right.kids.pop(0))
     left.ktxn.append(right.ktxn.pop(0))
+    left.ch = right.ch = NO_LINKS  # their children moved
     left.size += BRANCH_ENTRY_COST + len(sep)
     right.size -= BRANCH_ENTRY_COST + len(new_sep)
     return new_sep

@@ -46,7 +46,7 @@ import threading
 import weakref
 from array import array
 
-from .btree import DbState
+from .btree import NO_LINKS, DbState
 from .errors import InvalidParameterError
 
 #: The write state a child shares with its parent (the same objects).
@@ -95,6 +95,7 @@ class Savepoint:
         for node, values in self.dirty:
             for f, value in zip(NODE_FIELDS, values):
                 setattr(node, f, value)
+            node.ch = NO_LINKS  # its links may name the child's nodes
             dirty[node.pgno] = node
         txn._ovf_dirty.clear()
         txn._ovf_dirty.update(self.ovf)

@@ -20,6 +20,7 @@ from . import dupsort, nested, orders
 from . import format as fmt
 from ._typing import BytesLike, T, V_co
 from .btree import (
+    NO_LINKS,
     DbState,
     DirtyPages,
     Node,
@@ -30,6 +31,7 @@ from .btree import (
     first_path,
     insert,
     last_path,
+    link_dirty,
     put_in_place,
     remove_at,
     replace_at,
@@ -446,7 +448,9 @@ class Transaction(Generic[V_co]):
             pgno = node.kids[i]
             txnid = node.ktxn[i]
             if txnid == self._mine:  # a page this write transaction wrote
-                node = self._dirty.get(pgno) or self.load(pgno, txnid)
+                kid = self._dirty.get(pgno) or self.load(pgno, txnid)
+                link_dirty(node, i, kid)  # ``node`` names a dirty child: it is dirty too
+                node = kid
                 continue
             try:
                 kid = self._cache.lookup(pgno)
@@ -835,11 +839,19 @@ class Transaction(Generic[V_co]):
         store.grow(end, self.txnid)
         # 5. Write every dirty page and overflow run.
         if _STRICT:
-            for node in self._dirty.values():  # sizes are kept by difference
+            dirty = self._dirty
+            for node in dirty.values():  # sizes are kept by difference
                 size = node.size
                 if node.measure() != size:
                     raise CorruptedError(f"strict mode: page {node.pgno} size {size}, "
                                          f"measured {node.size}")
+                ch = node.ch  # a dirty branch's links name its dirty children
+                if node.kids is not None and ch is not NO_LINKS and (
+                        len(ch) != len(node.kids) or any(
+                            kid is not None and (kid is not dirty.get(node.kids[i])
+                                                 or node.ktxn[i] != self.txnid)
+                            for i, kid in enumerate(ch))):
+                    raise CorruptedError(f"strict mode: page {node.pgno}: a stale link")
         written = store.write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
         #      steady meta, sync the meta (see Store.write_meta).
