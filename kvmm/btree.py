@@ -384,7 +384,8 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 pnode, pidx = parent
                 pnode.kids[pidx] = node.pgno
                 pnode.ktxn[pidx] = txnid
-                link_dirty(pnode, pidx, node)
+                if pnode.ch is not NO_LINKS:  # kept if made; descents make them
+                    pnode.ch[pidx] = node
                 _patched(pnode, pidx, PATCH_BRANCH_MAX)
         parent = step
 
@@ -737,7 +738,8 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
         child = txn._touch(child, db)
         parent.kids[i] = child.pgno
         parent.ktxn[i] = child.txnid
-        link_dirty(parent, i, child)
+        if parent.ch is not NO_LINKS:  # kept if made; descents make them
+            parent.ch[i] = child
         _patched(parent, i, PATCH_BRANCH_MAX)
     return child
 
