@@ -63,12 +63,13 @@ class Node:
     """One page, decoded: a leaf (keys, stored values, flags) or a branch (keys, kids).
 
     ``flags`` is None when no entry of a leaf has flags, else one flag word per entry.
-    A node holds no reference to another node but the cache's links (``ch``, ``up``):
-    a branch names its children by pgno and txnid, and a descent looks each one up
-    (the page cache, or a write transaction's dirty pages), then links the two when
-    the cache holds both. A link lasts only while the cache holds the child, so a
-    node the cache forgets is freed at once unless a transaction or cursor still
-    stands on it.
+    A node holds no reference to another node but its links (``ch``, ``up``): a
+    branch names its children by pgno and txnid, and a descent looks each one up
+    (the page cache, or a write transaction's dirty pages), then links the two: a
+    committed branch while the cache holds both (a link lasts only while the cache
+    holds the child, so a node the cache forgets is freed at once unless a
+    transaction or cursor still stands on it), a dirty branch to its dirty children
+    until its commit.
     ``size`` is the node's encoded size without the page header; it is kept up to date
     on dirty nodes only. A branch holds ``kids`` and ``ktxn`` as u64 arrays. A
     committed node holds its keys, values and flags as tuples (never changed; tuples
@@ -381,12 +382,7 @@ def touch_path(txn, db: DbState, path: list) -> None:
                 db.root = node.pgno
                 db.root_txnid = txnid
             else:
-                pnode, pidx = parent
-                pnode.kids[pidx] = node.pgno
-                pnode.ktxn[pidx] = txnid
-                if pnode.ch is not NO_LINKS:  # kept if made; descents make them
-                    pnode.ch[pidx] = node
-                _patched(pnode, pidx, PATCH_BRANCH_MAX)
+                _repoint(parent[0], parent[1], node)
         parent = step
 
 
@@ -736,12 +732,17 @@ def _dirty_child(txn, db: DbState, parent: Node, i: int) -> Node:
     child = _child(txn.load, parent, i)
     if child.txnid != txn.txnid:
         child = txn._touch(child, db)
-        parent.kids[i] = child.pgno
-        parent.ktxn[i] = child.txnid
-        if parent.ch is not NO_LINKS:  # kept if made; descents make them
-            parent.ch[i] = child
-        _patched(parent, i, PATCH_BRANCH_MAX)
+        _repoint(parent, i, child)
     return child
+
+
+def _repoint(parent: Node, i: int, child: Node) -> None:
+    """Dirty ``parent`` names ``child``, a dirty copy of its child ``i``, instead."""
+    parent.kids[i] = child.pgno
+    parent.ktxn[i] = child.txnid
+    if parent.ch is not NO_LINKS:  # a link kept if made (descents make them)
+        parent.ch[i] = child
+    _patched(parent, i, PATCH_BRANCH_MAX)
 
 
 def _patched(node: Node, i: int, most: int) -> None:

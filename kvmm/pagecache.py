@@ -36,6 +36,7 @@ import threading
 from collections import deque
 
 from .btree import NO_LINKS, Node, set_slot
+from .format import LEAF_ENTRY_COST
 
 
 def node_bytes(node: Node) -> int:
@@ -44,6 +45,12 @@ def node_bytes(node: Node) -> int:
     the value (or two u64 for a branch's child); plus the bytes themselves (``size``,
     what its entries take in the page)."""
     return 400 + 90 * len(node.keys) + node.size
+
+
+def heaviest_node_bytes(page_size: int) -> int:
+    """The most ``node_bytes`` of a node of pages of ``page_size`` bytes: a page full of
+    the smallest entries (a one-byte key, an empty value)."""
+    return 400 + 90 * (page_size // (LEAF_ENTRY_COST + 1)) + page_size
 
 
 class PageCache:
@@ -167,7 +174,7 @@ class PageCache:
             node.up = None
         self._slots[node.pgno] = None
         self._count -= 1
-        weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
+        weight = node_bytes(node)
         self.bytes -= weight
         if node.kids is not None:
             self._branch_bytes -= weight

@@ -21,7 +21,7 @@ from bisect import bisect_right
 from . import format as fmt
 from .btree import Node
 from .errors import CorruptedError
-from .pagecache import PageCache, node_bytes
+from .pagecache import PageCache, heaviest_node_bytes, node_bytes
 
 CHECKED_CHUNK_BITS = 12  # pages per chunk of Checked: 4096, 32 KiB of txnids
 _CHECKED_MASK = (1 << CHECKED_CHUNK_BITS) - 1
@@ -69,9 +69,7 @@ class Pages:
 
     def __init__(self, page_size: int, cache_size: int):
         self.page_size = page_size
-        # What a node of this page size weighs at most (``node_bytes``): a page full
-        # of the smallest entries (a one-byte key, an empty value).
-        self.heaviest = 400 + 90 * (page_size // (fmt.LEAF_ENTRY_COST + 1)) + page_size
+        self.heaviest = heaviest_node_bytes(page_size)
         self.cache = PageCache(cache_size)
         self.checked = Checked()
         self.root: Node | None = None  # the main database's root a reader last began on
@@ -240,16 +238,10 @@ class Pages:
         # commits of thousands of pages, without weighing each.
         leaves = (len(nodes) * self.heaviest <= budget
                   or sum(map(node_bytes, nodes)) <= budget)
-        checked = self.checked
-        chunks = checked.chunks
+        mark = self.checked.mark
         held = []
         for node in nodes:
-            pgno = node.pgno
-            c = pgno >> CHECKED_CHUNK_BITS
-            if c < len(chunks) and chunks[c] is not _NEVER:  # Checked.mark, inline
-                chunks[c][pgno & _CHECKED_MASK] = node.txnid
-            else:
-                checked.mark(pgno, node.txnid)
+            mark(node.pgno, node.txnid)
             if leaves or node.kids is not None:
                 node.freeze()
                 held.append(node)
