@@ -109,6 +109,7 @@ class PageCache:
                         forget(old)
             order = self._order
             append = order.append
+            added = branches = 0
             for node in nodes:
                 pgno = node.pgno
                 if pgno < len(slots):
@@ -120,9 +121,11 @@ class PageCache:
                     set_slot(slots, pgno, node)
                 append(pgno)
                 weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
-                self.bytes += weight
+                added += weight
                 if node.kids is not None:
-                    self._branch_bytes += weight
+                    branches += weight
+            self.bytes += added
+            self._branch_bytes += branches
             self._count += len(nodes)
             if self.bytes > self.budget:
                 self._trim()
@@ -174,7 +177,7 @@ class PageCache:
             node.up = None
         self._slots[node.pgno] = None
         self._count -= 1
-        weight = node_bytes(node)
+        weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
         self.bytes -= weight
         if node.kids is not None:
             self._branch_bytes -= weight

@@ -238,10 +238,16 @@ class Pages:
         # commits of thousands of pages, without weighing each.
         leaves = (len(nodes) * self.heaviest <= budget
                   or sum(map(node_bytes, nodes)) <= budget)
-        mark = self.checked.mark
+        checked = self.checked
+        chunks = checked.chunks
         held = []
         for node in nodes:
-            mark(node.pgno, node.txnid)
+            pgno = node.pgno
+            c = pgno >> CHECKED_CHUNK_BITS  # Checked.mark, inline where its chunk is made
+            if c < len(chunks) and chunks[c] is not _NEVER:
+                chunks[c][pgno & _CHECKED_MASK] = node.txnid
+            else:
+                checked.mark(pgno, node.txnid)
             if leaves or node.kids is not None:
                 node.freeze()
                 held.append(node)
