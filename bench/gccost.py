@@ -2,7 +2,8 @@
 """What the cyclic garbage collector costs a large write transaction.
 
 Builds a store of --n records (16-byte random keys, 100-byte values, filled in key
-order with ``append=True``, which takes seconds where a random fill takes minutes),
+order with ``append=True``, which takes seconds where a random fill takes minutes; its
+leaves are full, so most of the puts below split one, which a random fill's do not),
 then runs --txns write transactions of --puts new random keys each, as
 ``bench/scale.py``'s fill does at 10^7, and prints for each transaction: µs per put and
 per commit, how much of each the collector took (``gc.callbacks``), its collections by
