@@ -50,11 +50,23 @@ if TYPE_CHECKING:
 
 
 def _at_level(node, level: int, path: list):
-    """``node``, checked to be a leaf exactly when ``level`` is the path's last."""
+    """``node``, a child reached by a step, checked to be a leaf exactly when ``level``
+    is the path's last, and not an empty leaf: a tree never keeps one below a branch
+    (a damaged file may), and a step onto one would have no entry to stand on."""
     if (node.kids is None) != (level == len(path) - 1):
         raise CorruptedError(f"page {node.pgno}: a {'leaf' if node.kids is None else 'branch'}"
                              f" at the wrong level of its tree")
+    if not node.keys:
+        raise CorruptedError(f"page {node.pgno}: an empty page below a branch")
     return node
+
+
+def _edge(path: list | None) -> list | None:
+    """``path`` to the first or last leaf, checked (see ``_at_level``) not to end on
+    an empty leaf below a branch, which would read as an empty database."""
+    if path is not None and len(path) > 1 and not path[-1][0].keys:
+        raise CorruptedError(f"page {path[-1][0].pgno}: an empty page below a branch")
+    return path
 
 
 def path_next(load, path: list) -> bool:
@@ -227,7 +239,7 @@ class Cursor(Generic[V_co]):
         txn = self._check()
         self._gen = txn._gen
         self._state = txn._state(self._db)
-        self._path = first_path(txn.load, self._state)
+        self._path = _edge(first_path(txn.load, self._state))
         return self._settle(self._path is not None and not self._at_end())
 
     def last(self) -> bool:
@@ -235,7 +247,7 @@ class Cursor(Generic[V_co]):
         txn = self._check()
         self._gen = txn._gen
         self._state = txn._state(self._db)
-        self._path = first_path(txn.load, self._state, last=True)
+        self._path = _edge(first_path(txn.load, self._state, last=True))
         return self._settle(self._path is not None and self._path[-1][1] >= 0)
 
     def next(self) -> bool:

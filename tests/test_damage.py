@@ -444,3 +444,32 @@ def test_a_meta_naming_an_absurd_page_count_is_treated_as_damaged(tmp_path):
             txn.put(b"after", b"x")
         with env.begin() as txn:
             assert txn.get(b"after") == b"x"
+
+
+def test_an_empty_leaf_below_a_branch_raises_corrupted_error_when_a_cursor_steps_onto_it(
+        tmp_path):
+    import kvmm.format as fmt
+
+    path, data, meta, _ = _fuzz_base(tmp_path)
+    root, root_txnid = meta.main[0], meta.main[1]
+    with open(data, "r+b") as f:
+        # Down the rightmost edge to the last leaf; rewrite it empty, checksum and all.
+        pgno, txnid = root, root_txnid
+        for _ in range(meta.main[2] - 1):
+            f.seek(pgno * 4096)
+            page = f.read(4096)
+            _, n, _ = fmt.check_header(page, pgno, txnid)
+            _, kids, ktxn, _ = fmt.decode_branch(page, pgno, n)
+            pgno, txnid = kids[-1], ktxn[-1]
+        f.seek(pgno * 4096)
+        f.write(fmt.encode_leaf(pgno, txnid, [], [], None, 4096))
+    with kvmm.open(path) as env, env.begin() as txn:
+        with pytest.raises(kvmm.CorruptedError, match="empty page below a branch"):
+            list(txn.cursor())
+        cursor = txn.cursor()
+        assert cursor.first()
+        with pytest.raises(kvmm.CorruptedError, match="empty page below a branch"):
+            while cursor.next():
+                pass
+        with pytest.raises(kvmm.CorruptedError, match="empty page below a branch"):
+            cursor.last()  # not False, as for an empty database
