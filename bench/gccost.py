@@ -9,7 +9,7 @@ then runs --txns write transactions of --puts new random keys each, as
 per commit, how much of each the collector took (``gc.callbacks``), its collections by
 generation, and the objects it tracked half way through the puts.
 
-    python bench/gccost.py --n 1e7          # about 2 minutes and 3 GiB of disk
+    python bench/gccost.py --n 1e7          # about a minute, and 2 GiB of disk
 
 A dirty leaf is three tracked objects (its node and the lists of its keys and values),
 and a full collection visits every entry of every list.
