@@ -198,6 +198,20 @@ def link_dirty(parent: Node, i: int, kid: Node) -> None:
     ch[i] = kid
 
 
+def stale_links(node: Node, dirty, txnid: int) -> bool:
+    """Whether dirty branch ``node`` has a link that is not its dirty child of that
+    position (in ``dirty``, written by ``txnid``): the invariant of ``link_dirty``,
+    which the strict mode checks at every commit."""
+    ch = node.ch
+    if node.kids is None or ch is NO_LINKS:
+        return False
+    if len(ch) != len(node.kids):
+        return True
+    return any(kid is not None and (kid is not dirty.get(node.kids[i])
+                                    or node.ktxn[i] != txnid)
+               for i, kid in enumerate(ch))
+
+
 class DirtyPages(dict):
     """A write transaction's dirty nodes by pgno (a dict), each also in ``slots``, a
     list indexed by pgno that the environment's write transactions take turns using:

@@ -177,7 +177,7 @@ class PageCache:
             node.up = None
         self._slots[node.pgno] = None
         self._count -= 1
-        weight = 400 + 90 * len(node.keys) + node.size  # node_bytes(node), inline
+        weight = node_bytes(node)
         self.bytes -= weight
         if node.kids is not None:
             self._branch_bytes -= weight

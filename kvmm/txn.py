@@ -20,7 +20,6 @@ from . import dupsort, nested, orders
 from . import format as fmt
 from ._typing import BytesLike, T, V_co
 from .btree import (
-    NO_LINKS,
     DbState,
     DirtyPages,
     Node,
@@ -35,6 +34,7 @@ from .btree import (
     put_in_place,
     remove_at,
     replace_at,
+    stale_links,
 )
 from .cursor import Cursor, _key_bytes, _lookup_key, as_bytes, path_next
 from .errors import (
@@ -845,12 +845,7 @@ class Transaction(Generic[V_co]):
                 if node.measure() != size:
                     raise CorruptedError(f"strict mode: page {node.pgno} size {size}, "
                                          f"measured {node.size}")
-                ch = node.ch  # a dirty branch's links name its dirty children
-                if node.kids is not None and ch is not NO_LINKS and (
-                        len(ch) != len(node.kids) or any(
-                            kid is not None and (kid is not dirty.get(node.kids[i])
-                                                 or node.ktxn[i] != self.txnid)
-                            for i, kid in enumerate(ch))):
+                if stale_links(node, dirty, self.txnid):
                     raise CorruptedError(f"strict mode: page {node.pgno}: a stale link")
         written = store.write_pages(self)
         # 6-8. Sync the pages, write the meta into the slot not holding the newest
