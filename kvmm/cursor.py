@@ -56,21 +56,16 @@ def _at_level(node, level: int, path: list):
     if (node.kids is None) != (level == len(path) - 1):
         raise CorruptedError(f"page {node.pgno}: a {'leaf' if node.kids is None else 'branch'}"
                              f" at the wrong level of its tree")
-    return _not_empty(node)
-
-
-def _not_empty(node):
-    """``node``, reached below a branch, checked not to be empty."""
     if not node.keys:
         raise CorruptedError(f"page {node.pgno}: an empty page below a branch")
     return node
 
 
 def _edge(path: list | None) -> list | None:
-    """``path`` to the first or last leaf, checked (as ``_at_level`` checks a step) not
-    to end on an empty leaf below a branch, which would read as an empty database."""
+    """``path`` to the first or last leaf, its leaf checked as a step's (``_at_level``):
+    an empty leaf below a branch would read as an empty database."""
     if path is not None and len(path) > 1:
-        _not_empty(path[-1][0])
+        _at_level(path[-1][0], len(path) - 1, path)
     return path
 
 
